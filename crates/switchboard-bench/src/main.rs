@@ -1,0 +1,85 @@
+//! `switchboard-bench`: a load generator for Switchboard clusters.
+//!
+//! It drives real WebSocket subscribers and server-API publishers against running nodes and
+//! reports throughput, loss, order, latency and the nodes' CPU per delivery. It is a separate
+//! binary, not a test, so that it can be pointed at any deployment and held to its own cores
+//! (`--runtime-threads`, `taskset`) while the nodes are measured.
+//!
+//! Exit status: 0 for a clean run, 1 when the run found a problem (loss, duplicates,
+//! out-of-order, disconnects, publish errors), 2 when it could not run at all.
+
+mod fanout;
+mod http;
+mod payload;
+mod procstat;
+mod publisher;
+mod stats;
+mod subscriber;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load generator for Switchboard clusters.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Tokio worker threads of the generator (1 runs everything on one core).
+    #[arg(long, global = true, default_value_t = 1)]
+    runtime_threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Many subscribers on one channel, publishes at a fixed rate: deliveries/s, latency,
+    /// loss, duplicates, order, and the nodes' CPU per delivery.
+    Fanout(fanout::Opts),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli.runtime_threads.max(1);
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Fanout(opts) => fanout::run(opts, threads).await.map(|r| (r, opts.json)),
+        }
+    });
+    match result {
+        Ok((report, json)) => {
+            print!("{}", report.render());
+            if json {
+                println!("{}", report.json());
+            }
+            let failures = report.failures();
+            if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("FAILED: {}", failures.join("; "));
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

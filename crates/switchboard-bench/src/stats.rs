@@ -1,0 +1,473 @@
+//! Latency histograms and the report of a run.
+//!
+//! Each subscriber task records into its own histogram, so the hot path takes no lock; the
+//! histograms are merged once, when the run is over.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// End-to-end latency in microseconds: publisher's send time to subscriber's receive time.
+pub struct Latency(Histogram<u64>);
+
+/// Latency quantiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LatencySummary {
+    /// Number of recorded deliveries.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest recorded value (up to the histogram's ceiling of a minute).
+    pub max: f64,
+}
+
+/// CPU and memory of one process over the measure window.
+#[derive(Debug, Clone, Default)]
+pub struct ProcUsage {
+    /// What the process is (`node 1 (ws://...)`, `generator`).
+    pub label: String,
+    /// Its pid, when it is not the generator.
+    pub pid: Option<u32>,
+    /// Deliveries its CPU time is divided by.
+    pub deliveries: u64,
+    /// CPU seconds (user + system) in the measure window; `None` if it could not be read.
+    pub cpu_secs: Option<f64>,
+    /// Resident set size at the end of the window, KiB.
+    pub rss_kb: u64,
+    /// Peak resident set size, KiB.
+    pub peak_rss_kb: u64,
+    /// Why it could not be read, if so.
+    pub error: Option<String>,
+}
+
+/// Everything a fan-out run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Number of subscribers.
+    pub subscribers: usize,
+    /// Number of `--ws` nodes.
+    pub ws_nodes: usize,
+    /// Number of `--api` nodes.
+    pub api_nodes: usize,
+    /// Number of publisher tasks.
+    pub publishers: usize,
+    /// The channel.
+    pub channel: String,
+    /// Target publishes per second.
+    pub target_rate: f64,
+    /// Size of each published `data`, bytes.
+    pub payload: usize,
+    /// Seconds spent connecting and subscribing everyone.
+    pub setup_secs: f64,
+    /// Length of the measure window (publishing after the warm-up), seconds.
+    pub measure_secs: f64,
+    /// Publishes attempted over the whole run, warm-up included.
+    pub publishes_attempted: u64,
+    /// Publishes accepted (2xx) in the measure window.
+    pub publishes_measured: u64,
+    /// Publishes answered with a non-2xx status, by status.
+    pub publish_status_errors: Vec<(u16, u64)>,
+    /// Publishes without an answer (connection failure or timeout).
+    pub publish_transport_errors: u64,
+    /// The first publish error seen, for the report.
+    pub first_publish_error: Option<String>,
+    /// Scheduled publishes skipped because a publisher was more than 100 ms behind.
+    pub publishes_skipped: u64,
+    /// Deliveries of measured messages, all subscribers together.
+    pub deliveries: u64,
+    /// Deliveries that the measured publishes should have produced.
+    pub expected_deliveries: u64,
+    /// Measured messages some subscriber never received.
+    pub lost: u64,
+    /// Deliveries whose seq equalled the previous one of the same publisher.
+    pub duplicated: u64,
+    /// Deliveries whose seq was below the previous one of the same publisher.
+    pub out_of_order: u64,
+    /// Subscribers the server disconnected (or that failed) during the run.
+    pub disconnected: u64,
+    /// A few of their reasons.
+    pub disconnect_reasons: Vec<String>,
+    /// `error` replies and unexpected frames seen by subscribers.
+    pub unexpected_frames: u64,
+    /// Seconds from the last publish until every subscriber had the last message.
+    pub drain_secs: f64,
+    /// Whether the drain completed before its timeout.
+    pub drained: bool,
+    /// Latency of measured deliveries.
+    pub latency: LatencySummary,
+    /// The nodes given with `--node-pid`.
+    pub nodes: Vec<ProcUsage>,
+    /// The generator itself.
+    pub generator: ProcUsage,
+    /// Generator runtime threads.
+    pub runtime_threads: usize,
+    /// Clock ticks per second used to convert CPU times.
+    pub clk_tck: u64,
+    /// Whether `clk_tck` was read from the kernel (else assumed 100).
+    pub clk_tck_read: bool,
+}
+
+impl Latency {
+    /// An empty histogram: 1 µs to 60 s at 3 significant digits; larger values are clamped.
+    pub fn new() -> Self {
+        Self(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"))
+    }
+
+    /// Records one latency.
+    pub fn record(&mut self, us: u64) {
+        self.0.saturating_record(us.max(1));
+    }
+
+    /// Adds another task's histogram into this one.
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides, so this cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    /// Quantiles in milliseconds.
+    pub fn summary(&self) -> LatencySummary {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if self.0.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: self.0.len(),
+            p50: ms(self.0.value_at_quantile(0.5)),
+            p90: ms(self.0.value_at_quantile(0.9)),
+            p99: ms(self.0.value_at_quantile(0.99)),
+            p999: ms(self.0.value_at_quantile(0.999)),
+            max: ms(self.0.max()),
+        }
+    }
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcUsage {
+    /// CPU microseconds per delivery, when both are known.
+    pub fn us_per_delivery(&self) -> Option<f64> {
+        let cpu = self.cpu_secs?;
+        (self.deliveries > 0).then(|| cpu * 1e6 / self.deliveries as f64)
+    }
+
+    fn line(&self) -> String {
+        let mut s = format!("{}: ", self.label);
+        if let Some(e) = &self.error {
+            let _ = write!(s, "unreadable ({e})");
+            return s;
+        }
+        match (self.cpu_secs, self.us_per_delivery()) {
+            (Some(cpu), Some(per)) => {
+                let _ = write!(
+                    s,
+                    "cpu {cpu:.2} s = {per:.2} µs/delivery ({} deliveries)",
+                    self.deliveries
+                );
+            }
+            (Some(cpu), None) => {
+                let _ = write!(s, "cpu {cpu:.2} s (no deliveries)");
+            }
+            _ => s.push_str("cpu unknown"),
+        }
+        let _ = write!(
+            s,
+            ", rss {:.1} MiB (peak {:.1} MiB)",
+            self.rss_kb as f64 / 1024.0,
+            self.peak_rss_kb as f64 / 1024.0
+        );
+        s
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "label": self.label,
+            "pid": self.pid,
+            "deliveries": self.deliveries,
+            "cpu_secs": self.cpu_secs,
+            "cpu_us_per_delivery": self.us_per_delivery(),
+            "rss_kb": self.rss_kb,
+            "peak_rss_kb": self.peak_rss_kb,
+            "error": self.error,
+        })
+    }
+}
+
+impl Report {
+    /// Publish errors of any kind.
+    pub fn publish_errors(&self) -> u64 {
+        self.publish_transport_errors
+            + self
+                .publish_status_errors
+                .iter()
+                .map(|(_, n)| n)
+                .sum::<u64>()
+    }
+
+    /// Measured publishes per second.
+    pub fn publish_rate(&self) -> f64 {
+        per_sec(self.publishes_measured, self.measure_secs)
+    }
+
+    /// Measured deliveries per second.
+    pub fn delivery_rate(&self) -> f64 {
+        per_sec(self.deliveries, self.measure_secs)
+    }
+
+    /// What went wrong, one line each; empty for a clean run. A non-empty list makes the
+    /// process exit non-zero.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.lost > 0 {
+            f.push(format!("{} deliveries lost", self.lost));
+        }
+        if self.duplicated > 0 {
+            f.push(format!("{} duplicate deliveries", self.duplicated));
+        }
+        if self.out_of_order > 0 {
+            f.push(format!("{} out-of-order deliveries", self.out_of_order));
+        }
+        if self.disconnected > 0 {
+            f.push(format!("{} subscribers disconnected", self.disconnected));
+        }
+        if self.publish_errors() > 0 {
+            f.push(format!("{} publish errors", self.publish_errors()));
+        }
+        if self.publishes_measured == 0 {
+            f.push("nothing was published in the measure window".to_owned());
+        }
+        f
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let l = &self.latency;
+        let _ = writeln!(
+            s,
+            "fanout: {} subscribers on {} node(s), channel {:?}, {} publisher(s) over {} API node(s), \
+             target {:.1}/s, payload {} B",
+            self.subscribers,
+            self.ws_nodes,
+            self.channel,
+            self.publishers,
+            self.api_nodes,
+            self.target_rate,
+            self.payload
+        );
+        let _ = writeln!(
+            s,
+            "setup:       {} connected and subscribed in {:.2} s ({:.0}/s)",
+            self.subscribers,
+            self.setup_secs,
+            per_sec(self.subscribers as u64, self.setup_secs)
+        );
+        let _ = writeln!(
+            s,
+            "publishes:   {:.1}/s ({} accepted in the {:.2} s measure window; {} attempted in all), \
+             errors {}, skipped {}",
+            self.publish_rate(),
+            self.publishes_measured,
+            self.measure_secs,
+            self.publishes_attempted,
+            self.publish_errors(),
+            self.publishes_skipped
+        );
+        if self.publish_errors() > 0 {
+            let statuses: Vec<String> = self
+                .publish_status_errors
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "             by status [{}], transport {}; first: {}",
+                statuses.join(", "),
+                self.publish_transport_errors,
+                self.first_publish_error.as_deref().unwrap_or("-")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "deliveries:  {:.0}/s ({} of {} expected)",
+            self.delivery_rate(),
+            self.deliveries,
+            self.expected_deliveries
+        );
+        let _ = writeln!(
+            s,
+            "integrity:   lost {}, duplicated {}, out-of-order {}, disconnected {}, unexpected frames {}; \
+             drain {:.2} s{}",
+            self.lost,
+            self.duplicated,
+            self.out_of_order,
+            self.disconnected,
+            self.unexpected_frames,
+            self.drain_secs,
+            if self.drained { "" } else { " (timed out)" }
+        );
+        for r in &self.disconnect_reasons {
+            let _ = writeln!(s, "             disconnect: {r}");
+        }
+        let _ = writeln!(
+            s,
+            "latency ms:  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={})",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+        );
+        for n in &self.nodes {
+            let _ = writeln!(s, "{}", n.line());
+        }
+        if self.nodes.len() > 1 {
+            let cpu: Option<f64> = self.nodes.iter().map(|n| n.cpu_secs).sum();
+            if let Some(cpu) = cpu.filter(|_| self.deliveries > 0) {
+                let _ = writeln!(
+                    s,
+                    "nodes total: cpu {cpu:.2} s = {:.2} µs/delivery",
+                    cpu * 1e6 / self.deliveries as f64
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "{} ({} runtime thread(s))",
+            self.generator.line(),
+            self.runtime_threads
+        );
+        let _ = writeln!(
+            s,
+            "cpu times in clock ticks of 1/{} s ({})",
+            self.clk_tck,
+            if self.clk_tck_read {
+                "read from /proc/self/auxv"
+            } else {
+                "assumed"
+            }
+        );
+        let failures = self.failures();
+        if failures.is_empty() {
+            s.push_str("result:      OK\n");
+        } else {
+            let _ = writeln!(s, "result:      FAILED: {}", failures.join("; "));
+        }
+        s
+    }
+
+    /// The report as one JSON object.
+    pub fn json(&self) -> Value {
+        let l = &self.latency;
+        json!({
+            "scenario": "fanout",
+            "subscribers": self.subscribers,
+            "ws_nodes": self.ws_nodes,
+            "api_nodes": self.api_nodes,
+            "publishers": self.publishers,
+            "channel": self.channel,
+            "target_rate": self.target_rate,
+            "payload": self.payload,
+            "setup_secs": self.setup_secs,
+            "measure_secs": self.measure_secs,
+            "publishes_attempted": self.publishes_attempted,
+            "publishes_measured": self.publishes_measured,
+            "publishes_per_sec": self.publish_rate(),
+            "publish_errors": self.publish_errors(),
+            "publish_status_errors": self.publish_status_errors.iter()
+                .map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "publish_transport_errors": self.publish_transport_errors,
+            "publishes_skipped": self.publishes_skipped,
+            "deliveries": self.deliveries,
+            "expected_deliveries": self.expected_deliveries,
+            "deliveries_per_sec": self.delivery_rate(),
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "out_of_order": self.out_of_order,
+            "disconnected": self.disconnected,
+            "unexpected_frames": self.unexpected_frames,
+            "drain_secs": self.drain_secs,
+            "drained": self.drained,
+            "latency_ms": {
+                "count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99,
+                "p99_9": l.p999, "max": l.max,
+            },
+            "nodes": self.nodes.iter().map(ProcUsage::json).collect::<Vec<_>>(),
+            "generator": self.generator.json(),
+            "runtime_threads": self.runtime_threads,
+            "clk_tck": self.clk_tck,
+            "clk_tck_read": self.clk_tck_read,
+            "failures": self.failures(),
+            "ok": self.failures().is_empty(),
+        })
+    }
+}
+
+fn per_sec(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_quantiles() {
+        let mut a = Latency::new();
+        let mut b = Latency::new();
+        for us in 1..=500 {
+            a.record(us * 10);
+        }
+        for us in 501..=1000 {
+            b.record(us * 10);
+        }
+        b.record(0); // clamped to 1 µs, not rejected
+        a.merge(&b);
+        let s = a.summary();
+        assert_eq!(s.count, 1001);
+        assert!((s.p50 - 5.0).abs() < 0.01, "{s:?}");
+        assert!((s.p99 - 9.9).abs() < 0.02, "{s:?}");
+        assert!((s.max - 10.0).abs() < 0.01, "{s:?}");
+        assert_eq!(Latency::new().summary(), LatencySummary::default());
+    }
+
+    #[test]
+    fn failures_name_what_went_wrong() {
+        let ok = Report {
+            publishes_measured: 10,
+            ..Report::default()
+        };
+        assert!(ok.failures().is_empty());
+        let bad = Report {
+            publishes_measured: 10,
+            lost: 2,
+            out_of_order: 1,
+            publish_status_errors: vec![(503, 4)],
+            ..Report::default()
+        };
+        let f = bad.failures().join("; ");
+        assert!(
+            f.contains("2 deliveries lost") && f.contains("1 out-of-order"),
+            "{f}"
+        );
+        assert!(f.contains("4 publish errors"), "{f}");
+        assert!(!f.contains("duplicate"), "{f}");
+    }
+
+    #[test]
+    fn cpu_per_delivery() {
+        let u = ProcUsage {
+            deliveries: 1_000_000,
+            cpu_secs: Some(2.5),
+            ..ProcUsage::default()
+        };
+        assert_eq!(u.us_per_delivery(), Some(2.5));
+        assert!(u.json()["cpu_us_per_delivery"].as_f64().is_some());
+    }
+}
