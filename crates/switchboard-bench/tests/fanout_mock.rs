@@ -74,6 +74,8 @@ fn start_mock(fault: Fault) -> Mock {
     rx.recv().unwrap()
 }
 
+// The callback's error type is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 async fn serve_ws(tcp: tokio::net::TcpStream, mut bus: broadcast::Receiver<Arc<str>>) {
     let cb = |_: &WsRequest, mut resp: WsResponse| {
         resp.headers_mut().insert(
@@ -134,10 +136,10 @@ async fn publish(
     )
     .into();
     let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-    if !(fault == Fault::Drop && n % 7 == 0) {
+    if !(fault == Fault::Drop && n.is_multiple_of(7)) {
         let _ = bus.send(frame.clone());
     }
-    if fault == Fault::Duplicate && n % 5 == 0 {
+    if fault == Fault::Duplicate && n.is_multiple_of(5) {
         let _ = bus.send(frame);
     }
     Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
