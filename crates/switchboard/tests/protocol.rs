@@ -1,0 +1,526 @@
+//! The client protocol on one node with the in-process backplane (no Redis): the
+//! welcome, the JSON and protobuf commands, the server API, and the two subprotocols
+//! talking to each other.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
+use support::{Node, WsClient, decode_base64, now_ms};
+use switchboard_proto::client::{
+    ClientFrame, HistoryRequest, PresenceRequest, client_frame::Command, server_frame::Frame,
+};
+
+fn is_ulid(s: &str) -> bool {
+    s.len() == 26
+        && s.bytes().all(|b| {
+            b.is_ascii_digit()
+                || (b.is_ascii_uppercase() && !matches!(b, b'I' | b'L' | b'O' | b'U'))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_welcome_has_the_contract_shape() {
+    let node = Node::start("node-welcome", &[]).await;
+    let client = WsClient::connect_json(&node.ws_url()).await;
+
+    assert_eq!(client.protocol.as_deref(), Some(JSON_PROTOCOL));
+    let welcome = &client.welcome;
+    let object = welcome.as_object().expect("welcome is an object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["conn", "heartbeat", "node", "type", "user"],
+        "welcome fields: {welcome}"
+    );
+    let conn = welcome["conn"].as_str().expect("conn is a string");
+    let ulid = conn
+        .strip_prefix("c_")
+        .unwrap_or_else(|| panic!("conn must be c_<ULID>, got {conn}"));
+    assert!(is_ulid(ulid), "conn must be c_<ULID>, got {conn}");
+    assert_eq!(welcome["node"], "node-welcome");
+    assert_eq!(welcome["user"], "", "anonymous user is the empty string");
+    assert_eq!(welcome["heartbeat"], 25, "default heartbeat is 25 s");
+
+    let other = WsClient::connect_json(&node.ws_url()).await;
+    assert_ne!(other.conn_id(), client.conn_id(), "conn ids are unique");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_is_the_default_subprotocol() {
+    let node = Node::start("node-default-proto", &[]).await;
+    // No Sec-WebSocket-Protocol offered: JSON framing, and (RFC 6455 4.2.2) the server
+    // must not answer with a subprotocol the client did not offer.
+    let mut client = WsClient::connect_json_with(&node.ws_url(), &[], &[]).await;
+    assert_eq!(client.protocol, None);
+    assert_eq!(client.welcome["node"], "node-default-proto");
+    client.ping_pong().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subprotocol_negotiation() {
+    let node = Node::start("node-negotiate", &[]).await;
+
+    match WsClient::try_upgrade(&node.ws_url(), &["mqtt", "graphql-ws"], &[]).await {
+        Upgrade::Refused(400, _) => {}
+        other => panic!("only unknown subprotocols offered: want HTTP 400, got {other:?}"),
+    }
+    match WsClient::try_upgrade(&node.ws_url(), &["mqtt", PROTO_PROTOCOL], &[]).await {
+        Upgrade::Accepted(Some(p)) if p == PROTO_PROTOCOL => {}
+        other => panic!("unknown + proto offered: want proto selected, got {other:?}"),
+    }
+    match WsClient::try_upgrade(&node.ws_url(), &["mqtt", JSON_PROTOCOL], &[]).await {
+        Upgrade::Accepted(Some(p)) if p == JSON_PROTOCOL => {}
+        other => panic!("unknown + json offered: want json selected, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_subscribe_publish_unsubscribe_ping() {
+    let node = Node::start("node-json", &[]).await;
+    let mut alice = WsClient::connect_json(&node.ws_url()).await;
+    let mut bob = WsClient::connect_json(&node.ws_url()).await;
+
+    // Replies carry the command's id and exactly the documented fields.
+    alice
+        .send_json(&json!({"type": "subscribe", "id": 1, "channel": "news"}))
+        .await;
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "subscribed", "id": 1, "channel": "news"})
+    );
+    bob.subscribe("news").await;
+
+    alice.send_json(&json!({"type": "ping", "id": 2})).await;
+    assert_eq!(alice.recv_json().await, json!({"type": "pong", "id": 2}));
+
+    // A ping without id gets a pong without id.
+    alice.send_json(&json!({"type": "ping"})).await;
+    assert_eq!(alice.recv_json().await, json!({"type": "pong"}));
+
+    let data = json!({"text": "hi", "n": [1, 2.5, null, true], "nested": {"k": "v"}});
+    alice
+        .send_json(&json!({"type": "publish", "id": 3, "channel": "news", "data": data}))
+        .await;
+    let (reply, _) = alice.recv_until(|v| v["type"] != "message").await;
+    assert_eq!(
+        reply,
+        json!({"type": "published", "id": 3, "channel": "news"})
+    );
+    let want = json!({"type": "message", "channel": "news", "data": data});
+    assert_eq!(
+        bob.recv_json().await,
+        want,
+        "subscriber receives the publish"
+    );
+    assert_eq!(
+        alice.recv_message_push().await,
+        want,
+        "the publisher, subscribed, receives its own publish"
+    );
+
+    // Any JSON value is valid data.
+    for data in [json!("a string"), json!(42), json!(null), json!([1, "two"])] {
+        bob.publish_ok("news", data.clone()).await;
+        assert_eq!(
+            alice.recv_json().await,
+            json!({"type": "message", "channel": "news", "data": data})
+        );
+        assert_eq!(bob.recv_message_push().await["data"], data);
+    }
+
+    // Subscribing twice is a bad_request, echoing the id.
+    alice
+        .send_json(&json!({"type": "subscribe", "id": 4, "channel": "news"}))
+        .await;
+    let reply = alice.recv_json().await;
+    assert_eq!(reply["type"], "error", "second subscribe: {reply}");
+    assert_eq!(reply["id"], 4);
+    assert_eq!(reply["code"], "bad_request");
+    assert!(
+        reply["message"].is_string(),
+        "error carries a message: {reply}"
+    );
+
+    // Unsubscribe stops delivery to alice, not to bob.
+    alice
+        .send_json(&json!({"type": "unsubscribe", "id": 5, "channel": "news"}))
+        .await;
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "unsubscribed", "id": 5, "channel": "news"})
+    );
+    bob.publish_ok("news", json!("after unsubscribe")).await;
+    assert_eq!(bob.recv_message_push().await["data"], "after unsubscribe");
+    alice.ping_pong().await;
+
+    // Unsubscribing again is idempotent.
+    alice
+        .send_json(&json!({"type": "unsubscribe", "id": 6, "channel": "news"}))
+        .await;
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "unsubscribed", "id": 6, "channel": "news"})
+    );
+
+    // Publishing to a channel nobody subscribes to is fine.
+    alice.publish_ok("empty-room", json!(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_presence_are_forbidden_without_a_namespace() {
+    let node = Node::start("node-nohistory", &[]).await;
+    let mut client = WsClient::connect_json(&node.ws_url()).await;
+
+    client
+        .send_json(&json!({"type": "history", "id": 1, "channel": "news"}))
+        .await;
+    let reply = client.recv_json().await;
+    assert_eq!(
+        (&reply["type"], &reply["id"], &reply["code"]),
+        (&json!("error"), &json!(1), &json!("forbidden")),
+        "history: {reply}"
+    );
+
+    client
+        .send_json(&json!({"type": "presence", "id": 2, "channel": "news"}))
+        .await;
+    let reply = client.recv_json().await;
+    assert_eq!(
+        (&reply["type"], &reply["id"], &reply["code"]),
+        (&json!("error"), &json!(2), &json!("forbidden")),
+        "presence: {reply}"
+    );
+
+    let mut proto = WsClient::connect_proto(&node.ws_url()).await;
+    for command in [
+        Command::History(HistoryRequest {
+            channel: "news".into(),
+            limit: None,
+            since: None,
+        }),
+        Command::Presence(PresenceRequest {
+            channel: "news".into(),
+        }),
+    ] {
+        let id = proto.send_command(command).await;
+        let reply = proto.recv_frame().await;
+        assert_eq!(reply.id, id);
+        match reply.frame {
+            Some(Frame::Error(e)) => assert_eq!(e.code, "forbidden"),
+            other => panic!("want error forbidden, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_publish_reaches_subscribers() {
+    let node = Node::start("node-api-publish", &[]).await;
+    let mut a = WsClient::connect_json(&node.ws_url()).await;
+    let mut b = WsClient::connect_json(&node.ws_url()).await;
+    a.subscribe("alerts").await;
+    b.subscribe("alerts").await;
+
+    let answer = node.publish("alerts", json!({"level": "red"})).await;
+    assert_eq!(answer, json!({}), "publish without history answers {{}}");
+
+    let want = json!({"type": "message", "channel": "alerts", "data": {"level": "red"}});
+    assert_eq!(a.recv_json().await, want);
+    assert_eq!(b.recv_json().await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_broadcast_to_several_channels() {
+    let node = Node::start("node-broadcast", &[]).await;
+    let mut one = WsClient::connect_json(&node.ws_url()).await;
+    let mut two = WsClient::connect_json(&node.ws_url()).await;
+    let mut both = WsClient::connect_json(&node.ws_url()).await;
+    one.subscribe("room:1").await;
+    two.subscribe("room:2").await;
+    both.subscribe("room:1").await;
+    both.subscribe("room:2").await;
+
+    let body = json!({"channels": ["room:1", "room:2", "room:3"], "data": {"msg": "all"}});
+    let response = node.api("POST", "/api/v1/broadcast", Some(&body)).await;
+    assert_eq!(response.status, 200, "broadcast: {}", response.text());
+    assert_eq!(
+        response.json(),
+        json!({"results": [{"channel": "room:1"}, {"channel": "room:2"}, {"channel": "room:3"}]})
+    );
+
+    assert_eq!(
+        one.recv_json().await,
+        json!({"type": "message", "channel": "room:1", "data": {"msg": "all"}})
+    );
+    assert_eq!(
+        two.recv_json().await,
+        json!({"type": "message", "channel": "room:2", "data": {"msg": "all"}})
+    );
+    let mut seen = vec![
+        both.recv_json().await["channel"].clone(),
+        both.recv_json().await["channel"].clone(),
+    ];
+    seen.sort_by_key(|v| v.to_string());
+    assert_eq!(seen, [json!("room:1"), json!("room:2")]);
+
+    // A bad channel among good ones: an error in its result, the others delivered.
+    let body = json!({"channels": ["room:1", "bad room", "room:2"], "data": 7});
+    let response = node.api("POST", "/api/v1/broadcast", Some(&body)).await;
+    assert_eq!(response.status, 200, "broadcast: {}", response.text());
+    let results = response.json()["results"].clone();
+    assert_eq!(results[0], json!({"channel": "room:1"}));
+    assert_eq!(results[1]["channel"], "bad room");
+    assert_eq!(results[1]["error"]["code"], "bad_request", "{results}");
+    assert_eq!(results[2], json!({"channel": "room:2"}));
+    assert_eq!(one.recv_json().await["data"], 7);
+    assert_eq!(two.recv_json().await["data"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_api_lists_the_single_node() {
+    let before = now_ms();
+    let node = Node::start("node-solo", &[]).await;
+    let _c1 = WsClient::connect_json(&node.ws_url()).await;
+    let mut c2 = WsClient::connect_json(&node.ws_url()).await;
+    c2.subscribe("x").await;
+
+    let response = node.api("GET", "/api/v1/cluster", None).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    let nodes = body["nodes"].as_array().expect("nodes array");
+    assert_eq!(nodes.len(), 1, "{body}");
+    let entry = &nodes[0];
+    assert_eq!(entry["id"], "node-solo");
+    for field in ["connections", "subscriptions", "started_at", "last_seen"] {
+        assert!(
+            entry[field].is_u64(),
+            "{field} is a non-negative integer: {entry}"
+        );
+    }
+    let started = entry["started_at"].as_u64().unwrap_or(0);
+    let last_seen = entry["last_seen"].as_u64().unwrap_or(0);
+    assert!(
+        started >= before.saturating_sub(1000) && started <= now_ms(),
+        "started_at is ms since the epoch, around the start: {started} (test began {before})"
+    );
+    assert!(last_seen >= started, "last_seen >= started_at: {entry}");
+    assert!(
+        last_seen <= now_ms() + 1000,
+        "last_seen not in the future: {entry}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_and_static_routes() {
+    let node = Node::start("node-health", &[]).await;
+    let r = node.public_raw("GET", "/healthz", &[], None).await;
+    assert_eq!((r.status, r.text().trim()), (200, "ok"), "public /healthz");
+    let r = node.internal_raw("GET", "/healthz", &[], None).await;
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (200, "ok"),
+        "internal /healthz"
+    );
+    let r = node.internal_raw("GET", "/readyz", &[], None).await;
+    assert_eq!((r.status, r.text().trim()), (200, "ready"), "/readyz");
+    let r = node.public_raw("GET", "/", &[], None).await;
+    assert_eq!(r.status, 200, "demo page");
+    let r = node.public_raw("GET", "/client.js", &[], None).await;
+    assert_eq!(r.status, 200, "client.js");
+    let r = node.internal_raw("GET", "/metrics", &[], None).await;
+    assert_eq!(r.status, 200, "metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_metrics_follow_clients() {
+    let node = Node::start("node-metrics", &[]).await;
+    let mut a = WsClient::connect_json(&node.ws_url()).await;
+    let mut b = WsClient::connect_json(&node.ws_url()).await;
+    a.subscribe("m").await;
+    b.subscribe("m").await;
+    node.wait_metric("switchboard_connections", "== 2", |v| v == 2.0)
+        .await;
+    node.wait_metric("switchboard_subscriptions", "== 2", |v| v == 2.0)
+        .await;
+    node.wait_metric("switchboard_channels", "== 1", |v| v == 1.0)
+        .await;
+    assert!(node.metric("switchboard_connections_accepted_total").await >= 2.0);
+
+    node.publish("m", json!("x")).await;
+    a.recv_message_push().await;
+    b.recv_message_push().await;
+    node.wait_metric("switchboard_messages_delivered_total", ">= 2", |v| v >= 2.0)
+        .await;
+
+    a.close(1000).await;
+    drop(a);
+    node.wait_metric("switchboard_connections", "== 1", |v| v == 1.0)
+        .await;
+    node.wait_metric("switchboard_subscriptions", "== 1", |v| v == 1.0)
+        .await;
+    node.wait_metric_with(
+        "switchboard_disconnects_total",
+        &[("reason", "client_closed")],
+        ">= 1",
+        |v| v >= 1.0,
+    )
+    .await;
+}
+
+// ---- protobuf subprotocol ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_welcome_and_commands() {
+    let node = Node::start("node-proto", &[]).await;
+    let mut client = WsClient::connect_proto(&node.ws_url()).await;
+
+    let welcome = client.welcome_frame.clone().expect("welcome");
+    assert_eq!(welcome.id, 0, "pushes carry id 0");
+    let Some(Frame::Welcome(w)) = welcome.frame else {
+        unreachable!()
+    };
+    assert!(
+        w.conn.strip_prefix("c_").is_some_and(is_ulid),
+        "conn must be c_<ULID>, got {}",
+        w.conn
+    );
+    assert_eq!(w.node, "node-proto");
+    assert_eq!(w.user, "");
+    assert_eq!(w.heartbeat, 25);
+
+    client.proto_ping_pong().await;
+    client.proto_subscribe("p").await;
+    let reply = client.proto_publish("p", b"\x00\x01binary").await;
+    match reply.frame {
+        Some(Frame::Published(p)) => {
+            assert_eq!(p.channel, "p");
+            assert_eq!(p.offset, None, "no offset without history");
+        }
+        other => panic!("want Published, got {other:?}"),
+    }
+    let message = client.recv_frame_message().await;
+    assert_eq!(message.channel, "p");
+    assert_eq!(&message.data[..], b"\x00\x01binary");
+    assert_eq!((message.offset, message.epoch.as_deref()), (None, None));
+
+    // Subscribing twice: bad_request echoing the id.
+    let id = client
+        .send_command(Command::Subscribe(
+            switchboard_proto::client::SubscribeRequest {
+                channel: "p".into(),
+                recover: None,
+            },
+        ))
+        .await;
+    let reply = client.recv_frame().await;
+    assert_eq!(reply.id, id);
+    match reply.frame {
+        Some(Frame::Error(e)) => assert_eq!(e.code, "bad_request"),
+        other => panic!("want error bad_request, got {other:?}"),
+    }
+
+    client.proto_unsubscribe("p").await;
+    node.publish("p", json!("gone")).await;
+    client.proto_ping_pong().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_and_json_clients_share_a_channel() {
+    let node = Node::start("node-mixed", &[]).await;
+    let mut json_client = WsClient::connect_json(&node.ws_url()).await;
+    let mut proto_client = WsClient::connect_proto(&node.ws_url()).await;
+    json_client.subscribe("mix").await;
+    proto_client.proto_subscribe("mix").await;
+
+    // A JSON publish reaches the proto client as the UTF-8 bytes of the JSON text.
+    let data = json!({"text": "héllo", "n": [1, 2]});
+    json_client.publish_ok("mix", data.clone()).await;
+    let m = proto_client.recv_frame_message().await;
+    assert_eq!(m.channel, "mix");
+    let text = std::str::from_utf8(&m.data).expect("JSON data arrives as UTF-8 text");
+    let parsed: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("proto client got non-JSON bytes {text:?}: {e}"));
+    assert_eq!(parsed, data);
+    assert_eq!(json_client.recv_message_push().await["data"], data);
+
+    // An API publish too.
+    node.publish("mix", json!([true, false])).await;
+    let m = proto_client.recv_frame_message().await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.data).expect("JSON bytes"),
+        json!([true, false])
+    );
+    assert_eq!(
+        json_client.recv_message_push().await["data"],
+        json!([true, false])
+    );
+
+    // A proto publish of bytes that are not JSON reaches the JSON client as data_b64.
+    let binary: &[u8] = &[0x00, 0x9f, 0x92, 0x96, 0xff, b'{'];
+    let reply = proto_client.proto_publish("mix", binary).await;
+    assert!(
+        matches!(reply.frame, Some(Frame::Published(_))),
+        "{reply:?}"
+    );
+    let m = json_client.recv_message_push().await;
+    assert_eq!(m["channel"], "mix");
+    assert!(
+        m.get("data").is_none(),
+        "binary payload must not have `data`: {m}"
+    );
+    let b64 = m["data_b64"]
+        .as_str()
+        .unwrap_or_else(|| panic!("binary payload arrives as data_b64: {m}"));
+    assert_eq!(
+        decode_base64(b64).as_deref(),
+        Some(binary),
+        "data_b64 {b64}"
+    );
+    assert_eq!(&proto_client.recv_frame_message().await.data[..], binary);
+
+    // A proto publish of JSON bytes reaches the JSON client as data.
+    let json_bytes = br#"{"from":"proto","list":[1,2,3]}"#;
+    proto_client.proto_publish("mix", json_bytes).await;
+    let m = json_client.recv_message_push().await;
+    assert_eq!(
+        m,
+        json!({"type": "message", "channel": "mix", "data": {"from": "proto", "list": [1, 2, 3]}})
+    );
+    assert_eq!(
+        &proto_client.recv_frame_message().await.data[..],
+        json_bytes,
+        "proto subscribers get the published bytes unchanged"
+    );
+
+    // Non-UTF-8-safe but valid-UTF-8 text that is not JSON is also data_b64.
+    proto_client.proto_publish("mix", b"hello world").await;
+    let m = json_client.recv_message_push().await;
+    assert_eq!(
+        m["data_b64"].as_str().and_then(decode_base64).as_deref(),
+        Some(&b"hello world"[..]),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_frame_without_command_is_bad_request() {
+    let node = Node::start("node-proto-empty", &[]).await;
+    let mut client = WsClient::connect_proto(&node.ws_url()).await;
+    client
+        .send_frame(&ClientFrame {
+            id: 9,
+            command: None,
+        })
+        .await;
+    let reply = client.recv_frame().await;
+    assert_eq!(
+        reply.id, 9,
+        "the id is readable, so it is echoed: {reply:?}"
+    );
+    match reply.frame {
+        Some(Frame::Error(e)) => assert_eq!(e.code, "bad_request"),
+        other => panic!("want error bad_request, got {other:?}"),
+    }
+    client.proto_ping_pong().await;
+}

@@ -1,0 +1,300 @@
+//! What a node does when things go wrong around it: Redis dies and comes back, a
+//! client stops reading, a client stops answering pings.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::raw_ws::{RawRead, opcode};
+use support::ws::JSON_PROTOCOL;
+use support::{Node, RawWs, RedisServer, WsClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_and_recovery() {
+    let mut redis = RedisServer::start().await;
+    let a = Node::start_on(&redis, "node-a", &[]).await;
+    let b = Node::start_on(&redis, "node-b", &[]).await;
+    let ch = "live";
+
+    let mut sub_a = WsClient::connect_json(&a.ws_url()).await;
+    let mut sub_b = WsClient::connect_json(&b.ws_url()).await;
+    let mut publisher = WsClient::connect_json(&a.ws_url()).await;
+    sub_a.subscribe(ch).await;
+    sub_b.subscribe(ch).await;
+    a.publish(ch, json!("before")).await;
+    assert_eq!(sub_a.recv_json().await["data"], "before");
+    assert_eq!(sub_b.recv_json().await["data"], "before");
+    assert_eq!(a.metric("switchboard_backplane_up").await, 1.0);
+    let reconnects_a = a.metric("switchboard_backplane_reconnects_total").await;
+    let reconnects_b = b.metric("switchboard_backplane_reconnects_total").await;
+
+    redis.kill();
+
+    for node in [&a, &b] {
+        node.wait_readyz(503, Duration::from_secs(10)).await;
+        let r = node.internal_raw("GET", "/readyz", &[], None).await;
+        assert!(
+            r.text().contains("backplane"),
+            "/readyz reason names the backplane: {:?}",
+            r.text()
+        );
+        node.wait_metric("switchboard_backplane_up", "== 0", |v| v == 0.0)
+            .await;
+    }
+
+    // A client publish is refused, and says so.
+    let reply = publisher.publish(ch, json!("lost-client")).await;
+    assert_eq!(reply["type"], "error", "publish with Redis down: {reply}");
+    assert_eq!(
+        reply["code"], "unavailable",
+        "publish with Redis down: {reply}"
+    );
+    // An API publish is refused with 503.
+    let body = json!({"channel": ch, "data": "lost-api"});
+    let r = a.api("POST", "/api/v1/publish", Some(&body)).await;
+    assert_eq!(r.status, 503, "API publish with Redis down: {}", r.text());
+    assert_eq!(r.error_code(), "unavailable");
+    // Clients stay connected and the node still answers them.
+    sub_a.ping_pong().await;
+    sub_b.ping_pong().await;
+    publisher.ping_pong().await;
+
+    redis.restart().await;
+
+    for node in [&a, &b] {
+        node.wait_readyz(200, Duration::from_secs(30)).await;
+        node.wait_metric("switchboard_backplane_up", "== 1", |v| v == 1.0)
+            .await;
+    }
+    // Both nodes resubscribed for their still-connected subscribers.
+    redis.wait_numsub(ch, 2).await;
+
+    // Delivery resumes, local and cross-node; nothing refused during the outage shows up.
+    a.publish(ch, json!("after-api-a")).await;
+    assert_eq!(sub_a.recv_json().await["data"], "after-api-a");
+    assert_eq!(sub_b.recv_json().await["data"], "after-api-a");
+    publisher.publish_ok(ch, json!("after-client-a")).await;
+    assert_eq!(sub_a.recv_json().await["data"], "after-client-a");
+    assert_eq!(sub_b.recv_json().await["data"], "after-client-a");
+    b.publish(ch, json!("after-api-b")).await;
+    assert_eq!(sub_a.recv_json().await["data"], "after-api-b");
+    assert_eq!(sub_b.recv_json().await["data"], "after-api-b");
+
+    assert!(
+        a.metric("switchboard_backplane_reconnects_total").await > reconnects_a,
+        "node-a counted its backplane reconnect"
+    );
+    assert!(
+        b.metric("switchboard_backplane_reconnects_total").await > reconnects_b,
+        "node-b counted its backplane reconnect"
+    );
+
+    // New subscriptions after the outage work too.
+    let mut late = WsClient::connect_json(&b.ws_url()).await;
+    late.subscribe("late").await;
+    a.publish("late", json!("hello late")).await;
+    assert_eq!(late.recv_json().await["data"], "hello late");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_cut_off_and_the_rest_keep_flowing() {
+    const CH: &str = "flood";
+    const MAX_MESSAGES: u64 = 4000;
+    let node = Node::start("node-slow", &["--outbound-queue", "64"]).await;
+    let baseline_kib = node.rss_kib();
+
+    let mut slow =
+        RawWs::connect_with_recv_buffer(node.public_addr(), Some(JSON_PROTOCOL), Some(4096)).await;
+    slow.recv_type("welcome").await;
+    slow.send_text(&json!({"type": "subscribe", "id": 1, "channel": CH}).to_string())
+        .await;
+    let reply = slow.recv_type("subscribed").await;
+    assert_eq!(reply["id"], 1);
+    // From here on the slow client reads nothing until the flood is over.
+
+    let mut healthy = WsClient::connect_json(&node.ws_url()).await;
+    healthy.subscribe(CH).await;
+    let collector = tokio::spawn(async move {
+        let mut next = 0u64;
+        loop {
+            let m = healthy.recv_json().await;
+            assert_eq!(m["type"], "message", "healthy subscriber got {m}");
+            if m["data"] == "done" {
+                return next;
+            }
+            assert_eq!(
+                m["data"]["i"], next,
+                "healthy subscriber missed or reordered"
+            );
+            next += 1;
+        }
+    });
+
+    let pad = "x".repeat(16 * 1024);
+    let mut published = 0u64;
+    let mut max_kib = baseline_kib;
+    let mut tripped_at = None;
+    while published < MAX_MESSAGES {
+        node.publish(CH, json!({"i": published, "pad": pad})).await;
+        published += 1;
+        if published.is_multiple_of(16) {
+            max_kib = max_kib.max(node.rss_kib());
+            if tripped_at.is_none()
+                && node
+                    .metric("switchboard_slow_consumer_disconnects_total")
+                    .await
+                    >= 1.0
+            {
+                tripped_at = Some(published);
+            }
+        }
+        // Keep going a little after the cut, to show the healthy one is unaffected.
+        if tripped_at.is_some_and(|t| published >= t + 64) {
+            break;
+        }
+    }
+    let tripped_at = tripped_at.unwrap_or_else(|| {
+        panic!("no slow-consumer disconnect after {published} messages of 16 KiB with --outbound-queue 64")
+    });
+    node.publish(CH, json!("done")).await;
+    let received = tokio::time::timeout(Duration::from_secs(60), collector)
+        .await
+        .expect("healthy subscriber did not get everything within 60 s")
+        .expect("healthy subscriber task");
+    assert_eq!(
+        received, published,
+        "healthy subscriber received every message"
+    );
+    assert_eq!(
+        node.metric("switchboard_slow_consumer_disconnects_total")
+            .await,
+        1.0,
+        "exactly one slow consumer"
+    );
+    assert_eq!(
+        node.metric_with(
+            "switchboard_disconnects_total",
+            &[("reason", "slow_consumer")]
+        )
+        .await,
+        1.0
+    );
+    let grown_mib = max_kib.saturating_sub(baseline_kib) / 1024;
+    assert!(
+        grown_mib < 200,
+        "RSS grew by {grown_mib} MiB while flooding (baseline {baseline_kib} KiB, max {max_kib} KiB)"
+    );
+
+    // The slow client reads again: whatever was already in flight, then either
+    // `disconnect` 4008 + close 4008, or the end of the connection.
+    let mut messages = 0u64;
+    let outcome = loop {
+        match slow.read(Duration::from_secs(10)).await {
+            RawRead::Frame(f) if f.opcode == opcode::TEXT => {
+                let v = f.json();
+                match v["type"].as_str() {
+                    Some("message") => messages += 1,
+                    Some("disconnect") => {
+                        assert_eq!(v["code"], 4008, "slow consumer disconnect: {v}");
+                        assert_eq!(v["reconnect"], true, "slow consumer may reconnect: {v}");
+                        match slow.read(Duration::from_secs(10)).await {
+                            RawRead::Frame(c) if c.opcode == opcode::CLOSE => {
+                                assert_eq!(c.close_code(), 4008, "close code after {v}");
+                            }
+                            other => {
+                                panic!("after the disconnect push want close 4008, got {other:?}")
+                            }
+                        }
+                        break "disconnect 4008";
+                    }
+                    _ => panic!("slow client got unexpected {v}"),
+                }
+            }
+            RawRead::Frame(f) if f.opcode == opcode::PING => {}
+            RawRead::Frame(f) if f.opcode == opcode::CLOSE => {
+                panic!("close {} without a disconnect push first", f.close_code())
+            }
+            RawRead::Frame(f) => panic!("slow client got opcode {}", f.opcode),
+            RawRead::Eof | RawRead::Error(_) => break "connection closed",
+        }
+    };
+    assert!(
+        messages < published,
+        "the slow client ({outcome}) must not have received the whole flood ({messages} of {published}, cut at {tripped_at})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_closes_a_silent_client() {
+    let node = Node::start("node-hb-silent", &["--heartbeat", "0.5"]).await;
+    let mut raw = RawWs::connect(node.public_addr(), Some(JSON_PROTOCOL)).await;
+    let started = Instant::now();
+    let welcome = raw.recv_json().await;
+    assert_eq!(welcome["type"], "welcome");
+
+    // Read (never write, so never pong) until the server gives up on us.
+    let mut pings = 0;
+    let mut disconnect: Option<Value> = None;
+    loop {
+        match raw.read(Duration::from_secs(10)).await {
+            RawRead::Frame(f) if f.opcode == opcode::PING => pings += 1,
+            RawRead::Frame(f) if f.opcode == opcode::TEXT => {
+                let v = f.json();
+                assert_eq!(v["type"], "disconnect", "silent client got {v}");
+                disconnect = Some(v);
+            }
+            RawRead::Frame(f) if f.opcode == opcode::CLOSE => {
+                assert_eq!(f.close_code(), 1001, "heartbeat close code");
+                break;
+            }
+            other => panic!("expected disconnect + close 1001, got {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let disconnect = disconnect.expect("a disconnect push before the close");
+    assert_eq!(disconnect["code"], 1001);
+    assert_eq!(disconnect["reason"], "heartbeat timeout");
+    assert!(pings >= 1, "the server pinged before giving up");
+    assert!(
+        elapsed >= Duration::from_millis(800),
+        "closed after {elapsed:?}, before two 0.5 s intervals had passed"
+    );
+    assert!(
+        elapsed <= Duration::from_secs(4),
+        "closed only after {elapsed:?} with --heartbeat 0.5"
+    );
+    node.wait_metric_with(
+        "switchboard_disconnects_total",
+        &[("reason", "heartbeat_timeout")],
+        "== 1",
+        |v| v == 1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_keeps_a_responsive_client() {
+    let node = Node::start("node-hb-alive", &["--heartbeat", "0.5"]).await;
+    let mut client = WsClient::connect_json(&node.ws_url()).await;
+    client.subscribe("hb").await;
+
+    // Six intervals of reading; tungstenite answers each ping with a pong.
+    let pings = client.idle_for(Duration::from_secs(3)).await;
+    assert!(
+        pings >= 4,
+        "expected a ping every 0.5 s, saw {pings} in 3 s"
+    );
+
+    client.ping_pong().await;
+    node.publish("hb", json!("still here")).await;
+    assert_eq!(client.recv_json().await["data"], "still here");
+    assert_eq!(
+        node.metric_with(
+            "switchboard_disconnects_total",
+            &[("reason", "heartbeat_timeout")]
+        )
+        .await,
+        0.0
+    );
+}
