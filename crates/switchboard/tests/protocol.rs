@@ -103,7 +103,7 @@ async fn json_subscribe_publish_unsubscribe_ping() {
     alice
         .send_json(&json!({"type": "publish", "id": 3, "channel": "news", "data": data}))
         .await;
-    let (reply, _) = alice.recv_until(|v| v["type"] != "message").await;
+    let reply = alice.recv_reply(3).await;
     assert_eq!(
         reply,
         json!({"type": "published", "id": 3, "channel": "news"})

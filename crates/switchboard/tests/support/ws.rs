@@ -3,6 +3,7 @@
 //! tungstenite answers server pings by itself while the client is reading, so a
 //! `WsClient` is a well-behaved peer; use [`super::RawWs`] for a misbehaving one.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,6 +32,10 @@ type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct WsClient {
     ws: Stream,
     next_id: u64,
+    // Frames read past while looking for a particular one (a reply, a push), kept in
+    // arrival order and handed out before anything newer.
+    pending_json: VecDeque<Value>,
+    pending_frames: VecDeque<ServerFrame>,
     /// The subprotocol the server selected (`Sec-WebSocket-Protocol` of the 101).
     pub protocol: Option<String>,
     /// The welcome, for JSON clients.
@@ -67,6 +72,8 @@ impl WsClient {
         let mut client = WsClient {
             ws,
             next_id: 1,
+            pending_json: VecDeque::new(),
+            pending_frames: VecDeque::new(),
             protocol,
             welcome: Value::Null,
             welcome_frame: None,
@@ -93,6 +100,8 @@ impl WsClient {
         let mut client = WsClient {
             ws,
             next_id: 1,
+            pending_json: VecDeque::new(),
+            pending_frames: VecDeque::new(),
             protocol,
             welcome: Value::Null,
             welcome_frame: None,
@@ -212,8 +221,16 @@ impl WsClient {
         self.recv_message_within(RECV_TIMEOUT).await
     }
 
-    /// The next frame as JSON; panics on timeout, binary, close or end of stream.
+    /// The next frame as JSON (frames set aside by [`WsClient::take_json`] first);
+    /// panics on timeout, binary, close or end of stream.
     pub async fn recv_json(&mut self) -> Value {
+        if let Some(v) = self.pending_json.pop_front() {
+            return v;
+        }
+        self.read_json().await
+    }
+
+    async fn read_json(&mut self) -> Value {
         match self.recv_message().await {
             Some(Message::Text(text)) => serde_json::from_str(text.as_str())
                 .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {text}")),
@@ -221,8 +238,16 @@ impl WsClient {
         }
     }
 
-    /// The next frame as a protobuf `ServerFrame`; panics otherwise.
+    /// The next frame as a protobuf `ServerFrame` (frames set aside first); panics
+    /// otherwise.
     pub async fn recv_frame(&mut self) -> ServerFrame {
+        if let Some(f) = self.pending_frames.pop_front() {
+            return f;
+        }
+        self.read_frame().await
+    }
+
+    async fn read_frame(&mut self) -> ServerFrame {
         match self.recv_message().await {
             Some(Message::Binary(bytes)) => ServerFrame::decode(bytes)
                 .unwrap_or_else(|e| panic!("server sent an undecodable ServerFrame: {e}")),
@@ -237,8 +262,40 @@ impl WsClient {
         value
     }
 
+    /// The first JSON frame satisfying `pred`; frames before it that do not match are
+    /// set aside for later `recv_*` calls, in order.
+    pub async fn take_json(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        if let Some(pos) = self.pending_json.iter().position(&mut pred) {
+            return self.pending_json.remove(pos).expect("position is in range");
+        }
+        loop {
+            let v = self.read_json().await;
+            if pred(&v) {
+                return v;
+            }
+            self.pending_json.push_back(v);
+        }
+    }
+
+    /// The first proto frame satisfying `pred`; others are set aside, in order.
+    pub async fn take_frame(&mut self, mut pred: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
+        if let Some(pos) = self.pending_frames.iter().position(&mut pred) {
+            return self
+                .pending_frames
+                .remove(pos)
+                .expect("position is in range");
+        }
+        loop {
+            let f = self.read_frame().await;
+            if pred(&f) {
+                return f;
+            }
+            self.pending_frames.push_back(f);
+        }
+    }
+
     /// Reads JSON frames until one satisfies `pred` and returns it; frames before it are
-    /// returned too, in order, as the second element.
+    /// consumed and returned, in order, as the second element.
     pub async fn recv_until(
         &mut self,
         mut pred: impl FnMut(&Value) -> bool,
@@ -253,16 +310,15 @@ impl WsClient {
         }
     }
 
-    /// Reads until the reply carrying `id` (skipping pushes) and returns it.
+    /// The reply carrying `id`; pushes before it are set aside.
     pub async fn recv_reply(&mut self, id: u64) -> Value {
-        self.recv_until(|v| v["id"] == id && v["type"] != "message")
+        self.take_json(|v| v["id"] == id && v["type"] != "message")
             .await
-            .0
     }
 
-    /// The next `message` push (skipping replies and other pushes).
+    /// The next `message` push; other frames before it are set aside.
     pub async fn recv_message_push(&mut self) -> Value {
-        self.recv_until(|v| v["type"] == "message").await.0
+        self.take_json(|v| v["type"] == "message").await
     }
 
     /// Subscribes and waits for the `subscribed` reply; panics on anything else.
@@ -371,22 +427,21 @@ impl WsClient {
         id
     }
 
-    /// Reads proto frames until the reply with `id` (skipping pushes).
+    /// The proto reply with `id`; pushes before it are set aside.
     pub async fn recv_frame_reply(&mut self, id: u64) -> ServerFrame {
-        loop {
-            let frame = self.recv_frame().await;
-            if frame.id == id && !matches!(frame.frame, Some(Frame::Message(_))) {
-                return frame;
-            }
-        }
+        self.take_frame(|f| f.id == id && !matches!(f.frame, Some(Frame::Message(_))))
+            .await
     }
 
-    /// The next proto `Message` push.
+    /// The next proto `Message` push; other frames before it are set aside.
     pub async fn recv_frame_message(&mut self) -> switchboard_proto::client::Message {
-        loop {
-            if let Some(Frame::Message(m)) = self.recv_frame().await.frame {
-                return m;
-            }
+        match self
+            .take_frame(|f| matches!(f.frame, Some(Frame::Message(_))))
+            .await
+            .frame
+        {
+            Some(Frame::Message(m)) => m,
+            _ => unreachable!("take_frame matched a Message"),
         }
     }
 
