@@ -25,7 +25,7 @@ use crate::http::{ApiClient, ApiEndpoint};
 use crate::payload::{self, BodyBuilder};
 use crate::procstat::{self, Proc, Sample};
 use crate::publisher::{self, Plan, Tally};
-use crate::stats::{Latency, ProcUsage, Report};
+use crate::stats::{ProcUsage, Report, ShardedLatency};
 use crate::subscriber::{self, Control, Outcome, Shared};
 
 /// Options of `switchboard-bench fanout`.
@@ -82,6 +82,10 @@ pub struct Opts {
     pub json: bool,
 }
 
+/// Latency histogram shards per runtime thread: enough that two threads rarely want the same
+/// shard at once.
+const LATENCY_SHARDS_PER_THREAD: usize = 8;
+
 /// A subscriber task and the way to talk to it.
 struct SubscriberHandle {
     control: mpsc::Sender<Control>,
@@ -110,6 +114,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
         finished: AtomicUsize::new(0),
         setup_timeout: Duration::from_secs_f64(opts.setup_timeout),
         ws_config: WebSocketConfig::default().read_buffer_size(read_buffer_size(opts.payload)),
+        latency: ShardedLatency::new(LATENCY_SHARDS_PER_THREAD * runtime_threads),
     });
 
     let setup_started = Instant::now();
@@ -219,6 +224,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     };
     add_publishers(&mut report, &tallies);
     let per_node = add_subscribers(&mut report, &outcomes, opts.ws.len());
+    report.latency = shared.latency.merged().summary();
     add_usage(&mut report, opts, &per_node, &before, &after, clk_tck);
     Ok(report)
 }
@@ -287,6 +293,7 @@ async fn spawn_subscribers(
             let node = i % urls.len();
             let (control, control_rx) = mpsc::channel(2);
             let task = tokio::spawn(subscriber::run(
+                i,
                 node,
                 urls[node].clone(),
                 shared.clone(),
@@ -352,7 +359,6 @@ fn add_publishers(report: &mut Report, tallies: &[Tally]) {
 
 /// Adds up the subscribers' outcomes; returns deliveries per `--ws` node.
 fn add_subscribers(report: &mut Report, outcomes: &[Outcome], ws_nodes: usize) -> Vec<u64> {
-    let mut latency = Latency::new();
     let mut per_node = vec![0u64; ws_nodes];
     for o in outcomes {
         report.deliveries += o.received;
@@ -361,7 +367,6 @@ fn add_subscribers(report: &mut Report, outcomes: &[Outcome], ws_nodes: usize) -
         report.out_of_order += o.out_of_order;
         report.unexpected_frames += o.unexpected;
         per_node[o.node] += o.received;
-        latency.merge(&o.latency);
         if let Some(reason) = &o.ended {
             report.disconnected += 1;
             if report.disconnect_reasons.len() < 5 {
@@ -372,7 +377,6 @@ fn add_subscribers(report: &mut Report, outcomes: &[Outcome], ws_nodes: usize) -
         }
     }
     report.expected_deliveries = report.publishes_measured * outcomes.len() as u64;
-    report.latency = latency.summary();
     per_node
 }
 

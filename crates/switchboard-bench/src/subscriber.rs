@@ -1,9 +1,10 @@
 //! One subscriber connection: connect, subscribe, then count, time and check every message.
 //!
 //! Each subscriber is a task that owns its socket, its per-publisher `last seen` sequence and
-//! its own latency histogram, so the hot path shares nothing with other tasks. The
-//! coordinator talks to it through a small control channel (drain, then stop) rather than a
-//! shared `watch`, because polling a per-task channel costs no shared lock per message.
+//! its counters; the only thing it shares on the hot path is one latency histogram shard
+//! (see [`crate::stats`]). The coordinator talks to it through a small control channel
+//! (drain, then stop) rather than a shared `watch`, because polling a per-task channel takes
+//! no shared lock per message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +22,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::payload::{self, Stamp};
-use crate::stats::Latency;
+use crate::stats::ShardedLatency;
 
 /// The JSON subprotocol of PROTOCOL.md §2.
 pub const JSON_SUBPROTOCOL: &str = "switchboard.v1.json";
@@ -42,6 +43,8 @@ pub struct Shared {
     pub setup_timeout: Duration,
     /// Socket settings (a small read buffer: tungstenite's default is 128 KiB per socket).
     pub ws_config: WebSocketConfig,
+    /// Latency of measured messages, all subscribers together.
+    pub latency: ShardedLatency,
 }
 
 /// Orders from the coordinator.
@@ -55,6 +58,8 @@ pub enum Control {
 
 /// What one subscriber saw.
 pub struct Outcome {
+    /// Index of this subscriber, `0..subscribers`.
+    pub index: usize,
     /// Index of its `--ws` node.
     pub node: usize,
     /// Measured messages received (duplicates excluded).
@@ -65,8 +70,6 @@ pub struct Outcome {
     pub out_of_order: u64,
     /// `error` replies, binary frames, stamps from unknown publishers.
     pub unexpected: u64,
-    /// Latency of measured messages.
-    pub latency: Latency,
     /// Why the connection ended before `Stop`, if it did.
     pub ended: Option<String>,
 }
@@ -78,6 +81,7 @@ type Ws = WebSocketStream<TcpStream>;
 /// Sends one item on `ready` once subscribed (or failed to), while holding a `setup` permit,
 /// which bounds how many connections are being set up at once.
 pub async fn run(
+    index: usize,
     node: usize,
     url: Arc<str>,
     shared: Arc<Shared>,
@@ -86,12 +90,12 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> Outcome {
     let mut out = Outcome {
+        index,
         node,
         received: 0,
         duplicated: 0,
         out_of_order: 0,
         unexpected: 0,
-        latency: Latency::new(),
         ended: None,
     };
     let ws = {
@@ -217,8 +221,8 @@ fn record(stamp: Stamp, shared: &Shared, last_seen: &mut [u64], out: &mut Outcom
     }
     if stamp.sent_us >= shared.warmup_end_us.load(Ordering::Relaxed) {
         out.received += 1;
-        out.latency
-            .record(payload::now_us().saturating_sub(stamp.sent_us));
+        let latency = payload::now_us().saturating_sub(stamp.sent_us);
+        shared.latency.record(out.index, latency);
     }
 }
 
@@ -309,17 +313,18 @@ mod tests {
             finished: AtomicUsize::new(0),
             setup_timeout: Duration::from_secs(1),
             ws_config: WebSocketConfig::default(),
+            latency: ShardedLatency::new(1),
         }
     }
 
     fn outcome() -> Outcome {
         Outcome {
+            index: 0,
             node: 0,
             received: 0,
             duplicated: 0,
             out_of_order: 0,
             unexpected: 0,
-            latency: Latency::new(),
             ended: None,
         }
     }
@@ -360,6 +365,7 @@ mod tests {
             (4, 1, 1, 1)
         );
         assert_eq!(last, vec![5, 1]);
+        assert_eq!(s.latency.merged().summary().count, 4);
         assert!(caught_up(&last, &[5, 1]) && !caught_up(&last, &[5, 2]));
     }
 

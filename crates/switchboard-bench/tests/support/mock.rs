@@ -1,0 +1,150 @@
+//! A tiny in-process stand-in for a Switchboard node: `/ws` with the JSON subprotocol
+//! (welcome, subscribe, messages) and `POST /api/v1/publish`, one channel bus for everyone.
+//! Enough to check the generator's own accounting, and to measure the generator's cost
+//! without a real node (`cargo run --release -p switchboard-bench --example mock_node`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as WsRequest, Response as WsResponse,
+};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// How the stand-in misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+#[allow(dead_code)] // each user needs only some
+pub enum Fault {
+    /// Delivers every publish once.
+    None,
+    /// Drops every 7th publish (accepted, then never delivered).
+    Drop,
+    /// Delivers every 5th publish twice.
+    Duplicate,
+}
+
+/// Where the stand-in listens.
+pub struct Mock {
+    /// Address of the WebSocket listener.
+    pub ws: SocketAddr,
+    /// Address of the API listener.
+    pub api: SocketAddr,
+}
+
+/// Starts the stand-in on port 0 in a runtime of its own thread.
+pub fn start_mock(fault: Fault) -> Mock {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(Mock {
+                ws: ws.local_addr().unwrap(),
+                api: api.local_addr().unwrap(),
+            })
+            .unwrap();
+            let (bus, _) = broadcast::channel::<Arc<str>>(65536);
+            let count = Arc::new(AtomicU64::new(0));
+            let ws_bus = bus.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = ws.accept().await {
+                    tokio::spawn(serve_ws(tcp, ws_bus.subscribe()));
+                }
+            });
+            while let Ok((tcp, _)) = api.accept().await {
+                let (bus, count) = (bus.clone(), count.clone());
+                let svc = service_fn(move |req| publish(req, bus.clone(), count.clone(), fault));
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tcp), svc));
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+// The callback's error type is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
+async fn serve_ws(tcp: tokio::net::TcpStream, mut bus: broadcast::Receiver<Arc<str>>) {
+    let cb = |_: &WsRequest, mut resp: WsResponse| {
+        resp.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("switchboard.v1.json"),
+        );
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
+        return;
+    };
+    let welcome = r#"{"type":"welcome","conn":"c_1","node":"mock","user":"","heartbeat":25}"#;
+    if ws.send(Message::text(welcome)).await.is_err() {
+        return;
+    }
+    let mut subscribed = false;
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v["type"], "subscribe");
+                    subscribed = true;
+                    let reply = format!(r#"{{"type":"subscribed","id":{},"channel":{}}}"#, v["id"], v["channel"]);
+                    if ws.send(Message::text(reply)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+            m = bus.recv() => match m {
+                Ok(frame) if subscribed => {
+                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => panic!("mock lagged"),
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+async fn publish(
+    req: Request<Incoming>,
+    bus: broadcast::Sender<Arc<str>>,
+    count: Arc<AtomicU64>,
+    fault: Fault,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    assert_eq!(req.uri().path(), "/api/v1/publish");
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let frame: Arc<str> = format!(
+        r#"{{"type":"message","channel":{},"data":{}}}"#,
+        v["channel"], v["data"]
+    )
+    .into();
+    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+    if !(fault == Fault::Drop && n.is_multiple_of(7)) {
+        let _ = bus.send(frame.clone());
+    }
+    if fault == Fault::Duplicate && n.is_multiple_of(5) {
+        let _ = bus.send(frame);
+    }
+    Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
+}
