@@ -1,0 +1,62 @@
+//! Names of Switchboard's Redis keys and pub/sub channels.
+
+/// Every Redis name a node uses, derived from one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+    all: String,
+    nodes: String,
+}
+
+impl Keys {
+    /// Names under `prefix` (e.g. `switchboard`).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            all: format!("{prefix}:all"),
+            nodes: format!("{prefix}:nodes"),
+        }
+    }
+
+    /// The pub/sub channel of a client channel: `PREFIX:ch:{CHANNEL}`.
+    ///
+    /// The braces make the channel a Redis Cluster hash tag (client channel
+    /// names cannot contain braces), so its other keys can share its slot.
+    pub fn channel(&self, channel: &str) -> String {
+        format!("{}:ch:{{{channel}}}", self.prefix)
+    }
+
+    /// The pub/sub channel that reaches one node.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// The pub/sub channel every node listens to.
+    pub fn all(&self) -> &str {
+        &self.all
+    }
+
+    /// The sorted set of live nodes (score: last heartbeat in ms).
+    pub fn nodes(&self) -> &str {
+        &self.nodes
+    }
+
+    /// The key holding one node's registry entry (JSON, with a TTL).
+    pub fn node_info(&self, node: &str) -> String {
+        format!("{}:nodeinfo:{node}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_carry_a_hash_tag() {
+        let k = Keys::new("sb");
+        assert_eq!(k.channel("chat:lobby"), "sb:ch:{chat:lobby}");
+        assert_eq!(k.all(), "sb:all");
+        assert_eq!(k.node("a"), "sb:node:a");
+        assert_eq!(k.node_info("a"), "sb:nodeinfo:a");
+    }
+}

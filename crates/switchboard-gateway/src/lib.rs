@@ -1,0 +1,27 @@
+//! The Switchboard node.
+//!
+//! Where things are:
+//! - [`node`]: configuration, start-up, the fan-out workers, drain.
+//! - `http`: the public listener (WebSocket upgrade) and the internal one
+//!   (metrics, health, the server API).
+//! - `session`: one connection's reader, writer and command handling.
+//! - `hub`: channels to local sessions, and the fan-out.
+//! - [`protocol`]: commands and replies, the JSON and protobuf codecs.
+//! - [`metrics`]: the Prometheus recorder and the hot-path handles.
+
+mod http;
+mod hub;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+mod session;
+
+pub use node::{BackplaneConfig, Node, NodeConfig, NodeError};
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every critical section here is a plain map or set edit).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,146 @@
+//! Prometheus metrics: the recorder, and handles for the per-delivery path.
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard_backplane::envelope::now_us;
+
+use crate::session::Outbound;
+
+/// Installs the process-wide Prometheus recorder; call once, before the node starts
+/// (handles taken earlier record nothing).
+pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
+    const LATENCY: &[f64] = &[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "switchboard_connections",
+        "Open client WebSocket connections."
+    );
+    describe_counter!(
+        "switchboard_connections_accepted_total",
+        "WebSocket connections accepted."
+    );
+    describe_counter!(
+        "switchboard_disconnects_total",
+        "Connections ended, by reason."
+    );
+    describe_gauge!(
+        "switchboard_subscriptions",
+        "Channel subscriptions held by local connections."
+    );
+    describe_gauge!(
+        "switchboard_channels",
+        "Channels with at least one local subscriber."
+    );
+    describe_counter!(
+        "switchboard_messages_received_total",
+        "Messages (commands) received from clients."
+    );
+    describe_counter!(
+        "switchboard_messages_delivered_total",
+        "Channel messages written to client sockets."
+    );
+    describe_counter!(
+        "switchboard_bytes_sent_total",
+        "Bytes of WebSocket frames written to clients."
+    );
+    describe_counter!(
+        "switchboard_bytes_received_total",
+        "Bytes of client messages received."
+    );
+    describe_histogram!(
+        "switchboard_delivery_latency_seconds",
+        "Time from an envelope's publish to its write to a client socket."
+    );
+    describe_histogram!(
+        "switchboard_backplane_lag_seconds",
+        "Time from an envelope's publish to its receipt from Redis."
+    );
+    describe_counter!(
+        "switchboard_backplane_published_total",
+        "Envelopes accepted by the backplane."
+    );
+    describe_counter!(
+        "switchboard_backplane_received_total",
+        "Envelopes received from the backplane."
+    );
+    describe_counter!(
+        "switchboard_backplane_errors_total",
+        "Backplane failures, by operation."
+    );
+    describe_counter!(
+        "switchboard_backplane_reconnects_total",
+        "Times the Redis pub/sub connection came back."
+    );
+    describe_counter!(
+        "switchboard_backplane_resubscribed_total",
+        "Channels resubscribed after a Redis reconnect."
+    );
+    describe_gauge!(
+        "switchboard_backplane_up",
+        "1 while the backplane is connected and receiving."
+    );
+    describe_counter!(
+        "switchboard_slow_consumer_disconnects_total",
+        "Connections closed because their outbound queue overflowed or a write stalled."
+    );
+    describe_counter!(
+        "switchboard_api_requests_total",
+        "Server API requests, by route and status."
+    );
+    describe_counter!(
+        "switchboard_upgrades_rejected_total",
+        "WebSocket upgrades refused, by reason."
+    );
+}
+
+/// Handles used per message and per delivery, taken once.
+pub(crate) struct HotMetrics {
+    delivered: Counter,
+    bytes_sent: Counter,
+    latency: Histogram,
+    received: Counter,
+    bytes_received: Counter,
+}
+
+impl HotMetrics {
+    pub(crate) fn new() -> Self {
+        HotMetrics {
+            delivered: metrics::counter!("switchboard_messages_delivered_total"),
+            bytes_sent: metrics::counter!("switchboard_bytes_sent_total"),
+            latency: metrics::histogram!("switchboard_delivery_latency_seconds"),
+            received: metrics::counter!("switchboard_messages_received_total"),
+            bytes_received: metrics::counter!("switchboard_bytes_received_total"),
+        }
+    }
+
+    /// Accounts a written batch: deliveries, bytes, and each message's latency.
+    pub(crate) fn record_written(&self, batch: &[Outbound], bytes: usize) {
+        self.bytes_sent.increment(bytes as u64);
+        let now = now_us();
+        let mut delivered = 0;
+        for item in batch {
+            if let Outbound::Message { published_us, .. } = item {
+                delivered += 1;
+                self.latency
+                    .record(now.saturating_sub(*published_us) as f64 / 1e6);
+            }
+        }
+        self.delivered.increment(delivered);
+    }
+
+    pub(crate) fn message_received(&self, bytes: usize) {
+        self.received.increment(1);
+        self.bytes_received.increment(bytes as u64);
+    }
+}

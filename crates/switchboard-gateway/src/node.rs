@@ -1,0 +1,307 @@
+//! A node: its configuration, its start, and its drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
+use switchboard_backplane::{
+    Backplane, BackplaneError, Inbox, InboxLane, NodeStats, memory::MemoryBackplane,
+};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::Hub;
+use crate::metrics::HotMetrics;
+use crate::session::End;
+
+/// Everything a node needs to know, already validated.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node id, in welcomes, envelopes and the cluster list.
+    pub node_id: String,
+    /// Public listener: `/ws`, `/healthz`, `/`.
+    pub listen: SocketAddr,
+    /// Internal listener: `/metrics`, `/healthz`, `/readyz`, `/api/v1/*`.
+    pub internal_listen: SocketAddr,
+    /// Which backplane.
+    pub backplane: BackplaneConfig,
+    /// When set, the server API needs `Authorization: apikey <key>`.
+    pub api_key: Option<String>,
+    /// Allowed browser origins (`*` suffix wildcards); empty means any.
+    pub allowed_origins: Vec<String>,
+    /// How long a drain may take before the process exits anyway.
+    pub drain_timeout: Duration,
+    /// Interval between server pings; two without a sign of life close the connection.
+    pub heartbeat: Duration,
+    /// Largest client message (and API body), in bytes.
+    pub max_message_size: usize,
+    /// Frames queued per connection before it is dropped as a slow consumer.
+    pub outbound_queue: usize,
+}
+
+/// Which backplane a node runs on.
+#[derive(Clone, Debug)]
+pub enum BackplaneConfig {
+    /// In-process: one node alone.
+    Memory,
+    /// Redis pub/sub.
+    Redis {
+        /// `redis://...`
+        url: String,
+        /// Prefix of every key and pub/sub channel.
+        prefix: String,
+        /// Node-registry heartbeat interval.
+        registry_interval: Duration,
+    },
+}
+
+/// Why a node could not start or run.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The backplane could not be set up.
+    #[error(transparent)]
+    Backplane(#[from] BackplaneError),
+}
+
+/// A node whose listeners are bound, ready to [`Node::run`].
+pub struct Node {
+    inner: Arc<NodeInner>,
+    public: TcpListener,
+    internal: TcpListener,
+    lanes: Vec<InboxLane>,
+}
+
+/// State shared by every task of a node.
+pub(crate) struct NodeInner {
+    pub(crate) config: NodeConfig,
+    pub(crate) backplane: Backplane,
+    pub(crate) hub: Hub,
+    pub(crate) metrics: HotMetrics,
+    pub(crate) prometheus: Option<PrometheusHandle>,
+    /// Cancelled when the drain starts.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) sessions: TaskTracker,
+    draining: AtomicBool,
+    started: Instant,
+    connections: Arc<AtomicU64>,
+    next_session: AtomicU64,
+}
+
+/// Envelopes buffered per fan-out lane.
+const LANE_CAPACITY: usize = 4096;
+
+impl Node {
+    /// Binds both listeners and sets up the backplane (without waiting for Redis).
+    ///
+    /// Install the metrics recorder before calling this, or nothing is recorded.
+    pub async fn bind(
+        config: NodeConfig,
+        prometheus: Option<PrometheusHandle>,
+    ) -> Result<Node, NodeError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })
+        };
+        let public = bind(config.listen).await?;
+        let internal = bind(config.internal_listen).await?;
+
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (inbox, lanes) = Inbox::new(workers, LANE_CAPACITY);
+        let connections = Arc::new(AtomicU64::new(0));
+        let subscriptions = Arc::new(AtomicU64::new(0));
+        let stats = {
+            let (connections, subscriptions) = (connections.clone(), subscriptions.clone());
+            Arc::new(move || NodeStats {
+                connections: connections.load(Ordering::Relaxed),
+                subscriptions: subscriptions.load(Ordering::Relaxed),
+            })
+        };
+        let backplane = match &config.backplane {
+            BackplaneConfig::Memory => Backplane::Memory(Arc::new(MemoryBackplane::new(
+                config.node_id.clone(),
+                inbox,
+                stats,
+            ))),
+            BackplaneConfig::Redis {
+                url,
+                prefix,
+                registry_interval,
+            } => Backplane::Redis(Arc::new(RedisBackplane::start(
+                RedisConfig {
+                    url: url.clone(),
+                    prefix: prefix.clone(),
+                    node_id: config.node_id.clone(),
+                    registry_interval: *registry_interval,
+                },
+                inbox,
+                stats,
+            )?)),
+        };
+        metrics::gauge!("switchboard_connections").set(0.0);
+        let inner = Arc::new(NodeInner {
+            hub: Hub::new(backplane.clone(), subscriptions),
+            backplane,
+            metrics: HotMetrics::new(),
+            prometheus,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            connections,
+            next_session: AtomicU64::new(1),
+            config,
+        });
+        Ok(Node {
+            inner,
+            public,
+            internal,
+            lanes,
+        })
+    }
+
+    /// The bound public address (the real port when configured with port 0).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public.local_addr().unwrap_or(self.inner.config.listen)
+    }
+
+    /// The bound internal address.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal
+            .local_addr()
+            .unwrap_or(self.inner.config.internal_listen)
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness goes false, new
+    /// upgrades are refused, every client is sent `disconnect` 1001 at a random
+    /// moment within the drain window, and this returns once they are gone or
+    /// the drain timeout has passed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let Node {
+            inner,
+            public,
+            internal,
+            lanes,
+        } = self;
+        let stop_listening = CancellationToken::new();
+        let background = TaskTracker::new();
+        for mut lane in lanes {
+            let node = inner.clone();
+            background.spawn(async move {
+                while let Some(envelope) = lane.recv().await {
+                    node.hub.fanout(&envelope);
+                }
+            });
+        }
+        background.spawn(crate::http::serve(
+            public,
+            inner.clone(),
+            crate::http::Listener::Public,
+            stop_listening.clone(),
+        ));
+        background.spawn(crate::http::serve(
+            internal,
+            inner.clone(),
+            crate::http::Listener::Internal,
+            stop_listening.clone(),
+        ));
+        if let Some(handle) = inner.prometheus.clone() {
+            let stop = stop_listening.clone();
+            background.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => handle.run_upkeep(),
+                    }
+                }
+            });
+        }
+        tracing::info!(node = %inner.config.node_id, backplane = inner.backplane.kind(), "node running");
+
+        shutdown.await;
+        let started = Instant::now();
+        let open = inner.connections.load(Ordering::Relaxed);
+        tracing::info!(connections = open, timeout = ?inner.config.drain_timeout, "draining");
+        inner.draining.store(true, Ordering::Release);
+        inner.shutdown.cancel();
+        inner.sessions.close();
+        if tokio::time::timeout(inner.config.drain_timeout, inner.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = inner.connections.load(Ordering::Relaxed),
+                "drain timeout reached with connections still open; exiting anyway"
+            );
+        }
+        let left = inner.config.drain_timeout.saturating_sub(started.elapsed());
+        if tokio::time::timeout(
+            left.max(Duration::from_millis(500)),
+            inner.backplane.shutdown(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("backplane did not shut down in time");
+        }
+        stop_listening.cancel();
+        tracing::info!(took = ?started.elapsed(), "drained");
+        Ok(())
+    }
+}
+
+impl NodeInner {
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Why the node is not ready, or `None` when it is.
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if !self.backplane.is_up() {
+            Some(if self.backplane.connection_generation() == 0 {
+                "starting: backplane not connected yet"
+            } else {
+                "backplane down"
+            })
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn session_opened(&self) {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("switchboard_connections").set(n as f64);
+        metrics::counter!("switchboard_connections_accepted_total").increment(1);
+    }
+
+    pub(crate) fn session_closed(&self, end: &End) {
+        let n = self.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("switchboard_connections").set(n as f64);
+        metrics::counter!("switchboard_disconnects_total", "reason" => end.label()).increment(1);
+    }
+}

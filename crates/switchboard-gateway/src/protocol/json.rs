@@ -1,0 +1,349 @@
+//! The `switchboard.v1.json` codec.
+//!
+//! Commands are read field by field from borrowed raw values, so that a bad
+//! field is named precisely and the `id` is echoed whenever it is readable.
+//! Channel messages are written by hand around the published JSON, which is
+//! spliced in verbatim (it was validated when it was published).
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use switchboard_backplane::envelope::PayloadEncoding;
+
+use super::{Command, CommandKind, DecodeError, Payload, Reply, StreamPosition};
+
+/// Every field a command may carry, unparsed.
+#[derive(Deserialize)]
+struct RawCommand<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    recover: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    limit: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+/// A present field is `Some`, even when its value is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Reads one command from a text frame.
+pub fn decode(text: &[u8]) -> Result<Command, DecodeError> {
+    let raw: RawCommand<'_> = serde_json::from_slice(text).map_err(|e| {
+        let what = if e.is_data() {
+            "a command must be a JSON object".to_owned()
+        } else {
+            format!("malformed JSON: {e}")
+        };
+        DecodeError::new(None, what)
+    })?;
+    let id = match raw.id {
+        None => None,
+        Some(v) if v.get() == "null" => None,
+        Some(v) => Some(
+            serde_json::from_str::<u64>(v.get())
+                .map_err(|_| DecodeError::new(None, "id must be a non-negative integer"))?,
+        ),
+    };
+    let err = |message: String| DecodeError::new(id, message);
+    let kind: String = match raw.kind {
+        None => return Err(err("missing field: type".into())),
+        Some(v) => {
+            serde_json::from_str(v.get()).map_err(|_| err("type must be a string".into()))?
+        }
+    };
+    let channel = || -> Result<String, DecodeError> {
+        let v = raw
+            .channel
+            .ok_or_else(|| err(format!("missing field: channel (in {kind})")))?;
+        serde_json::from_str(v.get()).map_err(|_| err("channel must be a string".into()))
+    };
+    let position =
+        |name: &str, v: Option<&RawValue>| -> Result<Option<StreamPosition>, DecodeError> {
+            #[derive(Deserialize)]
+            struct Pos {
+                epoch: String,
+                offset: u64,
+            }
+            match v {
+                None => Ok(None),
+                Some(v) if v.get() == "null" => Ok(None),
+                Some(v) => serde_json::from_str::<Pos>(v.get())
+                    .map(|p| {
+                        Some(StreamPosition {
+                            epoch: p.epoch,
+                            offset: p.offset,
+                        })
+                    })
+                    .map_err(|_| {
+                        err(format!(
+                            "{name} must be {{\"epoch\":string,\"offset\":integer}}"
+                        ))
+                    }),
+            }
+        };
+    let kind = match kind.as_str() {
+        "subscribe" => CommandKind::Subscribe {
+            channel: channel()?,
+            recover: position("recover", raw.recover)?,
+        },
+        "unsubscribe" => CommandKind::Unsubscribe {
+            channel: channel()?,
+        },
+        "publish" => {
+            let channel = channel()?;
+            let data = raw
+                .data
+                .ok_or_else(|| err("missing field: data (in publish)".into()))?;
+            CommandKind::Publish {
+                channel,
+                data: Payload::json(Bytes::copy_from_slice(data.get().as_bytes())),
+            }
+        }
+        "history" => CommandKind::History {
+            channel: channel()?,
+            limit: match raw.limit {
+                None => None,
+                Some(v) if v.get() == "null" => None,
+                Some(v) => Some(
+                    serde_json::from_str::<u32>(v.get())
+                        .map_err(|_| err("limit must be a non-negative integer".into()))?,
+                ),
+            },
+            since: position("since", raw.since)?,
+        },
+        "presence" => CommandKind::Presence {
+            channel: channel()?,
+        },
+        "ping" => CommandKind::Ping,
+        other => return Err(err(format!("unknown command type {other:?}"))),
+    };
+    Ok(Command { id, kind })
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Out<'a> {
+    Welcome {
+        conn: &'a str,
+        node: &'a str,
+        user: &'a str,
+        heartbeat: u32,
+    },
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+    },
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: &'a str,
+        message: &'a str,
+    },
+    Disconnect {
+        code: u16,
+        reason: &'a str,
+        reconnect: bool,
+    },
+}
+
+/// Encodes a reply as one JSON object.
+pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
+    let out = match *reply {
+        Reply::Welcome {
+            conn,
+            node,
+            user,
+            heartbeat,
+        } => Out::Welcome {
+            conn,
+            node,
+            user,
+            heartbeat,
+        },
+        Reply::Subscribed { channel } => Out::Subscribed { id, channel },
+        Reply::Unsubscribed { channel } => Out::Unsubscribed { id, channel },
+        Reply::Published { channel } => Out::Published { id, channel },
+        Reply::Pong => Out::Pong { id },
+        Reply::Error { code, message } => Out::Error {
+            id,
+            code: code.as_str(),
+            message,
+        },
+        Reply::Disconnect(d) => Out::Disconnect {
+            code: d.code,
+            reason: d.reason,
+            reconnect: d.reconnect,
+        },
+    };
+    // Serialising these plain structs cannot fail.
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// Encodes a channel message: `{"type":"message","channel":C,"data":D}`
+/// (or `"data_b64"` for binary payloads). Done once per message and node,
+/// then shared by every JSON subscriber.
+pub fn encode_message(channel: &str, payload: &[u8], encoding: PayloadEncoding) -> Bytes {
+    // Channel names are validated to a charset that needs no JSON escaping.
+    let mut out = BytesMut::with_capacity(48 + channel.len() + payload.len() * 4 / 3);
+    out.put_slice(b"{\"type\":\"message\",\"channel\":\"");
+    out.put_slice(channel.as_bytes());
+    match encoding {
+        PayloadEncoding::Json => {
+            out.put_slice(b"\",\"data\":");
+            out.put_slice(payload);
+        }
+        PayloadEncoding::Binary => {
+            out.put_slice(b"\",\"data_b64\":\"");
+            let mut encoded = String::new();
+            base64::engine::general_purpose::STANDARD.encode_string(payload, &mut encoded);
+            out.put_slice(encoded.as_bytes());
+            out.put_u8(b'"');
+        }
+    }
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    fn ok(text: &str) -> Command {
+        decode(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e:?}"))
+    }
+
+    fn bad(text: &str) -> DecodeError {
+        decode(text.as_bytes()).expect_err(text)
+    }
+
+    #[test]
+    fn reads_every_command() {
+        assert_eq!(
+            ok(r#"{"type":"subscribe","id":1,"channel":"a"}"#),
+            Command {
+                id: Some(1),
+                kind: CommandKind::Subscribe {
+                    channel: "a".into(),
+                    recover: None
+                }
+            }
+        );
+        let c = ok(r#"{"type":"subscribe","channel":"a","recover":{"epoch":"e","offset":4}}"#);
+        assert!(matches!(
+            c.kind,
+            CommandKind::Subscribe {
+                recover: Some(StreamPosition { offset: 4, .. }),
+                ..
+            }
+        ));
+        let c = ok(r#"{"type":"publish","channel":"a","data":{"x": [1, 2]}}"#);
+        assert_eq!(
+            c.kind,
+            CommandKind::Publish {
+                channel: "a".into(),
+                data: Payload::json(Bytes::from_static(br#"{"x": [1, 2]}"#))
+            }
+        );
+        let c = ok(r#"{"type":"publish","channel":"a","data":null}"#);
+        assert!(matches!(c.kind, CommandKind::Publish { .. }));
+        assert_eq!(ok(r#"{"type":"ping","id":7}"#).kind, CommandKind::Ping);
+        assert!(matches!(
+            ok(r#"{"type":"history","channel":"a","limit":3}"#).kind,
+            CommandKind::History { limit: Some(3), .. }
+        ));
+        assert!(matches!(
+            ok(r#"{"type":"presence","channel":"a"}"#).kind,
+            CommandKind::Presence { .. }
+        ));
+        assert!(matches!(
+            ok(r#"{"type":"unsubscribe","channel":"a"}"#).kind,
+            CommandKind::Unsubscribe { .. }
+        ));
+    }
+
+    #[test]
+    fn names_what_is_wrong_and_keeps_the_id() {
+        assert!(bad("{").message.starts_with("malformed JSON"));
+        assert_eq!(bad("[1]").message, "a command must be a JSON object");
+        assert_eq!(bad("42").message, "a command must be a JSON object");
+        let e = bad(r#"{"id":5}"#);
+        assert_eq!((e.id, e.message.as_str()), (Some(5), "missing field: type"));
+        let e = bad(r#"{"id":5,"type":"subscribe"}"#);
+        assert_eq!(e.id, Some(5));
+        assert!(e.message.contains("channel"));
+        assert!(
+            bad(r#"{"id":5,"type":"publish","channel":"a"}"#)
+                .message
+                .contains("data")
+        );
+        assert!(
+            bad(r#"{"id":5,"type":"nope"}"#)
+                .message
+                .contains("unknown command type")
+        );
+        assert!(bad(r#"{"id":"x","type":"ping"}"#).message.contains("id"));
+        assert!(bad(r#"{"id":-1,"type":"ping"}"#).message.contains("id"));
+        assert!(bad(r#"{"type":7}"#).message.contains("type"));
+        assert!(
+            bad(r#"{"type":"subscribe","channel":7}"#)
+                .message
+                .contains("channel")
+        );
+    }
+
+    #[test]
+    fn messages_splice_json_and_base64_binary() {
+        let m = encode_message("a:b", br#"{"x":1}"#, PayloadEncoding::Json);
+        assert_eq!(
+            &m[..],
+            br#"{"type":"message","channel":"a:b","data":{"x":1}}"#
+        );
+        let m = encode_message("a", &[0xff, 0], PayloadEncoding::Binary);
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["data_b64"], "/wA=");
+    }
+
+    #[test]
+    fn replies_carry_type_first_and_the_id() {
+        let r = encode_reply(
+            Some(3),
+            &Reply::Error {
+                code: ErrorCode::BadRequest,
+                message: "no",
+            },
+        );
+        assert_eq!(
+            &r[..],
+            br#"{"type":"error","id":3,"code":"bad_request","message":"no"}"#
+        );
+        assert_eq!(&encode_reply(None, &Reply::Pong)[..], br#"{"type":"pong"}"#);
+    }
+}

@@ -1,0 +1,280 @@
+//! The client protocol, independent of its encoding: what a client can ask
+//! ([`Command`]), what the node answers ([`Reply`]), and the two codecs of
+//! `switchboard.v1.json` ([`json`]) and `switchboard.v1.proto` ([`proto`]).
+
+pub mod channel;
+pub mod json;
+pub mod proto;
+
+use bytes::Bytes;
+use switchboard_backplane::envelope::PayloadEncoding;
+
+/// A negotiated subprotocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `switchboard.v1.json`: text frames, one JSON object each.
+    Json,
+    /// `switchboard.v1.proto`: binary frames, one protobuf frame each.
+    Proto,
+}
+
+impl Protocol {
+    /// The `Sec-WebSocket-Protocol` name of the JSON subprotocol.
+    pub const JSON_NAME: &'static str = "switchboard.v1.json";
+    /// The `Sec-WebSocket-Protocol` name of the protobuf subprotocol.
+    pub const PROTO_NAME: &'static str = "switchboard.v1.proto";
+
+    /// Its `Sec-WebSocket-Protocol` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Json => Self::JSON_NAME,
+            Protocol::Proto => Self::PROTO_NAME,
+        }
+    }
+
+    /// Picks the first supported subprotocol of a `Sec-WebSocket-Protocol`
+    /// header value. `Ok(None)` when the client offered none (JSON is then used
+    /// without naming it in the response); `Err` when it offered only unknown ones.
+    pub fn negotiate(offered: Option<&str>) -> Result<Option<Protocol>, String> {
+        let Some(offered) = offered else {
+            return Ok(None);
+        };
+        let mut names = offered
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .peekable();
+        if names.peek().is_none() {
+            return Ok(None);
+        }
+        for name in names {
+            match name {
+                Self::JSON_NAME => return Ok(Some(Protocol::Json)),
+                Self::PROTO_NAME => return Ok(Some(Protocol::Proto)),
+                _ => {}
+            }
+        }
+        Err(format!(
+            "unsupported subprotocol {offered:?}; this node speaks {} and {}",
+            Self::JSON_NAME,
+            Self::PROTO_NAME
+        ))
+    }
+}
+
+/// A position in a channel's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The history epoch.
+    pub epoch: String,
+    /// The offset of the last message seen.
+    pub offset: u64,
+}
+
+/// Application data as published: bytes and how to read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payload {
+    /// The data.
+    pub bytes: Bytes,
+    /// JSON text, or arbitrary bytes.
+    pub encoding: PayloadEncoding,
+}
+
+impl Payload {
+    /// Data that is valid JSON text.
+    pub fn json(bytes: Bytes) -> Self {
+        Payload {
+            bytes,
+            encoding: PayloadEncoding::Json,
+        }
+    }
+
+    /// Classifies arbitrary bytes: JSON text when they parse as JSON, binary otherwise.
+    pub fn classify(bytes: Bytes) -> Self {
+        let encoding = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+            PayloadEncoding::Json
+        } else {
+            PayloadEncoding::Binary
+        };
+        Payload { bytes, encoding }
+    }
+}
+
+/// A client command, with the `id` to echo in its reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Echoed in the reply.
+    pub id: Option<u64>,
+    /// What is asked.
+    pub kind: CommandKind,
+}
+
+/// What a client can ask (PROTOCOL.md section 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Start receiving a channel's messages.
+    Subscribe {
+        /// The channel.
+        channel: String,
+        /// Where to resume from, on channels with history.
+        recover: Option<StreamPosition>,
+    },
+    /// Stop receiving a channel's messages.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// Publish to a channel.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The data.
+        data: Payload,
+    },
+    /// Read a channel's history.
+    History {
+        /// The channel.
+        channel: String,
+        /// At most this many messages.
+        limit: Option<u32>,
+        /// Only messages after this position.
+        since: Option<StreamPosition>,
+    },
+    /// List a channel's subscribers.
+    Presence {
+        /// The channel.
+        channel: String,
+    },
+    /// Liveness check.
+    Ping,
+}
+
+impl CommandKind {
+    /// The channel the command names, if any.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            CommandKind::Subscribe { channel, .. }
+            | CommandKind::Unsubscribe { channel }
+            | CommandKind::Publish { channel, .. }
+            | CommandKind::History { channel, .. }
+            | CommandKind::Presence { channel } => Some(channel),
+            CommandKind::Ping => None,
+        }
+    }
+}
+
+/// A frame that could not be read as a command: answered `bad_request`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    /// The command's id, when it could be read.
+    pub id: Option<u64>,
+    /// What is wrong, for the client.
+    pub message: String,
+}
+
+impl DecodeError {
+    pub(crate) fn new(id: Option<u64>, message: impl Into<String>) -> Self {
+        DecodeError {
+            id,
+            message: message.into(),
+        }
+    }
+}
+
+/// The error codes of PROTOCOL.md section 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed JSON, unknown type, missing field, bad channel name.
+    BadRequest,
+    /// Authentication needed.
+    Unauthorized,
+    /// Channel not allowed for this user or namespace.
+    Forbidden,
+    /// Payload too large.
+    TooLarge,
+    /// Too many commands.
+    RateLimited,
+    /// Too many subscriptions.
+    LimitExceeded,
+    /// The backplane is down: nothing was published.
+    Unavailable,
+    /// A bug or an unexpected failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// The `disconnect` push sent before an intentional close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disconnect {
+    /// Close code (PROTOCOL.md section 4).
+    pub code: u16,
+    /// Why, for people.
+    pub reason: &'static str,
+    /// Whether the client should reconnect.
+    pub reconnect: bool,
+}
+
+/// Something the node says to one client, other than a channel message.
+#[derive(Clone, Debug)]
+pub enum Reply<'a> {
+    /// The first frame of every connection.
+    Welcome {
+        /// Connection id.
+        conn: &'a str,
+        /// Node id.
+        node: &'a str,
+        /// User id ("" when anonymous).
+        user: &'a str,
+        /// Seconds between server pings.
+        heartbeat: u32,
+    },
+    /// `subscribe` succeeded.
+    Subscribed {
+        /// The channel.
+        channel: &'a str,
+    },
+    /// `unsubscribe` succeeded.
+    Unsubscribed {
+        /// The channel.
+        channel: &'a str,
+    },
+    /// `publish` was accepted by the backplane.
+    Published {
+        /// The channel.
+        channel: &'a str,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// A command failed.
+    Error {
+        /// The code.
+        code: ErrorCode,
+        /// What went wrong.
+        message: &'a str,
+    },
+    /// The node is about to close the connection.
+    Disconnect(&'a Disconnect),
+}
+
+/// Encodes a reply in the session's subprotocol.
+pub fn encode_reply(protocol: Protocol, id: Option<u64>, reply: &Reply<'_>) -> Bytes {
+    match protocol {
+        Protocol::Json => json::encode_reply(id, reply),
+        Protocol::Proto => proto::encode_reply(id, reply),
+    }
+}

@@ -1,0 +1,145 @@
+//! The session's writer: the only task that writes to the socket.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+use super::frames::{self, MAX_BATCH, OpCode};
+use super::{End, HEARTBEAT_TIMEOUT, Outbound, SHUTDOWN, SessionHandle};
+use crate::node::NodeInner;
+use crate::protocol::{Protocol, Reply, encode_reply};
+
+/// A control frame the reader owes the client (a pong, or the close echo).
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) opcode: OpCode,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// How long one write may block before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the final `disconnect` and close frame may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Share of the drain timeout over which drain disconnects are spread.
+const DRAIN_SPREAD: f64 = 0.8;
+
+/// Writes until the session ends, then says goodbye; returns why it ended.
+pub(super) async fn run(
+    node: &NodeInner,
+    session: &SessionHandle,
+    mut socket: OwnedWriteHalf,
+    mut outbound: mpsc::Receiver<Outbound>,
+    mut control: mpsc::Receiver<Control>,
+) -> End {
+    let opcode = match session.protocol {
+        Protocol::Json => OpCode::Text,
+        Protocol::Proto => OpCode::Binary,
+    };
+    let heartbeat = node.config.heartbeat;
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<Outbound> = Vec::with_capacity(MAX_BATCH);
+    let mut drain_at: Option<Instant> = None;
+
+    let end = loop {
+        if let Some(end) = session.ended() {
+            break end.clone();
+        }
+        tokio::select! {
+            biased;
+            _ = session.ending.notified() => continue,
+            Some(c) = control.recv() => {
+                let close = c.opcode == OpCode::Close;
+                if write_timed(frames::write_control(&mut socket, c.opcode, &c.payload)).await.is_err() {
+                    break End::Io;
+                }
+                if close {
+                    break End::ClientClosed;
+                }
+            }
+            n = outbound.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    break End::Io;
+                }
+                let mut payloads: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+                for (slot, item) in payloads.iter_mut().zip(&batch) {
+                    *slot = match item {
+                        Outbound::Message { frame, .. } | Outbound::Reply(frame) => frame,
+                    };
+                }
+                let written = tokio::select! {
+                    biased;
+                    r = timeout(WRITE_TIMEOUT, frames::write_frames(&mut socket, opcode, &payloads[..n])) => r,
+                    // Ended while a write is blocked: the frame may be cut, so
+                    // the connection is dropped without a goodbye.
+                    _ = session.ending.notified() => {
+                        let end = session.ended().cloned().unwrap_or(End::Io);
+                        let _ = timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
+                        return end;
+                    }
+                };
+                match written {
+                    Ok(Ok(bytes)) => node.metrics.record_written(&batch, bytes),
+                    Ok(Err(_)) => break End::Io,
+                    Err(_) => {
+                        // The client stopped reading: treat as a slow consumer.
+                        if session.end_with(End::Disconnect(super::SLOW_CONSUMER)) {
+                            metrics::counter!("switchboard_slow_consumer_disconnects_total").increment(1);
+                        }
+                        let _ = timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
+                        return End::Disconnect(super::SLOW_CONSUMER);
+                    }
+                }
+                batch.clear();
+            }
+            _ = ping.tick() => {
+                let silent_ms = node.uptime_ms().saturating_sub(session.last_seen_ms());
+                if silent_ms > 2 * heartbeat.as_millis() as u64 {
+                    session.end_with(End::Disconnect(HEARTBEAT_TIMEOUT));
+                    continue;
+                }
+                if write_timed(frames::write_control(&mut socket, OpCode::Ping, b"")).await.is_err() {
+                    break End::Io;
+                }
+            }
+            _ = node.shutdown.cancelled(), if drain_at.is_none() => {
+                let window = node.config.drain_timeout.mul_f64(DRAIN_SPREAD);
+                let delay = rand::rng().random_range(Duration::ZERO..=window);
+                drain_at = Some(Instant::now() + delay);
+            }
+            _ = sleep_until_some(drain_at) => {
+                session.end_with(End::Disconnect(SHUTDOWN));
+            }
+        }
+    };
+
+    if let End::Disconnect(d) = &end {
+        let goodbye = encode_reply(session.protocol, None, &Reply::Disconnect(d));
+        let close = frames::close_payload(d.code, d.reason);
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            frames::write_frames(&mut socket, opcode, &[&goodbye]).await?;
+            frames::write_control(&mut socket, OpCode::Close, &close).await
+        })
+        .await;
+    }
+    let _ = timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
+    end
+}
+
+async fn write_timed<F: Future<Output = std::io::Result<()>>>(write: F) -> std::io::Result<()> {
+    timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Sleeps until the instant, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

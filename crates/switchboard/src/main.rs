@@ -1,0 +1,92 @@
+//! The `switchboard` binary: configuration, logging, signals, then a node.
+
+mod config;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use config::LogFormat;
+use switchboard_gateway::Node;
+
+/// Exit code for a bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let config = match config::load_from_process() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "switchboard: {} bad setting(s); not starting (see --help)",
+                errors.len()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(config.log_format, &config.log_level);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "node failed");
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: config::Config) -> anyhow::Result<()> {
+    let prometheus = switchboard_gateway::metrics::install_prometheus()?;
+    let node = Node::bind(config.node, Some(prometheus)).await?;
+    // Scripts and tests read the real ports from this line (port 0 works).
+    println!(
+        "switchboard listening public={} internal={}",
+        node.public_addr(),
+        node.internal_addr()
+    );
+    std::io::stdout().flush()?;
+    node.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT will drain");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
