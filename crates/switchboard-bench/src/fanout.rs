@@ -25,7 +25,8 @@ use crate::http::{ApiClient, ApiEndpoint};
 use crate::payload::{self, BodyBuilder};
 use crate::procstat::{self, Proc, Sample};
 use crate::publisher::{self, Plan, Tally};
-use crate::stats::{ProcUsage, Report, ShardedLatency};
+use crate::scrape::{self, COUNTERS};
+use crate::stats::{NodeCounters, ProcUsage, Report, ShardedLatency};
 use crate::subscriber::{self, Control, Outcome, Shared};
 
 /// Options of `switchboard-bench fanout`.
@@ -167,6 +168,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
 
     tokio::time::sleep_until(warmup_end).await;
     let before = sample_all(&opts.node_pids);
+    let counters_before = scrape::read_all(&endpoints).await;
     let mut tallies = Vec::new();
     for p in publishers {
         tallies.push(p.await.context("publisher task panicked")?);
@@ -196,6 +198,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     };
     let drain_secs = drain_started.elapsed().as_secs_f64();
     let after = sample_all(&opts.node_pids);
+    let counters_after = scrape::read_all(&endpoints).await;
 
     for s in &subscribers {
         let _ = s.control.try_send(Control::Stop);
@@ -226,6 +229,24 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     let per_node = add_subscribers(&mut report, &outcomes, opts.ws.len());
     report.latency = shared.latency.merged().summary();
     add_usage(&mut report, opts, &per_node, &before, &after, clk_tck);
+    report.node_counters = opts
+        .api
+        .iter()
+        .zip(counters_before.iter().zip(&counters_after))
+        .map(|(api, pair)| NodeCounters {
+            api: api.clone(),
+            deltas: match pair {
+                (Some(b), Some(a)) => Some(
+                    COUNTERS
+                        .iter()
+                        .zip(b.iter().zip(a))
+                        .map(|(name, (b, a))| (*name, a - b))
+                        .collect(),
+                ),
+                _ => None,
+            },
+        })
+        .collect();
     Ok(report)
 }
 

@@ -110,25 +110,49 @@ impl ApiClient {
         }
     }
 
+    /// `GET path` (e.g. `/metrics`), with the answer's status and body. Not cancel-safe, as
+    /// [`ApiClient::publish`].
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        let r = tokio::time::timeout(self.timeout, self.request(Method::GET, path, None)).await;
+        let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", self.timeout)));
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+
     async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<StatusCode> {
+        Ok(self.request(Method::POST, path, Some(body)).await?.0)
+    }
+
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         self.connect().await?;
         let Some(conn) = self.conn.as_mut() else {
             bail!("not connected");
         };
         conn.ready().await.context("connection closed")?;
         let mut req = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(format!("{}{path}", self.endpoint.prefix))
-            .header(HOST, &self.endpoint.authority)
-            .header(CONTENT_TYPE, "application/json");
+            .header(HOST, &self.endpoint.authority);
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
         if let Some(auth) = &self.endpoint.auth {
             req = req.header(AUTHORIZATION, auth);
         }
-        let resp = conn.send_request(req.body(Full::new(body))?).await?;
+        let resp = conn
+            .send_request(req.body(Full::new(body.unwrap_or_default()))?)
+            .await?;
         let status = resp.status();
-        // Drain the body: the connection is reusable only once the answer is fully read.
-        resp.into_body().collect().await?;
-        Ok(status)
+        // Read the whole body: the connection is reusable only once the answer is fully read.
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
 }
 

@@ -13,6 +13,7 @@ mod http;
 mod payload;
 mod procstat;
 mod publisher;
+mod scrape;
 mod stats;
 mod subscriber;
 

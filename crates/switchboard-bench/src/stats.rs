@@ -57,6 +57,16 @@ pub struct ProcUsage {
     pub error: Option<String>,
 }
 
+/// Changes of a node's own counters over the measure window (see [`crate::scrape`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeCounters {
+    /// The node's `--api` URL.
+    pub api: String,
+    /// Counter name and increase, in [`crate::scrape::COUNTERS`] order; `None` if the node's
+    /// `/metrics` could not be read.
+    pub deltas: Option<Vec<(&'static str, f64)>>,
+}
+
 /// Everything a fan-out run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -116,6 +126,8 @@ pub struct Report {
     pub nodes: Vec<ProcUsage>,
     /// The generator itself.
     pub generator: ProcUsage,
+    /// The nodes' own counters, one entry per `--api` node.
+    pub node_counters: Vec<NodeCounters>,
     /// Generator runtime threads.
     pub runtime_threads: usize,
     /// Clock ticks per second used to convert CPU times.
@@ -374,6 +386,18 @@ impl Report {
                 );
             }
         }
+        for n in &self.node_counters {
+            let _ = match &n.deltas {
+                Some(d) => {
+                    let parts: Vec<String> = d
+                        .iter()
+                        .map(|(name, v)| format!("{} +{v}", short_name(name)))
+                        .collect();
+                    writeln!(s, "node metrics {}: {}", n.api, parts.join(", "))
+                }
+                None => writeln!(s, "node metrics {}: /metrics unreadable", n.api),
+            };
+        }
         let _ = writeln!(
             s,
             "{} ({} runtime thread(s))",
@@ -437,6 +461,12 @@ impl Report {
             },
             "nodes": self.nodes.iter().map(ProcUsage::json).collect::<Vec<_>>(),
             "generator": self.generator.json(),
+            "node_counters": self.node_counters.iter().map(|n| json!({
+                "api": n.api,
+                "deltas": n.deltas.as_ref().map(|d| d.iter()
+                    .map(|(name, v)| ((*name).to_owned(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>()),
+            })).collect::<Vec<_>>(),
             "runtime_threads": self.runtime_threads,
             "clk_tck": self.clk_tck,
             "clk_tck_read": self.clk_tck_read,
@@ -444,6 +474,12 @@ impl Report {
             "ok": self.failures().is_empty(),
         })
     }
+}
+
+/// `switchboard_messages_delivered_total` -> `messages_delivered`, for the human report.
+fn short_name(name: &str) -> &str {
+    let name = name.strip_prefix("switchboard_").unwrap_or(name);
+    name.strip_suffix("_total").unwrap_or(name)
 }
 
 fn per_sec(n: u64, secs: f64) -> f64 {

@@ -131,7 +131,11 @@ async fn publish(
     count: Arc<AtomicU64>,
     fault: Fault,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    assert_eq!(req.uri().path(), "/api/v1/publish");
+    if req.uri().path() != "/api/v1/publish" {
+        let mut not_found = Response::new(Full::new(Bytes::from_static(b"{}")));
+        *not_found.status_mut() = hyper::StatusCode::NOT_FOUND;
+        return Ok(not_found);
+    }
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let frame: Arc<str> = format!(
