@@ -1,6 +1,6 @@
 //! Where a backplane hands the envelopes it receives.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use tokio::sync::mpsc;
 
@@ -52,13 +52,12 @@ impl Inbox {
         if self.lanes.len() == 1 {
             return 0;
         }
-        let mut h = self.hasher.build_hasher();
-        match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
-            Some(Kind::Channel(c)) => c.hash(&mut h),
-            Some(Kind::User(u)) => u.hash(&mut h),
-            Some(Kind::Conn(c)) => c.hash(&mut h),
-            Some(Kind::AllNodes(_)) | None => 0u8.hash(&mut h),
-        }
-        (h.finish() as usize) % self.lanes.len()
+        let key: &str = match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
+            Some(Kind::Channel(c)) => c,
+            Some(Kind::User(u)) => u,
+            Some(Kind::Conn(c)) => c,
+            Some(Kind::AllNodes(_)) | None => "",
+        };
+        (self.hasher.hash_one(key) as usize) % self.lanes.len()
     }
 }

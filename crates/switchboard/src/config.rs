@@ -19,6 +19,7 @@ use switchboard_gateway::{BackplaneConfig, NodeConfig};
 #[command(
     name = "switchboard",
     version,
+    allow_negative_numbers = true,
     about = "A real-time WebSocket gateway node. Runs alone on an in-process backplane, or as one node of a cluster on Redis.",
     after_help = "Every setting can also be given as an environment variable (shown) or as a key of the TOML file named by --config; flags win over the environment, which wins over the file.\nExit codes: 0 after a drain, 64 on a bad configuration (every bad setting is named), 1 when the node cannot start."
 )]

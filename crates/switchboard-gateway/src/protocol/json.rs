@@ -40,6 +40,15 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 
 /// Reads one command from a text frame.
 pub fn decode(text: &[u8]) -> Result<Command, DecodeError> {
+    // serde would also read a struct from an array; a command is an object.
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+                Ok(_) => DecodeError::new(None, "a command must be a JSON object"),
+                Err(e) => DecodeError::new(None, format!("malformed JSON: {e}")),
+            },
+        );
+    }
     let raw: RawCommand<'_> = serde_json::from_slice(text).map_err(|e| {
         let what = if e.is_data() {
             "a command must be a JSON object".to_owned()
