@@ -14,6 +14,7 @@ pub struct MemoryBackplane {
 impl MemoryBackplane {
     /// A backplane for a node that runs alone.
     pub fn new(node_id: String, inbox: Inbox, stats: StatsSource) -> Self {
+        metrics::gauge!("switchboard_backplane_up").set(1.0);
         MemoryBackplane {
             node_id,
             started_at: now_ms(),

@@ -34,13 +34,23 @@ pub struct Cli {
     #[arg(long, env = "SWITCHBOARD_INTERNAL_LISTEN", value_name = "ADDR")]
     pub internal_listen: Option<String>,
     /// Redis URL of the cluster backplane; without it the node runs alone on an in-process backplane.
-    #[arg(long, env = "SWITCHBOARD_REDIS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
     /// Node id, unique in the cluster. [default: the hostname]
     #[arg(long, env = "SWITCHBOARD_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
     /// Key the server API requires (`Authorization: apikey KEY`); without it the API is open.
-    #[arg(long, env = "SWITCHBOARD_API_KEY", value_name = "KEY")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
     pub api_key: Option<String>,
     /// Browser origins allowed to connect, comma-separated; `*` as a suffix is a wildcard. [default: any]
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_name = "LIST")]
