@@ -9,6 +9,9 @@ pub enum BackplaneError {
     /// A bad configuration value (for instance an unparsable Redis URL).
     #[error("invalid backplane configuration: {0}")]
     Config(String),
+    /// The node's fan-out is too far behind to take more envelopes.
+    #[error("fan-out overloaded: inbox lane full")]
+    Overloaded,
     /// The node is shutting down.
     #[error("backplane closed")]
     Closed,

@@ -10,9 +10,11 @@ use crate::envelope::{Envelope, Kind};
 /// The receiving side of a node: a fixed set of bounded lanes.
 ///
 /// Envelopes of one target always go to the same lane, so a channel's order is
-/// kept while different channels fan out in parallel. A full lane makes
-/// [`Inbox::deliver`] wait: the backplane reader slows down rather than drop
-/// anything (Redis then buffers, up to its own pub/sub output limit).
+/// kept while different channels fan out in parallel. What happens at a full
+/// lane is the caller's decision: the in-process backplane waits
+/// ([`Inbox::deliver`]), which holds back its publisher; the Redis reader must
+/// not wait (the Redis client would buffer without bound behind it), so it
+/// uses [`Inbox::try_deliver`] and treats a full lane as a lost connection.
 #[derive(Clone)]
 pub struct Inbox {
     lanes: Vec<mpsc::Sender<Envelope>>,
@@ -48,6 +50,15 @@ impl Inbox {
             .map_err(|_| BackplaneError::Closed)
     }
 
+    /// Hands an envelope to the lane of its target if it has room.
+    pub fn try_deliver(&self, envelope: Envelope) -> Result<(), BackplaneError> {
+        let lane = self.lane_of(&envelope);
+        self.lanes[lane].try_send(envelope).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BackplaneError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => BackplaneError::Closed,
+        })
+    }
+
     fn lane_of(&self, envelope: &Envelope) -> usize {
         if self.lanes.len() == 1 {
             return 0;
@@ -59,5 +70,42 @@ impl Inbox {
             Some(Kind::AllNodes(_)) | None => "",
         };
         (self.hasher.hash_one(key) as usize) % self.lanes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::envelope::{PayloadEncoding, for_channel};
+
+    fn on(channel: &str, n: u8) -> Envelope {
+        for_channel("n", channel, Bytes::from(vec![n]), PayloadEncoding::Binary)
+    }
+
+    #[tokio::test]
+    async fn one_channel_keeps_one_lane_and_its_order() {
+        let (inbox, mut lanes) = Inbox::new(4, 16);
+        for n in 0..10 {
+            inbox.deliver(on("a", n)).await.unwrap();
+        }
+        let lane = lanes.iter_mut().find(|l| !l.is_empty()).unwrap();
+        let got: Vec<u8> = (0..10)
+            .map(|_| lane.try_recv().unwrap().payload[0])
+            .collect();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        assert_eq!(lanes.iter().map(|l| l.len()).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn a_full_lane_is_reported_not_waited_on() {
+        let (inbox, _lanes) = Inbox::new(1, 2);
+        inbox.try_deliver(on("a", 1)).unwrap();
+        inbox.try_deliver(on("a", 2)).unwrap();
+        assert!(matches!(
+            inbox.try_deliver(on("a", 3)),
+            Err(BackplaneError::Overloaded)
+        ));
     }
 }

@@ -207,11 +207,14 @@ impl Subscriber {
             tokio::select! {
                 _ = token.cancelled() => return "shutdown",
                 message = stream.next() => match message {
-                    Some(message) => {
-                        if self.receive(message).await.is_err() {
-                            return "inbox closed";
+                    Some(message) => match self.receive(message) {
+                        Ok(()) => {}
+                        Err(BackplaneError::Overloaded) => {
+                            metrics::counter!("switchboard_backplane_errors_total", "op" => "overload").increment(1);
+                            return "fan-out overloaded: inbox lane full, dropping the subscription to resync";
                         }
-                    }
+                        Err(_) => return "inbox closed",
+                    },
                     None => return "connection closed",
                 },
                 _ = ping.tick() => {
@@ -225,7 +228,8 @@ impl Subscriber {
         }
     }
 
-    async fn receive(&self, message: redis::Msg) -> Result<(), BackplaneError> {
+    /// Decodes one message and hands it to the fan-out without waiting.
+    fn receive(&self, message: redis::Msg) -> Result<(), BackplaneError> {
         metrics::counter!("switchboard_backplane_received_total").increment(1);
         // One copy out of the Redis reply; the payload then stays shared (`Bytes`).
         let raw = Bytes::copy_from_slice(message.get_payload_bytes());
@@ -240,7 +244,7 @@ impl Subscriber {
         };
         let lag = now_us().saturating_sub(envelope.published_us);
         metrics::histogram!("switchboard_backplane_lag_seconds").record(lag as f64 / 1e6);
-        self.inbox.deliver(envelope).await
+        self.inbox.try_deliver(envelope)
     }
 }
 
