@@ -173,7 +173,8 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     for p in publishers {
         tallies.push(p.await.context("publisher task panicked")?);
     }
-    let measure_secs = (Instant::now().max(warmup_end) - warmup_end).as_secs_f64();
+    // Measured messages are those sent in [warm-up end, end): rates are over that window.
+    let measure_secs = opts.duration - opts.warmup;
 
     // Drain: wait until every subscriber has every publisher's last accepted message.
     let last_seqs = Arc::new(

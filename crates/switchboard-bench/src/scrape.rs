@@ -11,12 +11,13 @@ use std::time::Duration;
 use crate::http::{ApiClient, ApiEndpoint};
 
 /// The counters compared, as named in NODE-CONTRACT.md (summed over labels).
-pub const COUNTERS: [&str; 6] = [
+pub const COUNTERS: [&str; 7] = [
     "switchboard_messages_delivered_total",
     "switchboard_backplane_received_total",
     "switchboard_backplane_published_total",
     "switchboard_slow_consumer_disconnects_total",
     "switchboard_backplane_errors_total",
+    "switchboard_backplane_reconnects_total",
     "switchboard_disconnects_total",
 ];
 
