@@ -420,11 +420,14 @@ async fn bad_api_requests() {
         );
     }
 
-    for path in ["/api/v1/nope", "/api/v2/publish", "/nope"] {
+    for path in ["/api/v1/nope", "/api/v1/", "/api/v2/publish"] {
         let r = node.internal_raw("GET", path, &[], None).await;
         assert_eq!(r.status, 404, "GET {path}: {}", r.text());
         assert_eq!(r.error_code(), "not_found", "GET {path}");
     }
+    // Outside the API the body's shape is not pinned down, only the status.
+    let r = node.internal_raw("GET", "/nope", &[], None).await;
+    assert_eq!(r.status, 404, "GET /nope: {}", r.text());
     let r = node
         .internal_raw("POST", "/api/v1/nope", &[], Some(b"{}"))
         .await;
@@ -542,4 +545,80 @@ async fn disallowed_origin_is_refused_before_the_upgrade() {
         other => panic!("proto with a bad Origin: want 403, got {other:?}"),
     }
     fx.assert_healthy("refused origins").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_limit_is_inclusive() {
+    let mut fx = Fixture::start("node-limit-edge", &[]).await;
+    let url = fx.node.ws_url();
+
+    // A JSON publish of exactly `len` bytes.
+    let publish_of_len = |len: usize| {
+        let empty = json!({"type": "publish", "channel": WATCHED, "data": ""}).to_string();
+        let text =
+            json!({"type": "publish", "channel": WATCHED, "data": "e".repeat(len - empty.len())})
+                .to_string();
+        assert_eq!(text.len(), len);
+        text
+    };
+    let mut client = WsClient::connect_json(&url).await;
+    client.send_text(&publish_of_len(1024)).await;
+    assert_eq!(client.expect_type("published").await["channel"], WATCHED);
+    assert!(fx.watcher.recv_json().await["data"].is_string());
+    client.send_text(&publish_of_len(1025)).await;
+    client.expect_disconnect(1009).await;
+
+    // A proto frame of exactly 1024 bytes, then 1025.
+    let frame_of_len = |len: usize| {
+        let mut data_len = len;
+        loop {
+            let frame = ClientFrame {
+                id: 1,
+                command: Some(Command::Publish(PublishRequest {
+                    channel: WATCHED.into(),
+                    data: vec![0xAB; data_len].into(),
+                })),
+            };
+            let encoded = frame.encode_to_vec();
+            match encoded.len().cmp(&len) {
+                std::cmp::Ordering::Equal => return encoded,
+                std::cmp::Ordering::Greater => data_len -= 1,
+                std::cmp::Ordering::Less => panic!("cannot build a frame of {len} bytes"),
+            }
+        }
+    };
+    let mut proto = WsClient::connect_proto(&url).await;
+    proto.send_binary(frame_of_len(1024)).await;
+    let reply = proto.recv_frame().await;
+    assert!(
+        matches!(reply.frame, Some(Frame::Published(_))),
+        "1024-byte proto frame: {reply:?}"
+    );
+    fx.watcher.recv_json().await;
+    proto.send_binary(frame_of_len(1025)).await;
+    match proto.recv_frame().await.frame {
+        Some(Frame::Disconnect(d)) => assert_eq!(d.code, 1009),
+        other => panic!("1025-byte proto frame: want Disconnect 1009, got {other:?}"),
+    }
+
+    // API bodies: 1024 accepted, 1025 refused.
+    let body_of_len = |len: usize| {
+        let empty = json!({"channel": WATCHED, "data": ""}).to_string();
+        json!({"channel": WATCHED, "data": "a".repeat(len - empty.len())}).to_string()
+    };
+    let body = body_of_len(1024);
+    assert_eq!(body.len(), 1024);
+    let r = fx
+        .node
+        .internal_raw("POST", "/api/v1/publish", &[], Some(body.as_bytes()))
+        .await;
+    assert_eq!(r.status, 200, "1024-byte API body: {}", r.text());
+    fx.watcher.recv_json().await;
+    let body = body_of_len(1025);
+    let r = fx
+        .node
+        .internal_raw("POST", "/api/v1/publish", &[], Some(body.as_bytes()))
+        .await;
+    assert_eq!(r.status, 413, "1025-byte API body: {}", r.text());
+    fx.assert_healthy("size edges").await;
 }

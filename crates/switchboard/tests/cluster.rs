@@ -302,3 +302,134 @@ async fn redis_subscription_follows_local_subscribers() {
     // Publishing with no subscriber anywhere still succeeds.
     a.publish(ch, json!(3)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_churn_keeps_redis_in_step() {
+    const CLIENTS: usize = 8;
+    const CYCLES: usize = 25;
+    let redis = RedisServer::start().await;
+    let a = Node::start_on(&redis, "node-a", &[]).await;
+    let b = Node::start_on(&redis, "node-b", &[]).await;
+    let ch = "churn";
+
+    // Round 1: everyone churns and ends unsubscribed.
+    // Round 2: everyone churns, and the even ones end subscribed.
+    for round in 1..=2 {
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|n| {
+                let url = a.ws_url();
+                tokio::spawn(async move {
+                    let mut client = WsClient::connect_json(&url).await;
+                    for _ in 0..CYCLES {
+                        client.subscribe(ch).await;
+                        client.unsubscribe(ch).await;
+                    }
+                    let stays = round == 2 && n % 2 == 0;
+                    if stays {
+                        client.subscribe(ch).await;
+                    }
+                    (stays, client)
+                })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for task in tasks {
+            clients.push(task.await.expect("churn task"));
+        }
+        if round == 1 {
+            redis.wait_numsub(ch, 0).await;
+            continue;
+        }
+        b.publish(ch, json!("after churn")).await;
+        for (stays, client) in &mut clients {
+            if *stays {
+                assert_eq!(
+                    client.recv_json().await["data"],
+                    "after churn",
+                    "a subscriber that stayed must receive a cross-node publish"
+                );
+            } else {
+                client.ping_pong().await;
+            }
+        }
+        assert_eq!(
+            redis.numsub(ch).await,
+            1,
+            "node-a has local subscribers, so one Redis subscription"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_releases_every_channel() {
+    let redis = RedisServer::start().await;
+    let a = Node::start_on(&redis, "node-a", &[]).await;
+    let mut client = WsClient::connect_json(&a.ws_url()).await;
+    let mut want = Vec::new();
+    for i in 0..50 {
+        let ch = format!("multi:{i}");
+        client.subscribe(&ch).await;
+        want.push(format!("switchboard:ch:{{{ch}}}"));
+    }
+    want.sort();
+    assert_eq!(redis.pubsub_channels("switchboard:ch:*").await, want);
+    a.wait_metric("switchboard_channels", "== 50", |v| v == 50.0)
+        .await;
+
+    drop(client);
+    eventually(
+        "every client channel released in Redis",
+        Duration::from_secs(10),
+        || async {
+            let left = redis.pubsub_channels("switchboard:ch:*").await;
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} left", left.len()))
+            }
+        },
+    )
+    .await;
+    a.wait_metric("switchboard_channels", "== 0", |v| v == 0.0)
+        .await;
+    a.wait_metric("switchboard_subscriptions", "== 0", |v| v == 0.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_client_publishes_keep_their_order_across_nodes() {
+    const N: u64 = 500;
+    let redis = RedisServer::start().await;
+    let a = Node::start_on(&redis, "node-a", &[]).await;
+    let b = Node::start_on(&redis, "node-b", &[]).await;
+    let mut sub_a = WsClient::connect_json(&a.ws_url()).await;
+    let mut sub_b = WsClient::connect_json(&b.ws_url()).await;
+    sub_a.subscribe("pipe").await;
+    sub_b.subscribe("pipe").await;
+
+    // Send every publish before reading any reply.
+    let mut publisher = WsClient::connect_json(&a.ws_url()).await;
+    for i in 0..N {
+        publisher
+            .send_json(&json!({"type": "publish", "id": i + 1, "channel": "pipe", "data": i}))
+            .await;
+    }
+    let mut replied = HashSet::new();
+    for _ in 0..N {
+        let reply = publisher.recv_json().await;
+        assert_eq!(reply["type"], "published", "{reply}");
+        assert!(
+            replied.insert(reply["id"].as_u64().expect("id")),
+            "duplicate reply {reply}"
+        );
+    }
+    for (node, sub) in [("node-a", &mut sub_a), ("node-b", &mut sub_b)] {
+        for i in 0..N {
+            let m = sub.recv_json().await;
+            assert_eq!(
+                m["data"], i,
+                "on {node}: one connection's publishes in its order"
+            );
+        }
+    }
+}

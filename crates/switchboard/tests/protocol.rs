@@ -524,3 +524,53 @@ async fn proto_frame_without_command_is_bad_request() {
     }
     client.proto_ping_pong().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_json_is_delivered_verbatim() {
+    let node = Node::start("node-verbatim", &[]).await;
+    let mut sub = WsClient::connect_json(&node.ws_url()).await;
+    sub.subscribe("v").await;
+    let mut proto = WsClient::connect_proto(&node.ws_url()).await;
+    proto.proto_subscribe("v").await;
+    let mut publisher = WsClient::connect_json(&node.ws_url()).await;
+
+    // Numbers past f64 precision and escapes: `data` is any JSON value, passed through.
+    let big = "123456789012345678901234567890";
+    let pi = "3.14159265358979323846264338327950288";
+    let raw = format!(
+        r#"{{"type":"publish","id":1,"channel":"v","data":{{"big":{big},"pi":{pi},"s":"\u00e9\ud83d\ude00"}}}}"#
+    );
+    publisher.send_text(&raw).await;
+    let reply = publisher.recv_json().await;
+    assert_eq!(reply["type"], "published", "{reply}");
+
+    let text = sub.recv_text().await;
+    assert!(
+        text.contains(big),
+        "big integer altered in delivery: {text}"
+    );
+    assert!(
+        text.contains(pi),
+        "long decimal altered in delivery: {text}"
+    );
+    let m: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(m["data"]["s"], "é😀");
+    let bytes = proto.recv_frame_message().await.data;
+    let proto_text = String::from_utf8_lossy(&bytes);
+    assert!(
+        proto_text.contains(big),
+        "big integer altered for proto: {proto_text}"
+    );
+
+    // The same through the API.
+    let body = format!(r#"{{"channel":"v","data":[{big},{pi}]}}"#);
+    let r = node
+        .internal_raw("POST", "/api/v1/publish", &[], Some(body.as_bytes()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = sub.recv_text().await;
+    assert!(
+        text.contains(big) && text.contains(pi),
+        "API publish altered numbers: {text}"
+    );
+}

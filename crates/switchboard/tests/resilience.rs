@@ -99,9 +99,24 @@ async fn redis_outage_and_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_cut_off_and_the_rest_keep_flowing() {
+    let node = Node::start("node-slow", &["--outbound-queue", "64"]).await;
+    slow_consumer_story(&node, &node, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_on_redis_does_not_hold_up_the_backplane() {
+    let redis = RedisServer::start().await;
+    let node = Node::start_on(&redis, "node-slow", &["--outbound-queue", "64"]).await;
+    let other = Node::start_on(&redis, "node-other", &[]).await;
+    // The flood comes in over Redis, published on the other node.
+    slow_consumer_story(&node, &other, Some(&other)).await;
+}
+
+/// A raw client on `node` stops reading while `publish_on` floods its channel with
+/// 16 KiB messages; healthy subscribers on `node` (and on `also_on`) get everything.
+async fn slow_consumer_story(node: &Node, publish_on: &Node, also_on: Option<&Node>) {
     const CH: &str = "flood";
     const MAX_MESSAGES: u64 = 4000;
-    let node = Node::start("node-slow", &["--outbound-queue", "64"]).await;
     let baseline_kib = node.rss_kib();
 
     let mut slow =
@@ -113,30 +128,39 @@ async fn slow_consumer_is_cut_off_and_the_rest_keep_flowing() {
     assert_eq!(reply["id"], 1);
     // From here on the slow client reads nothing until the flood is over.
 
-    let mut healthy = WsClient::connect_json(&node.ws_url()).await;
-    healthy.subscribe(CH).await;
-    let collector = tokio::spawn(async move {
-        let mut next = 0u64;
-        loop {
-            let m = healthy.recv_json().await;
-            assert_eq!(m["type"], "message", "healthy subscriber got {m}");
-            if m["data"] == "done" {
-                return next;
+    let mut collectors = Vec::new();
+    for healthy_node in std::iter::once(node).chain(also_on) {
+        let mut healthy = WsClient::connect_json(&healthy_node.ws_url()).await;
+        healthy.subscribe(CH).await;
+        let where_ = healthy_node.id().to_owned();
+        collectors.push(tokio::spawn(async move {
+            let mut next = 0u64;
+            loop {
+                let m = healthy.recv_json().await;
+                assert_eq!(
+                    m["type"], "message",
+                    "healthy subscriber on {where_} got {m}"
+                );
+                if m["data"] == "done" {
+                    return next;
+                }
+                assert_eq!(
+                    m["data"]["i"], next,
+                    "healthy subscriber on {where_} missed or reordered"
+                );
+                next += 1;
             }
-            assert_eq!(
-                m["data"]["i"], next,
-                "healthy subscriber missed or reordered"
-            );
-            next += 1;
-        }
-    });
+        }));
+    }
 
     let pad = "x".repeat(16 * 1024);
     let mut published = 0u64;
     let mut max_kib = baseline_kib;
     let mut tripped_at = None;
     while published < MAX_MESSAGES {
-        node.publish(CH, json!({"i": published, "pad": pad})).await;
+        publish_on
+            .publish(CH, json!({"i": published, "pad": pad}))
+            .await;
         published += 1;
         if published.is_multiple_of(16) {
             max_kib = max_kib.max(node.rss_kib());
@@ -157,15 +181,17 @@ async fn slow_consumer_is_cut_off_and_the_rest_keep_flowing() {
     let tripped_at = tripped_at.unwrap_or_else(|| {
         panic!("no slow-consumer disconnect after {published} messages of 16 KiB with --outbound-queue 64")
     });
-    node.publish(CH, json!("done")).await;
-    let received = tokio::time::timeout(Duration::from_secs(60), collector)
-        .await
-        .expect("healthy subscriber did not get everything within 60 s")
-        .expect("healthy subscriber task");
-    assert_eq!(
-        received, published,
-        "healthy subscriber received every message"
-    );
+    publish_on.publish(CH, json!("done")).await;
+    for collector in collectors {
+        let received = tokio::time::timeout(Duration::from_secs(60), collector)
+            .await
+            .expect("healthy subscriber did not get everything within 60 s")
+            .expect("healthy subscriber task");
+        assert_eq!(
+            received, published,
+            "healthy subscriber received every message"
+        );
+    }
     assert_eq!(
         node.metric("switchboard_slow_consumer_disconnects_total")
             .await,
@@ -219,6 +245,9 @@ async fn slow_consumer_is_cut_off_and_the_rest_keep_flowing() {
             RawRead::Eof | RawRead::Error(_) => break "connection closed",
         }
     };
+    eprintln!(
+        "slow consumer cut after {tripped_at} messages; it then read {messages} and saw {outcome}; RSS {baseline_kib} -> {max_kib} KiB"
+    );
     assert!(
         messages < published,
         "the slow client ({outcome}) must not have received the whole flood ({messages} of {published}, cut at {tripped_at})"
@@ -297,4 +326,112 @@ async fn heartbeat_keeps_a_responsive_client() {
         .await,
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_client_frame_is_a_sign_of_life() {
+    let node = Node::start("node-hb-chatty", &["--heartbeat", "0.5"]).await;
+    let mut raw = RawWs::connect(node.public_addr(), Some(JSON_PROTOCOL)).await;
+    raw.recv_type("welcome").await;
+
+    // Never a pong, but a command every 0.25 s: that is life enough for 3 s (6 intervals).
+    let started = Instant::now();
+    let mut cadence = tokio::time::interval(Duration::from_millis(250));
+    let mut id = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        cadence.tick().await;
+        id += 1;
+        raw.send_text(&json!({"type": "ping", "id": id}).to_string())
+            .await;
+        let reply = raw.recv_json().await;
+        assert_eq!(
+            reply,
+            json!({"type": "pong", "id": id}),
+            "still alive at {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        node.metric_with(
+            "switchboard_disconnects_total",
+            &[("reason", "heartbeat_timeout")]
+        )
+        .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_changes_during_an_outage_are_honoured_after_it() {
+    let mut redis = RedisServer::start().await;
+    let a = Node::start_on(&redis, "node-a", &[]).await;
+    let b = Node::start_on(&redis, "node-b", &[]).await;
+
+    let mut keeper = WsClient::connect_json(&a.ws_url()).await;
+    keeper.subscribe("keep").await;
+    let mut leaver = WsClient::connect_json(&a.ws_url()).await;
+    leaver.subscribe("leave").await;
+    let mut remote = WsClient::connect_json(&b.ws_url()).await;
+    remote.subscribe("keep").await;
+    remote.subscribe("leave").await;
+    assert_eq!(redis.numsub("keep").await, 2);
+    assert_eq!(redis.numsub("leave").await, 2);
+
+    for outage in 1..=2 {
+        redis.kill();
+        a.wait_readyz(503, Duration::from_secs(10)).await;
+        b.wait_readyz(503, Duration::from_secs(10)).await;
+
+        // Unsubscribing is local and always answered.
+        if outage == 1 {
+            leaver.unsubscribe("leave").await;
+        }
+        // Subscribing may be refused as unavailable, or accepted and honoured later.
+        let mut newcomer = WsClient::connect_json(&a.ws_url()).await;
+        let id = newcomer.next_id();
+        let ch = format!("new{outage}");
+        newcomer
+            .send_json(&json!({"type": "subscribe", "id": id, "channel": ch}))
+            .await;
+        let reply = newcomer.recv_json().await;
+        let accepted = match reply["type"].as_str() {
+            Some("subscribed") => true,
+            Some("error") => {
+                assert_eq!(
+                    reply["code"], "unavailable",
+                    "subscribe during outage: {reply}"
+                );
+                false
+            }
+            _ => panic!("subscribe during outage: {reply}"),
+        };
+
+        redis.restart().await;
+        a.wait_readyz(200, Duration::from_secs(30)).await;
+        b.wait_readyz(200, Duration::from_secs(30)).await;
+
+        redis.wait_numsub("keep", 2).await;
+        redis.wait_numsub(&ch, i64::from(accepted)).await;
+        assert_eq!(
+            redis.numsub("leave").await,
+            1,
+            "node-a's only subscriber of `leave` left during outage 1: only node-b resubscribes"
+        );
+
+        b.publish("keep", json!(outage)).await;
+        assert_eq!(keeper.recv_json().await["data"], outage);
+        assert_eq!(remote.recv_json().await["data"], outage);
+        b.publish("leave", json!(outage)).await;
+        assert_eq!(remote.recv_json().await["data"], outage);
+        leaver.ping_pong().await;
+        if accepted {
+            b.publish(&ch, json!("welcome back")).await;
+            assert_eq!(newcomer.recv_json().await["data"], "welcome back");
+        } else {
+            // Refused, so it may subscribe again now.
+            newcomer.subscribe(&ch).await;
+            b.publish(&ch, json!("welcome back")).await;
+            assert_eq!(newcomer.recv_json().await["data"], "welcome back");
+        }
+    }
 }

@@ -471,6 +471,12 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            match self.exited.or_else(|| self.child.try_wait().ok().flatten()) {
+                Some(status) => eprintln!("---- node {} had exited: {status} ----", self.id),
+                None => eprintln!("---- node {} was still running ----", self.id),
+            }
+        }
         if self.exited.is_none() {
             let _ = self.child.start_kill();
         }

@@ -230,6 +230,19 @@ impl WsClient {
         self.read_json().await
     }
 
+    /// The next text frame exactly as sent (nothing may be set aside).
+    pub async fn recv_text(&mut self) -> String {
+        assert!(
+            self.pending_json.is_empty(),
+            "recv_text with frames set aside: {:?}",
+            self.pending_json
+        );
+        match self.recv_message().await {
+            Some(Message::Text(text)) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
     async fn read_json(&mut self) -> Value {
         match self.recv_message().await {
             Some(Message::Text(text)) => serde_json::from_str(text.as_str())
