@@ -147,6 +147,7 @@ impl Node {
                     prefix: prefix.clone(),
                     node_id: config.node_id.clone(),
                     registry_interval: *registry_interval,
+                    ping_interval: RedisConfig::DEFAULT_PING_INTERVAL,
                 },
                 inbox,
                 stats,

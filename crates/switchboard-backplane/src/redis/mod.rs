@@ -44,6 +44,14 @@ pub struct RedisConfig {
     pub node_id: String,
     /// Interval between node-registry heartbeats; a node is dropped after 3.
     pub registry_interval: Duration,
+    /// Interval between PINGs on the pub/sub connection, which find a
+    /// connection that died silently.
+    pub ping_interval: Duration,
+}
+
+impl RedisConfig {
+    /// The PING interval a node uses unless told otherwise.
+    pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(3);
 }
 
 /// A Redis pub/sub backplane (see the module docs).
@@ -89,6 +97,7 @@ impl RedisBackplane {
             keys.clone(),
             config.node_id.clone(),
             inbox,
+            config.ping_interval,
         ));
         tasks.spawn(subscriber.clone().run(token.clone()));
         let registry = registry::Registry::new(
@@ -170,6 +179,11 @@ impl RedisBackplane {
 
     pub(crate) fn connection_generation(&self) -> u64 {
         self.subscriber.generation()
+    }
+
+    /// PINGs the pub/sub connection has answered so far (a liveness figure for tests and diagnostics).
+    pub fn pings_answered(&self) -> u64 {
+        self.subscriber.pings()
     }
 
     pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError> {

@@ -21,8 +21,6 @@ use crate::{BackplaneError, Envelope, Inbox};
 
 /// Channels per SUBSCRIBE when resubscribing after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 500;
-/// How often the idle connection is checked with a PING.
-const PING_INTERVAL: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -33,6 +31,10 @@ pub(super) struct Subscriber {
     inbox: Inbox,
     up: AtomicBool,
     generation: AtomicU64,
+    /// How often the connection is checked with a PING.
+    ping_interval: Duration,
+    /// PINGs answered, over all connections.
+    pings: AtomicU64,
     /// The live sink (None while disconnected) and every client channel this
     /// node wants, as Redis names. One lock orders subscribes, unsubscribes and
     /// resubscription, so no interest is lost to a race with a reconnect.
@@ -45,7 +47,13 @@ struct State {
 }
 
 impl Subscriber {
-    pub(super) fn new(client: redis::Client, keys: Keys, node_id: String, inbox: Inbox) -> Self {
+    pub(super) fn new(
+        client: redis::Client,
+        keys: Keys,
+        node_id: String,
+        inbox: Inbox,
+        ping_interval: Duration,
+    ) -> Self {
         metrics::gauge!("switchboard_backplane_up").set(0.0);
         Subscriber {
             client,
@@ -54,6 +62,8 @@ impl Subscriber {
             inbox,
             up: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            ping_interval,
+            pings: AtomicU64::new(0),
             state: Mutex::new(State {
                 sink: None,
                 channels: HashSet::new(),
@@ -63,6 +73,10 @@ impl Subscriber {
 
     pub(super) fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    pub(super) fn pings(&self) -> u64 {
+        self.pings.load(Ordering::Relaxed)
     }
 
     pub(super) fn generation(&self) -> u64 {
@@ -200,7 +214,7 @@ impl Subscriber {
         mut stream: PubSubStream,
         token: &CancellationToken,
     ) -> &'static str {
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
@@ -218,8 +232,11 @@ impl Subscriber {
                     None => return "connection closed",
                 },
                 _ = ping.tick() => {
-                    match timeout(COMMAND_TIMEOUT, sink.ping::<String>()).await {
-                        Ok(Ok(_)) => {}
+                    // In subscribe mode Redis answers PING with ["pong", ""], not a string.
+                    match timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {
+                            self.pings.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(Err(_)) => return "ping failed",
                         Err(_) => return "ping timed out",
                     }
