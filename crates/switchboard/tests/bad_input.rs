@@ -622,3 +622,95 @@ async fn the_size_limit_is_inclusive() {
     assert_eq!(r.status, 413, "1025-byte API body: {}", r.text());
     fx.assert_healthy("size edges").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_text_frame() {
+    let mut fx = Fixture::start("node-bad-utf8", &[]).await;
+    let mut raw = RawWs::connect(fx.node.public_addr(), Some(JSON_PROTOCOL)).await;
+    raw.recv_type("welcome").await;
+    raw.send_frame(
+        true,
+        opcode::TEXT,
+        b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}",
+    )
+    .await;
+    // Either a bad_request (the contract's "malformed JSON"), or the connection failed
+    // (RFC 6455 8.1) with 1007 or the generic 1002; the node stays up either way.
+    let failed_with = |code: u16| matches!(code, 1002 | 1007);
+    match raw.read(std::time::Duration::from_secs(10)).await {
+        RawRead::Frame(f) if f.opcode == opcode::TEXT => {
+            let v = f.json();
+            if v["type"] == "error" {
+                assert_eq!(v["code"], "bad_request", "{v}");
+                raw.send_text(r#"{"type":"ping","id":1}"#).await;
+                assert_eq!(raw.recv_json().await, json!({"type": "pong", "id": 1}));
+            } else {
+                assert_eq!(v["type"], "disconnect", "{v}");
+                let code = v["code"].as_u64().unwrap_or(0) as u16;
+                assert!(failed_with(code), "invalid UTF-8: {v}");
+                match raw.read(std::time::Duration::from_secs(10)).await {
+                    RawRead::Frame(c) if c.opcode == opcode::CLOSE => {
+                        assert_eq!(c.close_code(), code, "close after {v}");
+                    }
+                    other => panic!("after {v} want a close, got {other:?}"),
+                }
+            }
+        }
+        RawRead::Frame(f) if f.opcode == opcode::CLOSE => {
+            assert!(failed_with(f.close_code()), "close {}", f.close_code());
+        }
+        other => panic!("invalid UTF-8: got {other:?}"),
+    }
+    fx.assert_healthy("invalid UTF-8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_sequence_violations_close_the_connection_only() {
+    let mut fx = Fixture::start("node-bad-sequence", &[]).await;
+    let addr = fx.node.public_addr();
+
+    // A continuation with no message started.
+    let mut raw = RawWs::connect(addr, Some(JSON_PROTOCOL)).await;
+    raw.recv_type("welcome").await;
+    raw.send_frame(true, opcode::CONTINUATION, b"orphan").await;
+    expect_closed(&mut raw, "orphan continuation").await;
+    fx.assert_healthy("orphan continuation").await;
+
+    // A new text frame while a fragmented one is open.
+    let mut raw = RawWs::connect(addr, Some(JSON_PROTOCOL)).await;
+    raw.recv_type("welcome").await;
+    raw.send_frame(false, opcode::TEXT, b"{\"type\":").await;
+    raw.send_frame(true, opcode::TEXT, b"{}").await;
+    expect_closed(&mut raw, "interleaved data frames").await;
+    fx.assert_healthy("interleaved data frames").await;
+
+    // A reserved opcode.
+    let mut raw = RawWs::connect(addr, Some(JSON_PROTOCOL)).await;
+    raw.recv_type("welcome").await;
+    raw.send_frame(true, 0x3, b"?").await;
+    expect_closed(&mut raw, "reserved opcode").await;
+    fx.assert_healthy("reserved opcode").await;
+}
+
+/// Reads until the server ends the connection (a close frame or EOF), skipping an
+/// optional `disconnect` push; any other frame fails.
+async fn expect_closed(raw: &mut RawWs, what: &str) {
+    loop {
+        match raw.read(std::time::Duration::from_secs(10)).await {
+            RawRead::Frame(f) if f.opcode == opcode::TEXT => {
+                let v = f.json();
+                assert_eq!(v["type"], "disconnect", "{what}: {v}");
+            }
+            RawRead::Frame(f) if f.opcode == opcode::CLOSE => {
+                assert!(
+                    (1002..=1011).contains(&f.close_code()),
+                    "{what}: close code {}",
+                    f.close_code()
+                );
+                return;
+            }
+            RawRead::Eof | RawRead::Error(_) => return,
+            RawRead::Frame(f) => panic!("{what}: unexpected opcode {}", f.opcode),
+        }
+    }
+}

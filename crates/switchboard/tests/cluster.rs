@@ -221,6 +221,30 @@ async fn cluster_lists_every_node_and_drops_a_killed_one() {
     )
     .await;
 
+    // The registry heartbeat moves last_seen forward.
+    let last_seen_of_c = || async {
+        let body = a.api("GET", "/api/v1/cluster", None).await.json();
+        body["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|e| e["id"] == "node-c").cloned())
+            .and_then(|e| e["last_seen"].as_u64())
+            .expect("node-c's last_seen")
+    };
+    let first = last_seen_of_c().await;
+    eventually(
+        "node-c's last_seen to advance",
+        Duration::from_secs(5),
+        || async {
+            let now = last_seen_of_c().await;
+            if now > first {
+                Ok(())
+            } else {
+                Err(format!("{now}"))
+            }
+        },
+    )
+    .await;
+
     c.kill().await;
     for node in [&a, &b] {
         eventually(

@@ -5,8 +5,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::raw_ws::{RawRead, opcode};
 use support::ws::{JSON_PROTOCOL, Upgrade};
-use support::{Node, WsClient, run_switchboard};
+use support::{Node, RawWs, WsClient, run_switchboard};
 use switchboard_proto::client::server_frame::Frame;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,6 +36,11 @@ async fn sigterm_drains_clients_and_exits_zero() {
         Upgrade::Refused(503, _) => {}
         other => panic!("upgrade while draining: want 503, got {other:?}"),
     }
+    let r = node.internal_raw("GET", "/healthz", &[], None).await;
+    assert_eq!(
+        r.status, 200,
+        "/healthz while draining: the process is alive"
+    );
 
     for client in &mut clients {
         let disconnect = client.expect_disconnect(1001).await;
@@ -110,4 +116,71 @@ async fn address_in_use_exits_1() {
         out.stderr
     );
     drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_bounds_the_exit_even_with_unresponsive_clients() {
+    let mut node = Node::start("node-stuck-drain", &["--drain-timeout", "2"]).await;
+    // Two clients that will never read again nor answer the close handshake.
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let mut raw = RawWs::connect(node.public_addr(), Some(JSON_PROTOCOL)).await;
+        raw.recv_type("welcome").await;
+        stuck.push(raw);
+    }
+    let mut polite = WsClient::connect_json(&node.ws_url()).await;
+    let signalled = Instant::now();
+    node.sigterm();
+    polite.expect_disconnect(1001).await;
+    let status = node.wait_exit(Duration::from_millis(4000)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_millis(3500),
+        "exited {:?} after SIGTERM with --drain-timeout 2",
+        signalled.elapsed()
+    );
+    // What the stuck clients had been sent: the disconnect and the close, then the end.
+    for mut raw in stuck {
+        let first = raw.recv_json().await;
+        assert_eq!(first["type"], "disconnect", "{first}");
+        assert_eq!(first["code"], 1001);
+        match raw.read(Duration::from_secs(5)).await {
+            RawRead::Frame(f) if f.opcode == opcode::CLOSE => assert_eq!(f.close_code(), 1001),
+            other => panic!("after disconnect want close 1001, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_are_all_drained_within_the_window() {
+    const CLIENTS: usize = 100;
+    let mut node = Node::start("node-many-drain", &["--drain-timeout", "2"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(WsClient::connect_json(&node.ws_url()).await);
+    }
+    node.wait_metric("switchboard_connections", "== 100", |v| v == CLIENTS as f64)
+        .await;
+    let signalled = Instant::now();
+    node.sigterm();
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                c.expect_disconnect(1001).await;
+                signalled.elapsed()
+            })
+        })
+        .collect();
+    let mut latest = Duration::ZERO;
+    for wait in waits {
+        latest = latest.max(wait.await.expect("client task"));
+    }
+    assert!(
+        latest < Duration::from_millis(2500),
+        "last client disconnected {latest:?} after SIGTERM with --drain-timeout 2"
+    );
+    let status = node.wait_exit(Duration::from_millis(3500)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_millis(3500));
 }

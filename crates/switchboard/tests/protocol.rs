@@ -5,8 +5,9 @@
 mod support;
 
 use serde_json::{Value, json};
+use support::raw_ws::{RawRead, opcode};
 use support::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
-use support::{Node, WsClient, decode_base64, now_ms};
+use support::{Node, RawWs, WsClient, decode_base64, now_ms};
 use switchboard_proto::client::{
     ClientFrame, HistoryRequest, PresenceRequest, client_frame::Command, server_frame::Frame,
 };
@@ -573,4 +574,136 @@ async fn published_json_is_delivered_verbatim() {
         text.contains(big) && text.contains(pi),
         "API publish altered numbers: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_control_frames() {
+    let node = Node::start("node-control", &[]).await;
+
+    // A ping is answered with a pong carrying the same payload (RFC 6455 5.5.3).
+    let mut raw = RawWs::connect(node.public_addr(), Some(JSON_PROTOCOL)).await;
+    raw.recv_type("welcome").await;
+    raw.send_frame(true, opcode::PING, b"are you there").await;
+    match raw.read(support::RECV_TIMEOUT).await {
+        RawRead::Frame(f) if f.opcode == opcode::PONG => {
+            assert_eq!(f.payload, b"are you there");
+        }
+        other => panic!("want a pong, got {other:?}"),
+    }
+    // A ping between the fragments of a message is allowed and answered.
+    let command = br#"{"type":"ping","id":7}"#;
+    raw.send_frame(false, opcode::TEXT, &command[..10]).await;
+    raw.send_frame(true, opcode::PING, b"mid").await;
+    raw.send_frame(true, opcode::CONTINUATION, &command[10..])
+        .await;
+    let mut got_pong_frame = false;
+    let mut got_reply = false;
+    while !(got_pong_frame && got_reply) {
+        match raw.read(support::RECV_TIMEOUT).await {
+            RawRead::Frame(f) if f.opcode == opcode::PONG => {
+                assert_eq!(f.payload, b"mid");
+                got_pong_frame = true;
+            }
+            RawRead::Frame(f) if f.opcode == opcode::TEXT => {
+                assert_eq!(f.json(), json!({"type": "pong", "id": 7}));
+                got_reply = true;
+            }
+            other => panic!("want the pong frame and the pong reply, got {other:?}"),
+        }
+    }
+
+    // A client close is echoed, then the server ends the connection.
+    raw.send_frame(true, opcode::CLOSE, &1000u16.to_be_bytes())
+        .await;
+    match raw.read(support::RECV_TIMEOUT).await {
+        RawRead::Frame(f) if f.opcode == opcode::CLOSE => assert_eq!(f.close_code(), 1000),
+        other => panic!("want the close echo, got {other:?}"),
+    }
+    match raw.read(support::RECV_TIMEOUT).await {
+        RawRead::Eof | RawRead::Error(_) => {}
+        other => panic!("want the end of the connection, got {other:?}"),
+    }
+    node.wait_metric_with(
+        "switchboard_disconnects_total",
+        &[("reason", "client_closed")],
+        ">= 1",
+        |v| v >= 1.0,
+    )
+    .await;
+    node.wait_metric("switchboard_connections", "== 0", |v| v == 0.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_right_after_subscribed_is_delivered() {
+    // Once a client holds `subscribed`, the subscription is in effect: a publish it
+    // causes afterwards must reach it. Several clients race subscribe-then-publish on
+    // fresh channels so a window between the reply and the subscription shows up.
+    const CLIENTS: usize = 4;
+    const ROUNDS: usize = 250;
+    let node = Node::start("node-sub-race", &[]).await;
+    // Background traffic keeps the node's threads busy, as in production.
+    let stop = stop_flag();
+    let mut noise = Vec::new();
+    for n in 0..2 {
+        let url = node.ws_url();
+        let stop = stop.clone();
+        noise.push(tokio::spawn(async move {
+            let mut listener = WsClient::connect_json(&url).await;
+            listener.subscribe(&format!("noise:{n}")).await;
+            let mut talker = WsClient::connect_json(&url).await;
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                talker.publish_ok(&format!("noise:{n}"), json!(sent)).await;
+                assert_eq!(listener.recv_json().await["data"], sent);
+                sent += 1;
+            }
+        }));
+    }
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let url = node.ws_url();
+            let internal = node.internal_addr();
+            tokio::spawn(async move {
+                let mut client = WsClient::connect_json(&url).await;
+                let mut publisher = WsClient::connect_json(&url).await;
+                for r in 0..ROUNDS {
+                    let ch = format!("race:{c}:{r}");
+                    client.subscribe(&ch).await;
+                    if r % 2 == 0 {
+                        publisher.publish_ok(&ch, json!(r)).await;
+                    } else {
+                        let body =
+                            serde_json::to_vec(&json!({"channel": ch, "data": r})).expect("json");
+                        let response = support::http::request(
+                            internal,
+                            "POST",
+                            "/api/v1/publish",
+                            &[],
+                            Some(&body),
+                        )
+                        .await;
+                        assert_eq!(response.status, 200);
+                    }
+                    let m = client.recv_json().await;
+                    assert_eq!(
+                        m,
+                        json!({"type": "message", "channel": ch, "data": r}),
+                        "publish right after `subscribed` to {ch}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("racing client");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in noise {
+        task.await.expect("noise task");
+    }
+}
+
+fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
 }
