@@ -138,6 +138,21 @@ impl WsClient {
         id
     }
 
+    /// "client c_... on node-x" (from the welcome), for failure messages.
+    pub fn describe(&self) -> String {
+        match &self.welcome_frame {
+            Some(ServerFrame {
+                frame: Some(Frame::Welcome(w)),
+                ..
+            }) => format!("proto client {} on {}", w.conn, w.node),
+            _ => format!(
+                "client {} on {}",
+                self.welcome["conn"].as_str().unwrap_or("(before welcome)"),
+                self.welcome["node"].as_str().unwrap_or("?")
+            ),
+        }
+    }
+
     /// The `conn` of the JSON welcome.
     pub fn conn_id(&self) -> String {
         self.welcome["conn"].as_str().unwrap_or_default().to_owned()
@@ -191,10 +206,15 @@ impl WsClient {
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .unwrap_or_else(|_| panic!("no frame from the server within {timeout:?}"));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{}: no frame from the server within {timeout:?}",
+                        self.describe()
+                    )
+                });
             match next {
                 None => return None,
-                Some(Err(e)) => panic!("WebSocket read error: {e}"),
+                Some(Err(e)) => panic!("{}: WebSocket read error: {e}", self.describe()),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(m)) => return Some(m),
             }
