@@ -51,8 +51,9 @@ impl Hub {
     }
 
     /// Adds a session to a channel. `on_live` runs once the node's backplane
-    /// subscription holds and just before the session starts receiving, so a
-    /// reply queued there precedes every message of the channel.
+    /// subscription holds, atomically with the session starting to receive: a
+    /// reply queued there precedes every message of the channel, and every
+    /// message fanned out after it reaches the session. It must not block.
     ///
     /// Cancel-safe only before the backplane call completes; callers run it to
     /// completion (session commands are never cancelled).
@@ -70,9 +71,14 @@ impl Hub {
             let n = self.channels.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::gauge!("switchboard_channels").set(n as f64);
         }
-        on_live();
-        Arc::make_mut(crate::lock(&shard.map).entry(channel.clone()).or_default())
-            .push(session.clone());
+        {
+            // The reply and the insertion happen under the map lock that fan-out
+            // takes: a message fanned out after the client could have seen the
+            // reply is fanned out to it too.
+            let mut map = crate::lock(&shard.map);
+            on_live();
+            Arc::make_mut(map.entry(channel.clone()).or_default()).push(session.clone());
+        }
         let n = self.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("switchboard_subscriptions").set(n as f64);
         Ok(())

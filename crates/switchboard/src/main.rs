@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use config::LogFormat;
 use switchboard_gateway::Node;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Exit code for a bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -48,6 +49,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: config::Config) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM that arrives once the node listens must
+    // drain it, never kill it.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let prometheus = switchboard_gateway::metrics::install_prometheus()?;
     let node = Node::bind(config.node, Some(prometheus)).await?;
     // Scripts and tests read the real ports from this line (port 0 works).
@@ -57,25 +62,14 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         node.internal_addr()
     );
     std::io::stdout().flush()?;
-    node.run(shutdown_signal()).await?;
-    Ok(())
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT will drain");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    node.run(shutdown).await?;
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, filter: &str) {

@@ -55,7 +55,8 @@ pub(super) async fn run(
     let max = node.config.max_message_size;
     let (mut ws, _) =
         fastwebsockets::after_handshake_split(stream, tokio::io::sink(), Role::Server);
-    ws.set_max_message_size(max);
+    // fastwebsockets refuses frames of `max_message_size` bytes or more; ours is inclusive.
+    ws.set_max_message_size(max.saturating_add(1));
     ws.set_auto_pong(true);
     ws.set_auto_close(true);
     // A message split over several frames, while it is being assembled.
