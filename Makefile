@@ -35,7 +35,7 @@ help:
 	make build         build every crate in release mode
 	make cluster       start Redis on :$(CLUSTER_REDIS_PORT) and three nodes on :8081-8083 (API :9091-9093)
 	make cluster-stop  stop that cluster
-	make bench         the benchmark runner (placeholder for now)
+	make bench         fan-out benchmark: Redis + 2 nodes + 1,000 subscribers (BENCH_ARGS=...)
 	make loadtest      the k6 load tests (not yet here)
 	make image         build the container image (needs deploy/Dockerfile and docker)
 	TEXT
@@ -167,9 +167,11 @@ cluster-stop:
 	stop_cluster
 	echo "cluster stopped"
 
-# Placeholder: the benchmark issue replaces this with the real fan-out benchmark run.
+# The fan-out benchmark: a private redis-server, two release nodes, 1,000 subscribers.
+# BENCH_ARGS overrides the scenario (see crates/switchboard-bench/README.md).
+BENCH_ARGS ?= --subscribers 1000 --rate 100 --duration 20 --warmup 3 --payload 64
 bench:
-	$(CARGO) run --release -p switchboard-bench -- fanout --help
+	scripts/bench-fanout.sh $(BENCH_ARGS)
 
 loadtest:
 	@echo "make loadtest: the k6 scripts arrive with the load-test issue (see loadtest/README.md)." >&2
