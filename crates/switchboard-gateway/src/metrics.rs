@@ -17,7 +17,34 @@ pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)?
         .install_recorder()?;
     describe();
+    register_at_zero();
     Ok(handle)
+}
+
+/// Makes every unlabelled series exist from the start, so rates and alerts
+/// see a zero rather than nothing before the first event.
+fn register_at_zero() {
+    for name in [
+        "switchboard_connections_accepted_total",
+        "switchboard_messages_received_total",
+        "switchboard_messages_delivered_total",
+        "switchboard_bytes_sent_total",
+        "switchboard_bytes_received_total",
+        "switchboard_backplane_published_total",
+        "switchboard_backplane_received_total",
+        "switchboard_backplane_reconnects_total",
+        "switchboard_backplane_resubscribed_total",
+        "switchboard_slow_consumer_disconnects_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for name in [
+        "switchboard_connections",
+        "switchboard_subscriptions",
+        "switchboard_channels",
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
 }
 
 fn describe() {
