@@ -2,10 +2,10 @@
 //!
 //! - Publishes and registry commands go through a small deadpool-redis pool of
 //!   multiplexed connections (concurrent publishes pipeline on them).
-//! - One dedicated pub/sub connection receives ([`subscriber`]); it subscribes
+//! - One dedicated pub/sub connection receives (`subscriber.rs`); it subscribes
 //!   by interest and, when it breaks, reconnects with backoff and jitter and
 //!   resubscribes every channel in batches.
-//! - Each node registers itself with a heartbeat ([`registry`]).
+//! - Each node registers itself with a heartbeat (`registry.rs`).
 //!
 //! Every key and pub/sub channel starts with the configured prefix; a client
 //! channel's pub/sub name carries the channel in braces (a Redis Cluster hash
@@ -67,7 +67,7 @@ pub struct RedisBackplane {
 impl RedisBackplane {
     /// Validates the URL, builds the pool and starts the subscriber and registry
     /// tasks. It does not wait for Redis: until the subscriber connects,
-    /// [`RedisBackplane::is_up`] is false and publishes fail as unavailable.
+    /// [`crate::Backplane::is_up`] is false and publishes fail as unavailable.
     pub fn start(
         config: RedisConfig,
         inbox: Inbox,
