@@ -9,14 +9,17 @@
 //! - [`protocol`]: commands and replies, the JSON and protobuf codecs.
 //! - [`metrics`]: the Prometheus recorder and the hot-path handles.
 
+pub mod auth;
 mod http;
 mod hub;
 pub mod metrics;
+pub mod namespace;
 pub mod node;
 pub mod protocol;
 mod session;
 
-pub use node::{BackplaneConfig, Node, NodeConfig, NodeError};
+pub use namespace::{Namespace, Namespaces};
+pub use node::{AuthConfig, BackplaneConfig, Limits, Node, NodeConfig, NodeError};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
 use crate::metrics::HotMetrics;
+use crate::namespace::Namespaces;
 use crate::session::End;
 
 /// Everything a node needs to know, already validated.
@@ -43,6 +44,53 @@ pub struct NodeConfig {
     pub max_message_size: usize,
     /// Frames queued per connection before it is dropped as a slow consumer.
     pub outbound_queue: usize,
+    /// Per-namespace settings.
+    pub namespaces: Namespaces,
+    /// JWT authentication.
+    pub auth: AuthConfig,
+    /// Limits on what clients may do.
+    pub limits: Limits,
+}
+
+/// JWT authentication settings.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// HS256 shared secret.
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256), already read from its file.
+    pub jwt_public_key: Option<Vec<u8>>,
+    /// Whether connections without a token are let in as anonymous.
+    pub allow_anonymous: bool,
+}
+
+/// Limits on what clients may do; each counts in `switchboard_limit_rejections_total`.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open connections per node.
+    pub max_connections: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Commands per second per connection (token bucket refill rate).
+    pub client_rate: f64,
+    /// Token bucket size for commands per connection.
+    pub client_burst: u32,
+    /// New connections per second per client IP (burst twice that).
+    pub ip_connect_rate: f64,
+    /// Longest channel name, in bytes (at most 255).
+    pub max_channel_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_subscriptions: 128,
+            client_rate: 100.0,
+            client_burst: 200,
+            ip_connect_rate: 50.0,
+            max_channel_length: 255,
+        }
+    }
 }
 
 /// Which backplane a node runs on.
@@ -75,6 +123,14 @@ pub enum NodeError {
     /// The backplane could not be set up.
     #[error(transparent)]
     Backplane(#[from] BackplaneError),
+    /// A setting that only shows its fault when used (an unparsable key, say).
+    #[error("{setting}: {message}")]
+    Config {
+        /// The setting, as a flag.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// A node whose listeners are bound, ready to [`Node::run`].

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
-use switchboard_gateway::{BackplaneConfig, NodeConfig};
+use std::collections::HashMap;
+
+use switchboard_gateway::{AuthConfig, BackplaneConfig, Limits, Namespace, Namespaces, NodeConfig};
 
 /// Command-line interface. Every setting is also an environment variable and a TOML key.
 #[derive(Parser, Debug, Default)]
@@ -79,6 +81,38 @@ pub struct Cli {
     /// Seconds between node-registry heartbeats in Redis; a node silent for 3 drops out of the cluster list. [default: 2]
     #[arg(long, env = "SWITCHBOARD_REGISTRY_INTERVAL", value_name = "SECONDS")]
     pub registry_interval: Option<String>,
+    /// Shared secret for HS256 tokens (TOML: auth.jwt_secret).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256 or ES256 tokens (TOML: auth.jwt_public_key).
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<String>,
+    /// Let connections without a token in as anonymous (TOML: auth.allow_anonymous). [default: true without a JWT key, false with one]
+    #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS", value_name = "BOOL")]
+    pub allow_anonymous: Option<String>,
+    /// Open connections per node; beyond, upgrades get 503 and /readyz is 503. [default: 10000]
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Subscriptions per connection; beyond, `limit_exceeded`. [default: 128]
+    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<String>,
+    /// Commands per second per connection; beyond, `rate_limited`, and close 4029 on sustained abuse. [default: 100]
+    #[arg(long, env = "SWITCHBOARD_CLIENT_RATE", value_name = "PER_SECOND")]
+    pub client_rate: Option<String>,
+    /// Burst of commands per connection above the rate. [default: 200]
+    #[arg(long, env = "SWITCHBOARD_CLIENT_BURST", value_name = "N")]
+    pub client_burst: Option<String>,
+    /// New connections per second per client IP; beyond, HTTP 429. [default: 50]
+    #[arg(long, env = "SWITCHBOARD_IP_CONNECT_RATE", value_name = "PER_SECOND")]
+    pub ip_connect_rate: Option<String>,
+    /// Longest channel name in bytes, at most 255. [default: 255]
+    #[arg(long, env = "SWITCHBOARD_MAX_CHANNEL_LENGTH", value_name = "BYTES")]
+    pub max_channel_length: Option<String>,
 }
 
 /// Log output format.
@@ -134,6 +168,26 @@ const TOML_KEYS: &[&str] = &[
     "outbound_queue",
     "redis_prefix",
     "registry_interval",
+    "auth",
+    "namespaces",
+    "max_connections",
+    "max_subscriptions",
+    "client_rate",
+    "client_burst",
+    "ip_connect_rate",
+    "max_channel_length",
+];
+
+/// Keys of the `[auth]` table.
+const AUTH_KEYS: &[&str] = &["jwt_secret", "jwt_public_key", "allow_anonymous"];
+
+/// Keys of a `[namespaces.NAME]` table.
+const NAMESPACE_KEYS: &[&str] = &[
+    "history_size",
+    "history_ttl",
+    "presence",
+    "join_leave",
+    "client_publish",
 ];
 
 /// Parses the process's arguments and environment (clap handles `--help`).
@@ -234,6 +288,60 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         "2",
         parse_seconds,
     );
+    let jwt_secret = r
+        .optional("jwt_secret", flag_value(&cli.jwt_secret), |s| {
+            Ok(s.to_owned())
+        })
+        .flatten();
+    let jwt_public_key = r
+        .optional(
+            "jwt_public_key",
+            flag_value(&cli.jwt_public_key),
+            read_key_file,
+        )
+        .flatten();
+    let has_key = jwt_secret.is_some() || jwt_public_key.is_some();
+    let allow_anonymous = r.get(
+        "allow_anonymous",
+        flag_value(&cli.allow_anonymous),
+        if has_key { "false" } else { "true" },
+        parse_bool,
+    );
+    let max_connections = r.get(
+        "max_connections",
+        flag_value(&cli.max_connections),
+        "10000",
+        |s| parse_count(s, 1, 10_000_000),
+    );
+    let max_subscriptions = r.get(
+        "max_subscriptions",
+        flag_value(&cli.max_subscriptions),
+        "128",
+        |s| parse_count(s, 1, 1_000_000),
+    );
+    let client_rate = r.get(
+        "client_rate",
+        flag_value(&cli.client_rate),
+        "100",
+        parse_rate,
+    );
+    let client_burst = r.get("client_burst", flag_value(&cli.client_burst), "200", |s| {
+        parse_count(s, 1, 1_000_000).map(|n| n as u32)
+    });
+    let ip_connect_rate = r.get(
+        "ip_connect_rate",
+        flag_value(&cli.ip_connect_rate),
+        "50",
+        parse_rate,
+    );
+    let max_channel_length = r.get(
+        "max_channel_length",
+        flag_value(&cli.max_channel_length),
+        "255",
+        |s| parse_count(s, 1, 255),
+    );
+    let namespaces = parse_namespaces(&file, &mut r.errors);
+    check_table_keys(&file, "auth", AUTH_KEYS, &mut r.errors);
 
     for key in file.keys() {
         if !TOML_KEYS.contains(&key.as_str()) {
@@ -276,6 +384,26 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
     else {
         unreachable!("a setting failed without an error")
     };
+    let (
+        Some(allow_anonymous),
+        Some(max_connections),
+        Some(max_subscriptions),
+        Some(client_rate),
+        Some(client_burst),
+        Some(ip_connect_rate),
+        Some(max_channel_length),
+    ) = (
+        allow_anonymous,
+        max_connections,
+        max_subscriptions,
+        client_rate,
+        client_burst,
+        ip_connect_rate,
+        max_channel_length,
+    )
+    else {
+        unreachable!("a setting failed without an error")
+    };
     let backplane = match redis_url {
         None => BackplaneConfig::Memory,
         Some(url) => BackplaneConfig::Redis {
@@ -296,6 +424,20 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
             heartbeat,
             max_message_size,
             outbound_queue,
+            namespaces,
+            auth: AuthConfig {
+                jwt_secret,
+                jwt_public_key,
+                allow_anonymous,
+            },
+            limits: Limits {
+                max_connections,
+                max_subscriptions,
+                client_rate,
+                client_burst,
+                ip_connect_rate,
+                max_channel_length,
+            },
         },
         log_format,
         log_level,
@@ -347,7 +489,10 @@ impl Reader<'_> {
             };
             return Some((v, source));
         }
-        let value = self.file.get(key)?;
+        let value = match toml_path(key) {
+            (Some(table), name) => self.file.get(table)?.as_table()?.get(name)?,
+            (None, name) => self.file.get(name)?,
+        };
         let text = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
@@ -401,6 +546,136 @@ impl Reader<'_> {
             message,
         });
     }
+}
+
+/// Where a setting lives in the TOML file: the auth settings in `[auth]`.
+fn toml_path(key: &str) -> (Option<&'static str>, &str) {
+    if AUTH_KEYS.contains(&key) {
+        (Some("auth"), key)
+    } else {
+        (None, key)
+    }
+}
+
+/// Reports keys of a TOML table that this version does not know.
+fn check_table_keys(
+    file: &toml::Table,
+    table: &str,
+    known: &[&str],
+    errors: &mut Vec<ConfigError>,
+) {
+    match file.get(table) {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for key in t.keys().filter(|k| !known.contains(&k.as_str())) {
+                errors.push(ConfigError {
+                    setting: format!("{table}.{key}"),
+                    source: "config file".into(),
+                    message: "unknown key".into(),
+                });
+            }
+        }
+        Some(_) => errors.push(ConfigError {
+            setting: table.to_owned(),
+            source: "config file".into(),
+            message: "must be a table".into(),
+        }),
+    }
+}
+
+/// Reads the `[namespaces.NAME]` tables, reporting every bad key or value.
+fn parse_namespaces(file: &toml::Table, errors: &mut Vec<ConfigError>) -> Namespaces {
+    let mut by_name = HashMap::new();
+    let Some(value) = file.get("namespaces") else {
+        return Namespaces::default();
+    };
+    let mut fail = |setting: String, message: String| {
+        errors.push(ConfigError {
+            setting,
+            source: "config file".into(),
+            message,
+        })
+    };
+    let Some(tables) = value.as_table() else {
+        fail(
+            "namespaces".into(),
+            "must be a table of [namespaces.NAME] tables".into(),
+        );
+        return Namespaces::default();
+    };
+    for (name, table) in tables {
+        let here = format!("namespaces.{name}");
+        if name.is_empty()
+            || name.len() > 255
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.@/=".contains(c))
+        {
+            fail(
+                here.clone(),
+                "a namespace name uses the channel alphabet without ':'".into(),
+            );
+        }
+        let Some(table) = table.as_table() else {
+            fail(here, "must be a table".into());
+            continue;
+        };
+        let mut ns = Namespace::default();
+        for (key, value) in table {
+            let setting = format!("{here}.{key}");
+            match key.as_str() {
+                "history_size" => match value.as_integer() {
+                    Some(n @ 0..=10_000) => ns.history_size = n as usize,
+                    _ => fail(setting, "must be a whole number in 0..=10000".into()),
+                },
+                "history_ttl" => match value.as_integer() {
+                    Some(n @ 1..=2_592_000) => ns.history_ttl = Duration::from_secs(n as u64),
+                    _ => fail(setting, "must be whole seconds in 1..=2592000".into()),
+                },
+                "presence" | "join_leave" | "client_publish" => match value.as_bool() {
+                    Some(b) => match key.as_str() {
+                        "presence" => ns.presence = b,
+                        "join_leave" => ns.join_leave = b,
+                        _ => ns.client_publish = b,
+                    },
+                    None => fail(setting, "must be true or false".into()),
+                },
+                _ => fail(
+                    setting,
+                    format!("unknown key; known: {}", NAMESPACE_KEYS.join(", ")),
+                ),
+            }
+        }
+        by_name.insert(name.clone(), ns);
+    }
+    Namespaces::new(by_name)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{s:?}: use true or false")),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number per second"))?;
+    if !rate.is_finite() || rate <= 0.0 || rate > 1e9 {
+        return Err(format!("{s} is out of range: give a rate above 0"));
+    }
+    Ok(rate)
+}
+
+/// Reads a PEM key file at start-up, so a missing file stops the node before it listens.
+fn read_key_file(path: &str) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    if !pem.starts_with(b"-----BEGIN") {
+        return Err(format!("{path:?} is not a PEM file"));
+    }
+    Ok(pem)
 }
 
 /// Unset and empty are the same (an empty variable in a manifest means "not set").
@@ -614,6 +889,64 @@ mod tests {
                 .any(|e| e.contains("lisen") && e.contains("unknown key"))
         );
         assert!(text.iter().any(|e| e.contains("--heartbeat")));
+        let _ = std::fs::remove_file(&file.0);
+    }
+
+    #[test]
+    fn namespaces_and_auth_come_from_their_tables() {
+        let mut file = tempfile();
+        writeln!(
+            file.1,
+            "[auth]\njwt_secret = \"s3cret\"\n\n[namespaces.chat]\nhistory_size = 100\nhistory_ttl = 60\npresence = true\njoin_leave = true\nclient_publish = false\n"
+        )
+        .unwrap();
+        let c = resolve_args(&["--config", &file.0]).unwrap();
+        assert_eq!(c.node.auth.jwt_secret.as_deref(), Some("s3cret"));
+        assert!(
+            !c.node.auth.allow_anonymous,
+            "a JWT key turns anonymous access off by default"
+        );
+        let chat = c.node.namespaces.of("chat:lobby");
+        assert_eq!(chat.history_size, 100);
+        assert_eq!(chat.history_ttl, Duration::from_secs(60));
+        assert!(chat.presence && chat.join_leave && !chat.client_publish);
+        assert!(!c.node.namespaces.of("news:x").has_history());
+        let c = resolve_args(&["--config", &file.0, "--allow-anonymous", "yes"]).unwrap();
+        assert!(c.node.auth.allow_anonymous);
+        let _ = std::fs::remove_file(&file.0);
+    }
+
+    #[test]
+    fn bad_namespace_and_auth_keys_are_each_reported() {
+        let mut file = tempfile();
+        writeln!(
+            file.1,
+            "[auth]\nsecret = \"x\"\n\n[namespaces.chat]\nhistory_size = -1\npresense = true\nhistory_ttl = \"long\"\n"
+        )
+        .unwrap();
+        let errors = resolve_args(&[
+            "--config",
+            &file.0,
+            "--jwt-public-key",
+            "/nonexistent.pem",
+            "--client-rate",
+            "0",
+        ])
+        .unwrap_err();
+        let settings: Vec<&str> = errors.iter().map(|e| e.setting.as_str()).collect();
+        for expected in [
+            "auth.secret",
+            "namespaces.chat.history_size",
+            "namespaces.chat.presense",
+            "namespaces.chat.history_ttl",
+            "--jwt-public-key",
+            "--client-rate",
+        ] {
+            assert!(
+                settings.contains(&expected),
+                "{expected} missing from {settings:?}"
+            );
+        }
         let _ = std::fs::remove_file(&file.0);
     }
 

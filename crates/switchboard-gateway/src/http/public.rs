@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{Body, text};
+use crate::auth::Identity;
 use crate::node::NodeInner;
 use crate::protocol::Protocol;
 use crate::session;
@@ -86,6 +87,7 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
         );
     }
     let protocol = negotiated.unwrap_or(Protocol::Json);
+    let identity = Identity::anonymous();
     node.sessions.clone().spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -95,7 +97,16 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
             }
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => session::run(node, parts.io.into_inner(), parts.read_buf, protocol).await,
+            Ok(parts) => {
+                session::run(
+                    node,
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    protocol,
+                    identity,
+                )
+                .await
+            }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     });

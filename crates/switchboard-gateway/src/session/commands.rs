@@ -5,7 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use switchboard_backplane::envelope;
 
-use super::SessionHandle;
+use super::guard::Refusal;
+use super::{End, SessionHandle};
 use crate::node::NodeInner;
 use crate::protocol::{CommandKind, DecodeError, ErrorCode, Protocol, Reply, channel, json, proto};
 
@@ -34,6 +35,9 @@ pub(super) async fn handle(
         Err(e) => return error(session, e.id, ErrorCode::BadRequest, &e.message),
     };
     let id = command.id;
+    if let Err(refusal) = session.admit_command(node) {
+        return refuse(session, id, refusal);
+    }
     if let Some(name) = command.kind.channel()
         && let Err(why) = channel::validate(name)
     {
@@ -41,6 +45,9 @@ pub(super) async fn handle(
     }
     match command.kind {
         CommandKind::Subscribe { channel, .. } => {
+            if let Err(refusal) = session.may_subscribe(node, &channel) {
+                return refuse(session, id, refusal);
+            }
             let channel: Arc<str> = channel.into();
             if !crate::lock(&session.channels).insert(channel.clone()) {
                 return error(
@@ -73,6 +80,9 @@ pub(super) async fn handle(
             session.reply(id, &Reply::Unsubscribed { channel: &channel });
         }
         CommandKind::Publish { channel, data } => {
+            if let Err(refusal) = session.may_publish(node, &channel) {
+                return refuse(session, id, refusal);
+            }
             let mut envelope =
                 envelope::for_channel(&node.config.node_id, &channel, data.bytes, data.encoding);
             envelope.publisher = session.user.to_string();
@@ -99,6 +109,14 @@ pub(super) async fn handle(
             "presence is not enabled for this channel's namespace",
         ),
         CommandKind::Ping => session.reply(id, &Reply::Pong),
+    }
+}
+
+/// Answers a refused command, and ends the session when the refusal says so.
+fn refuse(session: &SessionHandle, id: Option<u64>, refusal: Refusal) {
+    error(session, id, refusal.code, &refusal.message);
+    if let Some(d) = refusal.disconnect {
+        session.end_with(End::Disconnect(d));
     }
 }
 

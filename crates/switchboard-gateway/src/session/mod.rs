@@ -13,6 +13,7 @@
 
 mod commands;
 pub(crate) mod frames;
+mod guard;
 mod reader;
 mod writer;
 
@@ -25,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Identity;
 use crate::node::NodeInner;
 use crate::protocol::{Disconnect, Protocol, Reply, encode_reply};
 
@@ -100,8 +102,10 @@ pub(crate) struct SessionHandle {
     pub(crate) id: u64,
     /// `c_<ULID>`, as in the welcome.
     pub(crate) conn: Arc<str>,
-    /// User id, "" when anonymous.
+    /// User id, "" when anonymous (the identity's user).
     pub(crate) user: Arc<str>,
+    /// Who the client is and what its token allows.
+    pub(crate) identity: Identity,
     pub(crate) protocol: Protocol,
     outbound: mpsc::Sender<Outbound>,
     end: OnceLock<End>,
@@ -169,6 +173,7 @@ pub(crate) async fn run(
     stream: TcpStream,
     read_ahead: Bytes,
     protocol: Protocol,
+    identity: Identity,
 ) {
     let (read_half, write_half) = stream.into_split();
     let (outbound, outbound_rx) = mpsc::channel(node.config.outbound_queue);
@@ -176,7 +181,8 @@ pub(crate) async fn run(
     let session = Arc::new(SessionHandle {
         id: node.next_session_id(),
         conn: format!("c_{}", ulid::Ulid::new()).into(),
-        user: Arc::from(""),
+        user: identity.user.clone(),
+        identity,
         protocol,
         outbound,
         end: OnceLock::new(),
