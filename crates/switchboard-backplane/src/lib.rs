@@ -17,6 +17,7 @@
 
 pub mod envelope;
 mod error;
+mod history;
 mod inbox;
 pub mod memory;
 pub mod redis;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 pub use envelope::{Envelope, Target};
 pub use error::BackplaneError;
+pub use history::{HistoryPage, HistoryPolicy, Position, PresenceMember, Since, Topic};
 pub use inbox::{Inbox, InboxLane};
 pub use registry::{NodeInfo, NodeStats, StatsSource};
 
@@ -44,34 +46,85 @@ pub enum Backplane {
 impl Backplane {
     /// Publishes an envelope to every node interested in its target.
     ///
-    /// Returns only once the backplane has accepted it (Redis answered the
-    /// PUBLISH); an error means it was not published at all.
-    /// Cancel-safe in the sense that dropping it never half-publishes; a dropped
-    /// call may or may not have been published.
-    pub async fn publish(&self, envelope: &Envelope) -> Result<(), BackplaneError> {
+    /// With a history policy (channel targets only) the envelope gets the
+    /// channel's next offset and is appended to its history in the same atomic
+    /// step as the publish, so offset order is delivery order everywhere; the
+    /// position is returned. Returns only once the backplane has accepted it;
+    /// an error means it was not published at all.
+    pub async fn publish(
+        &self,
+        envelope: &Envelope,
+        history: Option<HistoryPolicy>,
+    ) -> Result<Option<Position>, BackplaneError> {
         match self {
-            Backplane::Memory(m) => m.publish(envelope).await,
-            Backplane::Redis(r) => r.publish(envelope).await,
+            Backplane::Memory(m) => m.publish(envelope, history).await,
+            Backplane::Redis(r) => r.publish(envelope, history).await,
         }
     }
 
-    /// Declares this node's interest in a client channel: from the moment this
-    /// returns `Ok`, envelopes published to the channel reach this node's inbox.
-    ///
-    /// Called by the hub when a channel gets its first local subscriber.
-    pub async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+    /// Declares this node's interest in a topic (a client channel or a user):
+    /// from the moment this returns `Ok`, envelopes published to it reach
+    /// this node's inbox. Called by the hub for a topic's first local subscriber.
+    pub async fn subscribe(&self, topic: Topic<'_>) -> Result<(), BackplaneError> {
         match self {
             Backplane::Memory(_) => Ok(()),
-            Backplane::Redis(r) => r.subscribe(channel).await,
+            Backplane::Redis(r) => r.subscribe(topic).await,
         }
     }
 
-    /// Withdraws this node's interest in a client channel (its last local
-    /// subscriber left).
-    pub async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+    /// Withdraws this node's interest in a topic (its last local subscriber left).
+    pub async fn unsubscribe(&self, topic: Topic<'_>) -> Result<(), BackplaneError> {
         match self {
             Backplane::Memory(_) => Ok(()),
-            Backplane::Redis(r) => r.unsubscribe(channel).await,
+            Backplane::Redis(r) => r.unsubscribe(topic).await,
+        }
+    }
+
+    /// Reads a channel's history position and the messages `since` asks for.
+    /// Creates the channel's epoch when it has none yet.
+    pub async fn history(
+        &self,
+        channel: &str,
+        policy: HistoryPolicy,
+        since: Since,
+    ) -> Result<HistoryPage, BackplaneError> {
+        match self {
+            Backplane::Memory(m) => Ok(m.history(channel, policy, since).await),
+            Backplane::Redis(r) => r.history(channel, policy, since).await,
+        }
+    }
+
+    /// Records a connection as present on a channel.
+    pub async fn presence_add(
+        &self,
+        channel: &str,
+        member: &PresenceMember,
+    ) -> Result<(), BackplaneError> {
+        match self {
+            Backplane::Memory(m) => {
+                m.presence_add(channel, member);
+                Ok(())
+            }
+            Backplane::Redis(r) => r.presence_add(channel, member).await,
+        }
+    }
+
+    /// Removes a connection from a channel's presence.
+    pub async fn presence_remove(&self, channel: &str, conn: &str) -> Result<(), BackplaneError> {
+        match self {
+            Backplane::Memory(m) => {
+                m.presence_remove(channel, conn);
+                Ok(())
+            }
+            Backplane::Redis(r) => r.presence_remove(channel, conn).await,
+        }
+    }
+
+    /// Every connection present on a channel, on every live node.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<PresenceMember>, BackplaneError> {
+        match self {
+            Backplane::Memory(m) => Ok(m.presence(channel)),
+            Backplane::Redis(r) => r.presence(channel).await,
         }
     }
 
@@ -115,4 +168,9 @@ impl Backplane {
             Backplane::Redis(_) => "redis",
         }
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -1,7 +1,19 @@
-//! The in-process backplane: one node, no network.
+//! The in-process backplane: one node, no network; history and presence in memory.
 
-use crate::envelope::now_ms;
-use crate::{BackplaneError, Envelope, Inbox, NodeInfo, StatsSource};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+use crate::envelope::{channel_of, now_ms};
+use crate::history::new_epoch;
+use crate::{
+    BackplaneError, Envelope, HistoryPage, HistoryPolicy, Inbox, NodeInfo, Position,
+    PresenceMember, Since, StatsSource,
+};
+
+/// Publishes between sweeps of expired histories.
+const SWEEP_EVERY: u64 = 1024;
 
 /// Delivers every publish straight into this node's own inbox.
 pub struct MemoryBackplane {
@@ -9,6 +21,49 @@ pub struct MemoryBackplane {
     started_at: u64,
     inbox: Inbox,
     stats: StatsSource,
+    /// Held across the delivery into the inbox, so that offset order is
+    /// delivery order (the same guarantee the Redis script gives).
+    histories: tokio::sync::Mutex<Histories>,
+    presence: Mutex<HashMap<String, HashMap<String, PresenceMember>>>,
+}
+
+#[derive(Default)]
+struct Histories {
+    channels: HashMap<String, ChannelHistory>,
+    publishes: u64,
+}
+
+struct ChannelHistory {
+    epoch: String,
+    offset: u64,
+    messages: VecDeque<Envelope>,
+    expires_at: Instant,
+}
+
+impl ChannelHistory {
+    fn new(policy: HistoryPolicy) -> Self {
+        ChannelHistory {
+            epoch: new_epoch(),
+            offset: 0,
+            messages: VecDeque::new(),
+            expires_at: Instant::now() + policy.ttl,
+        }
+    }
+}
+
+impl Histories {
+    /// The channel's live history, created (with a new epoch) when missing or expired.
+    fn live(&mut self, channel: &str, policy: HistoryPolicy) -> &mut ChannelHistory {
+        let now = Instant::now();
+        let history = self
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| ChannelHistory::new(policy));
+        if history.expires_at <= now {
+            *history = ChannelHistory::new(policy);
+        }
+        history
+    }
 }
 
 impl MemoryBackplane {
@@ -20,14 +75,102 @@ impl MemoryBackplane {
             started_at: now_ms(),
             inbox,
             stats,
+            histories: tokio::sync::Mutex::new(Histories::default()),
+            presence: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(crate) async fn publish(&self, envelope: &Envelope) -> Result<(), BackplaneError> {
+    pub(crate) async fn publish(
+        &self,
+        envelope: &Envelope,
+        history: Option<HistoryPolicy>,
+    ) -> Result<Option<Position>, BackplaneError> {
+        let (Some(policy), Some(channel)) = (history, channel_of(envelope)) else {
+            self.inbox.deliver(envelope.clone()).await?;
+            self.count();
+            return Ok(None);
+        };
+        let mut histories = self.histories.lock().await;
+        histories.publishes += 1;
+        if histories.publishes % SWEEP_EVERY == 0 {
+            let now = Instant::now();
+            histories.channels.retain(|_, h| h.expires_at > now);
+        }
+        let history = histories.live(channel, policy);
+        history.offset += 1;
+        let mut stored = envelope.clone();
+        stored.offset = history.offset;
+        stored.epoch = history.epoch.clone();
+        history.messages.push_back(stored.clone());
+        while history.messages.len() > policy.size.max(1) {
+            history.messages.pop_front();
+        }
+        history.expires_at = Instant::now() + policy.ttl;
+        let position = Position {
+            epoch: history.epoch.clone(),
+            offset: history.offset,
+        };
+        self.inbox.deliver(stored).await?;
+        self.count();
+        Ok(Some(position))
+    }
+
+    fn count(&self) {
         metrics::counter!("switchboard_backplane_published_total").increment(1);
-        self.inbox.deliver(envelope.clone()).await?;
         metrics::counter!("switchboard_backplane_received_total").increment(1);
-        Ok(())
+    }
+
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        policy: HistoryPolicy,
+        since: Since,
+    ) -> HistoryPage {
+        let mut histories = self.histories.lock().await;
+        let history = histories.live(channel, policy);
+        let first = history.offset + 1 - history.messages.len() as u64;
+        let messages = match since {
+            Since::Nothing => Vec::new(),
+            Since::All => history.messages.iter().cloned().collect(),
+            Since::After(after) => history
+                .messages
+                .iter()
+                .filter(|m| m.offset > after)
+                .cloned()
+                .collect(),
+        };
+        HistoryPage {
+            epoch: history.epoch.clone(),
+            offset: history.offset,
+            first,
+            messages,
+        }
+    }
+
+    pub(crate) fn presence_add(&self, channel: &str, member: &PresenceMember) {
+        crate::lock(&self.presence)
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(member.conn.clone(), member.clone());
+    }
+
+    pub(crate) fn presence_remove(&self, channel: &str, conn: &str) {
+        let mut presence = crate::lock(&self.presence);
+        if let Some(members) = presence.get_mut(channel) {
+            members.remove(conn);
+            if members.is_empty() {
+                presence.remove(channel);
+            }
+        }
+    }
+
+    pub(crate) fn presence(&self, channel: &str) -> Vec<PresenceMember> {
+        let mut members: Vec<PresenceMember> = crate::lock(&self.presence)
+            .get(channel)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        members.sort_by(|a, b| a.conn.cmp(&b.conn));
+        members
     }
 
     pub(crate) fn node_info(&self) -> NodeInfo {

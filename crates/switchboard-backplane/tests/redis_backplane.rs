@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use switchboard_backplane::envelope::{PayloadEncoding, for_channel};
 use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
-use switchboard_backplane::{Backplane, BackplaneError, Inbox, InboxLane, NodeStats};
+use switchboard_backplane::{Backplane, BackplaneError, Inbox, InboxLane, NodeStats, Topic};
 
 /// A redis-server of this test's own, killed on drop.
 struct Redis {
@@ -152,9 +152,12 @@ async fn pings_keep_one_connection_and_interest_follows_subscribers() {
     let (backplane, inner, mut lanes) = start(&redis, "a");
     wait_for("the backplane to connect", || backplane.is_up());
 
-    backplane.subscribe("news").await.unwrap();
+    backplane.subscribe(Topic::Channel("news")).await.unwrap();
     assert_eq!(redis.numsub("news"), "1");
-    backplane.publish(&envelope("news", b"one")).await.unwrap();
+    backplane
+        .publish(&envelope("news", b"one"), None)
+        .await
+        .unwrap();
     assert_eq!(&received(&mut lanes[0]).await[..], b"one");
 
     // Many health checks later the connection is still the first one: a
@@ -163,7 +166,7 @@ async fn pings_keep_one_connection_and_interest_follows_subscribers() {
     wait_for("five answered PINGs", || inner.pings_answered() >= from + 5);
     assert_eq!(backplane.connection_generation(), 1);
 
-    backplane.unsubscribe("news").await.unwrap();
+    backplane.unsubscribe(Topic::Channel("news")).await.unwrap();
     assert_eq!(redis.numsub("news"), "0");
 
     let nodes = backplane.nodes().await.unwrap();
@@ -188,17 +191,17 @@ async fn a_redis_restart_is_reported_then_everything_is_resubscribed() {
     let mut redis = Redis::start();
     let (backplane, _, mut lanes) = start(&redis, "a");
     wait_for("the backplane to connect", || backplane.is_up());
-    backplane.subscribe("a").await.unwrap();
-    backplane.subscribe("b").await.unwrap();
+    backplane.subscribe(Topic::Channel("a")).await.unwrap();
+    backplane.subscribe(Topic::Channel("b")).await.unwrap();
 
     redis.kill();
     wait_for("the backplane to notice", || !backplane.is_up());
     assert!(matches!(
-        backplane.publish(&envelope("a", b"lost")).await,
+        backplane.publish(&envelope("a", b"lost"), None).await,
         Err(BackplaneError::Unavailable(_))
     ));
     assert!(matches!(
-        backplane.subscribe("c").await,
+        backplane.subscribe(Topic::Channel("c")).await,
         Err(BackplaneError::Unavailable(_))
     ));
 
@@ -209,7 +212,10 @@ async fn a_redis_restart_is_reported_then_everything_is_resubscribed() {
         (redis.numsub("a"), redis.numsub("b"), redis.numsub("c")),
         ("1".into(), "1".into(), "0".into())
     );
-    backplane.publish(&envelope("b", b"after")).await.unwrap();
+    backplane
+        .publish(&envelope("b", b"after"), None)
+        .await
+        .unwrap();
     assert_eq!(&received(&mut lanes[0]).await[..], b"after");
     backplane.shutdown().await;
 }
@@ -220,8 +226,8 @@ async fn two_nodes_see_each_other_and_each_others_messages() {
     let (a, _, _a_lanes) = start(&redis, "a");
     let (b, _, mut b_lanes) = start(&redis, "b");
     wait_for("both to connect", || a.is_up() && b.is_up());
-    b.subscribe("x").await.unwrap();
-    a.publish(&envelope("x", b"from a")).await.unwrap();
+    b.subscribe(Topic::Channel("x")).await.unwrap();
+    a.publish(&envelope("x", b"from a"), None).await.unwrap();
     assert_eq!(&received(&mut b_lanes[0]).await[..], b"from a");
     let mut ids = Vec::new();
     for _ in 0..500 {

@@ -1,28 +1,106 @@
-//! The hub: which local sessions want which channel, and the fan-out.
+//! The hub: which local sessions want which topic (channel or user), and the fan-out.
 //!
-//! Channels are spread over shards by hash. Each shard has an async lock that
-//! orders subscribe and unsubscribe of its channels (the first subscriber
+//! Topics are spread over shards by hash. Each shard has an async lock that
+//! orders subscribe and unsubscribe of its topics (the first subscriber
 //! subscribes the node in the backplane, the last one leaving unsubscribes it,
 //! and nobody is told `subscribed` before the node's subscription holds), and
-//! a plain mutex over its map, held only for lookups and edits. A channel's
+//! a plain mutex over its map, held only for lookups and edits. A topic's
 //! subscriber list is copy-on-write: fan-out clones an `Arc` under the lock
 //! and delivers without it.
+//!
+//! Recovery seam: a subscription to a channel with history starts *buffering*.
+//! Live messages go to its buffer while the session reads the history; then,
+//! atomically, the session queues its reply and the missed messages, sets the
+//! subscription's *floor* (the newest offset it has been given) and flushes
+//! the buffered messages above the floor. From then on a message at or below
+//! the floor is dropped: nothing is missed and nothing is seen twice.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use switchboard_backplane::envelope::{self, PayloadEncoding};
-use switchboard_backplane::{Backplane, BackplaneError, Envelope};
+use switchboard_backplane::envelope::Kind;
+use switchboard_backplane::{Backplane, BackplaneError, Envelope, Topic};
+use switchboard_proto::backplane::envelope::Control;
 
-use crate::protocol::{Protocol, json, proto};
-use crate::session::{Outbound, SessionHandle};
+use crate::protocol::{Disconnect, Protocol, encode_push};
+use crate::session::{End, Outbound, SessionHandle};
 
 const SHARDS: usize = 64;
 
-type Subscribers = Arc<Vec<Arc<SessionHandle>>>;
+/// Hub keys of user topics start with this; `#` never appears in a channel name.
+const USER_PREFIX: &str = "#u:";
+
+/// The hub key of a user's topic.
+pub(crate) fn user_key(user: &str) -> Arc<str> {
+    format!("{USER_PREFIX}{user}").into()
+}
+
+fn topic_of(key: &str) -> Topic<'_> {
+    match key.strip_prefix(USER_PREFIX) {
+        Some(user) => Topic::User(user),
+        None => Topic::Channel(key),
+    }
+}
+
+/// One session's subscription to one topic.
+pub(crate) struct Subscription {
+    pub(crate) session: Arc<SessionHandle>,
+    /// Messages with an offset at or below this were given to the session already.
+    floor: AtomicU64,
+    /// Fast check of `buffer.is_some()`.
+    buffering: AtomicBool,
+    buffer: Mutex<Option<Vec<Outbound>>>,
+}
+
+impl Subscription {
+    fn new(session: Arc<SessionHandle>, buffering: bool) -> Self {
+        Subscription {
+            session,
+            floor: AtomicU64::new(0),
+            buffering: AtomicBool::new(buffering),
+            buffer: Mutex::new(buffering.then(Vec::new)),
+        }
+    }
+
+    /// Ends buffering: under the buffer's lock, `before` queues what precedes
+    /// the live stream (reply, missed messages), the floor is set, and the
+    /// buffered messages above it are queued.
+    pub(crate) fn go_live(&self, floor: u64, before: impl FnOnce()) {
+        let mut buffer = crate::lock(&self.buffer);
+        before();
+        self.floor.store(floor, Ordering::Release);
+        for item in buffer.take().unwrap_or_default() {
+            if item.offset() == 0 || item.offset() > floor {
+                self.session.push(item);
+            }
+        }
+        self.buffering.store(false, Ordering::Release);
+    }
+
+    fn deliver(&self, item: Outbound, capacity: usize) {
+        let offset = item.offset();
+        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+            return;
+        }
+        if self.buffering.load(Ordering::Acquire) {
+            let mut buffer = crate::lock(&self.buffer);
+            if let Some(buffer) = buffer.as_mut() {
+                if buffer.len() >= capacity {
+                    self.session.overflowed();
+                } else {
+                    buffer.push(item);
+                }
+                return;
+            }
+        }
+        self.session.push(item);
+    }
+}
+
+type Subscribers = Arc<Vec<Arc<Subscription>>>;
 
 pub(crate) struct Hub {
     shards: Box<[Shard]>,
@@ -30,6 +108,8 @@ pub(crate) struct Hub {
     backplane: Backplane,
     subscriptions: Arc<AtomicU64>,
     channels: AtomicU64,
+    /// Bound of a subscription's recovery buffer (the outbound queue's size).
+    buffer_capacity: usize,
 }
 
 #[derive(Default)]
@@ -40,69 +120,83 @@ struct Shard {
 
 impl Hub {
     /// A hub whose subscription count is kept in `subscriptions` (shared with the node registry).
-    pub(crate) fn new(backplane: Backplane, subscriptions: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(
+        backplane: Backplane,
+        subscriptions: Arc<AtomicU64>,
+        buffer_capacity: usize,
+    ) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             hasher: Default::default(),
             backplane,
             subscriptions,
             channels: AtomicU64::new(0),
+            buffer_capacity,
         }
     }
 
-    /// Adds a session to a channel. `on_live` runs once the node's backplane
-    /// subscription holds, atomically with the session starting to receive: a
-    /// reply queued there precedes every message of the channel, and every
-    /// message fanned out after it reaches the session. It must not block.
+    /// Adds a session to a topic (a channel, or a user key from [`user_key`]).
+    /// `on_live` runs once the node's backplane subscription holds, atomically
+    /// with the session starting to receive: a reply queued there precedes
+    /// every message of the topic, and every message fanned out after it
+    /// reaches the session. It must not block. With `buffering`, messages are
+    /// held until [`Subscription::go_live`].
     ///
     /// Cancel-safe only before the backplane call completes; callers run it to
     /// completion (session commands are never cancelled).
     pub(crate) async fn subscribe(
         &self,
-        channel: &Arc<str>,
+        key: &Arc<str>,
         session: &Arc<SessionHandle>,
+        buffering: bool,
         on_live: impl FnOnce(),
-    ) -> Result<(), BackplaneError> {
-        let shard = self.shard(channel);
+    ) -> Result<Arc<Subscription>, BackplaneError> {
+        let shard = self.shard(key);
         let _order = shard.order.lock().await;
-        let known = crate::lock(&shard.map).contains_key(&**channel);
+        let known = crate::lock(&shard.map).contains_key(&**key);
         if !known {
-            self.backplane.subscribe(channel).await?;
-            let n = self.channels.fetch_add(1, Ordering::Relaxed) + 1;
-            metrics::gauge!("switchboard_channels").set(n as f64);
+            self.backplane.subscribe(topic_of(key)).await?;
+            if !key.starts_with(USER_PREFIX) {
+                let n = self.channels.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::gauge!("switchboard_channels").set(n as f64);
+            }
         }
+        let subscription = Arc::new(Subscription::new(session.clone(), buffering));
         {
             // The reply and the insertion happen under the map lock that fan-out
             // takes: a message fanned out after the client could have seen the
             // reply is fanned out to it too.
             let mut map = crate::lock(&shard.map);
             on_live();
-            Arc::make_mut(map.entry(channel.clone()).or_default()).push(session.clone());
+            Arc::make_mut(map.entry(key.clone()).or_default()).push(subscription.clone());
         }
-        let n = self.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("switchboard_subscriptions").set(n as f64);
-        Ok(())
+        if !key.starts_with(USER_PREFIX) {
+            let n = self.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::gauge!("switchboard_subscriptions").set(n as f64);
+        }
+        Ok(subscription)
     }
 
-    /// Removes a session from a channel; the last one out unsubscribes the node.
-    pub(crate) async fn unsubscribe(&self, channel: &str, session_id: u64) {
-        let shard = self.shard(channel);
+    /// Removes a session from a topic; the last one out unsubscribes the node.
+    pub(crate) async fn unsubscribe(&self, key: &str, session_id: u64) {
+        let shard = self.shard(key);
         let _order = shard.order.lock().await;
         let (removed, now_empty) = {
             let mut map = crate::lock(&shard.map);
-            let Some(list) = map.get_mut(channel) else {
+            let Some(list) = map.get_mut(key) else {
                 return;
             };
             let before = list.len();
-            Arc::make_mut(list).retain(|s| s.id != session_id);
+            Arc::make_mut(list).retain(|s| s.session.id != session_id);
             let removed = before - list.len();
             let empty = list.is_empty();
             if empty {
-                map.remove(channel);
+                map.remove(key);
             }
             (removed, empty)
         };
-        if removed > 0 {
+        let is_channel = !key.starts_with(USER_PREFIX);
+        if removed > 0 && is_channel {
             let n = self
                 .subscriptions
                 .fetch_sub(removed as u64, Ordering::Relaxed)
@@ -110,10 +204,12 @@ impl Hub {
             metrics::gauge!("switchboard_subscriptions").set(n as f64);
         }
         if now_empty {
-            let n = self.channels.fetch_sub(1, Ordering::Relaxed) - 1;
-            metrics::gauge!("switchboard_channels").set(n as f64);
-            if let Err(e) = self.backplane.unsubscribe(channel).await {
-                tracing::warn!(channel, error = %e, "backplane unsubscribe failed; the interest is dropped and not restored on reconnect");
+            if is_channel {
+                let n = self.channels.fetch_sub(1, Ordering::Relaxed) - 1;
+                metrics::gauge!("switchboard_channels").set(n as f64);
+            }
+            if let Err(e) = self.backplane.unsubscribe(topic_of(key)).await {
+                tracing::warn!(topic = key, error = %e, "backplane unsubscribe failed; the interest is dropped and not restored on reconnect");
             }
         }
     }
@@ -122,38 +218,52 @@ impl Hub {
     ///
     /// The outgoing frame is encoded at most once per subprotocol and shared.
     pub(crate) fn fanout(&self, envelope: &Envelope) -> usize {
-        let Some(channel) = envelope::channel_of(envelope) else {
-            tracing::debug!("envelope without a channel target ignored");
+        let key: Arc<str> = match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
+            Some(Kind::Channel(c)) => Arc::from(c.as_str()),
+            Some(Kind::User(u)) => user_key(u),
+            // Connection targets are resolved by the node (it knows its connections).
+            _ => return 0,
+        };
+        let Some(subscribers) = self.subscribers(&key) else {
             return 0;
         };
-        let subscribers = crate::lock(&self.shard(channel).map).get(channel).cloned();
-        let Some(subscribers) = subscribers else {
-            return 0;
-        };
-        let encoding =
-            PayloadEncoding::try_from(envelope.encoding).unwrap_or(PayloadEncoding::Binary);
-        let mut as_json: Option<Bytes> = None;
-        let mut as_proto: Option<Bytes> = None;
-        for session in subscribers.iter() {
-            let frame = match session.protocol {
-                Protocol::Json => as_json
-                    .get_or_insert_with(|| {
-                        json::encode_message(channel, &envelope.payload, encoding)
-                    })
-                    .clone(),
-                Protocol::Proto => as_proto
-                    .get_or_insert_with(|| proto::encode_message(channel, &envelope.payload))
-                    .clone(),
+        if let Some(Control::Disconnect(d)) = &envelope.control {
+            let disconnect = Disconnect::from_envelope(d);
+            for s in subscribers.iter() {
+                s.session.end_with(End::Disconnect(disconnect.clone()));
+            }
+            return subscribers.len();
+        }
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        for s in subscribers.iter() {
+            let slot = match s.session.protocol {
+                Protocol::Json => 0,
+                Protocol::Proto => 1,
             };
-            session.push(Outbound::Message {
-                frame,
-                published_us: envelope.published_us,
-            });
+            let frame = match &frames[slot] {
+                Some(f) => f.clone(),
+                None => match encode_push(s.session.protocol, envelope) {
+                    Some(f) => frames[slot].insert(f).clone(),
+                    None => return 0,
+                },
+            };
+            s.deliver(
+                Outbound::Message {
+                    frame,
+                    published_us: envelope.published_us,
+                    offset: envelope.offset,
+                },
+                self.buffer_capacity,
+            );
         }
         subscribers.len()
     }
 
-    fn shard(&self, channel: &str) -> &Shard {
-        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    fn subscribers(&self, key: &str) -> Option<Subscribers> {
+        crate::lock(&self.shard(key).map).get(key).cloned()
+    }
+
+    fn shard(&self, key: &str) -> &Shard {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 }

@@ -8,10 +8,13 @@
 //! - `hub`: channels to local sessions, and the fan-out.
 //! - [`protocol`]: commands and replies, the JSON and protobuf codecs.
 //! - [`metrics`]: the Prometheus recorder and the hot-path handles.
+//! - [`auth`]: identities and JWT verification; `limits`: rate limits and the
+//!   connection cap.
 
 pub mod auth;
 mod http;
 mod hub;
+mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod node;

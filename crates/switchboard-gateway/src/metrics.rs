@@ -129,6 +129,10 @@ fn describe() {
         "switchboard_upgrades_rejected_total",
         "WebSocket upgrades refused, by reason."
     );
+    describe_counter!(
+        "switchboard_limit_rejections_total",
+        "Client limits that bit, by limit (message_size, message_rate, subscriptions, connections, ip_connect_rate, channel_length)."
+    );
 }
 
 /// Handles used per message and per delivery, taken once.

@@ -1,8 +1,9 @@
 //! A node: its configuration, its start, and its drain.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -19,7 +20,11 @@ use tokio_util::task::TaskTracker;
 use crate::hub::Hub;
 use crate::metrics::HotMetrics;
 use crate::namespace::Namespaces;
-use crate::session::End;
+use crate::protocol::Disconnect;
+use crate::session::{End, SessionHandle};
+use switchboard_backplane::Envelope;
+use switchboard_backplane::envelope::Kind;
+use switchboard_proto::backplane::envelope::Control;
 
 /// Everything a node needs to know, already validated.
 #[derive(Clone, Debug)]
@@ -155,6 +160,12 @@ pub(crate) struct NodeInner {
     started: Instant,
     connections: Arc<AtomicU64>,
     next_session: AtomicU64,
+    /// Every open session by connection id (for disconnects by the server API).
+    conns: Mutex<HashMap<Arc<str>, Arc<SessionHandle>>>,
+    /// Verifies client tokens.
+    pub(crate) authenticator: crate::auth::Authenticator,
+    /// The connection cap and the per-IP connection rate.
+    pub(crate) gate: crate::limits::ConnectionGate,
 }
 
 /// Envelopes buffered per fan-out lane.
@@ -173,6 +184,12 @@ impl Node {
                 .await
                 .map_err(|source| NodeError::Bind { addr, source })
         };
+        // A bad key stops the node before it listens.
+        let authenticator =
+            crate::auth::Authenticator::new(&config.auth).map_err(|e| NodeError::Config {
+                setting: "--jwt-public-key",
+                message: e.to_string(),
+            })?;
         let public = bind(config.listen).await?;
         let internal = bind(config.internal_listen).await?;
 
@@ -211,7 +228,7 @@ impl Node {
         };
         metrics::gauge!("switchboard_connections").set(0.0);
         let inner = Arc::new(NodeInner {
-            hub: Hub::new(backplane.clone(), subscriptions),
+            hub: Hub::new(backplane.clone(), subscriptions, config.outbound_queue),
             backplane,
             metrics: HotMetrics::new(),
             prometheus,
@@ -221,6 +238,9 @@ impl Node {
             started: Instant::now(),
             connections,
             next_session: AtomicU64::new(1),
+            conns: Mutex::new(HashMap::new()),
+            authenticator,
+            gate: crate::limits::ConnectionGate::new(&config.limits),
             config,
         });
         Ok(Node {
@@ -260,7 +280,7 @@ impl Node {
             let node = inner.clone();
             background.spawn(async move {
                 while let Some(envelope) = lane.recv().await {
-                    node.hub.fanout(&envelope);
+                    node.dispatch(&envelope);
                 }
             });
         }
@@ -323,6 +343,28 @@ impl Node {
 }
 
 impl NodeInner {
+    /// Hands a received envelope to the sessions it is for.
+    fn dispatch(&self, envelope: &Envelope) {
+        if let Some(Kind::Conn(conn)) = envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
+            if let Some(Control::Disconnect(d)) = &envelope.control {
+                let session = crate::lock(&self.conns).get(conn.as_str()).cloned();
+                if let Some(session) = session {
+                    session.end_with(End::Disconnect(Disconnect::from_envelope(d)));
+                }
+            }
+            return;
+        }
+        self.hub.fanout(envelope);
+    }
+
+    pub(crate) fn register(&self, session: &Arc<SessionHandle>) {
+        crate::lock(&self.conns).insert(session.conn.clone(), session.clone());
+    }
+
+    pub(crate) fn unregister(&self, session: &SessionHandle) {
+        crate::lock(&self.conns).remove(&session.conn);
+    }
+
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -331,6 +373,8 @@ impl NodeInner {
     pub(crate) fn not_ready(&self) -> Option<&'static str> {
         if self.is_draining() {
             Some("draining")
+        } else if self.gate.at_limit() {
+            Some("at connection limit")
         } else if !self.backplane.is_up() {
             Some(if self.backplane.connection_generation() == 0 {
                 "starting: backplane not connected yet"

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use config::LogFormat;
-use switchboard_gateway::Node;
+use switchboard_gateway::{Node, NodeError};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Exit code for a bad configuration (EX_USAGE).
@@ -40,6 +40,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A setting whose fault shows only when used (an unparsable key): a
+        // configuration error like the others, reported before listening.
+        Err(e) if matches!(e.downcast_ref(), Some(NodeError::Config { .. })) => {
+            eprintln!("error: {e}");
+            eprintln!("switchboard: 1 bad setting(s); not starting (see --help)");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             tracing::error!(error = %e, "node failed");
             eprintln!("switchboard: {e:#}");

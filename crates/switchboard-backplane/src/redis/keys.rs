@@ -26,6 +26,26 @@ impl Keys {
         format!("{}:ch:{{{channel}}}", self.prefix)
     }
 
+    /// The pub/sub channel of every connection of a user, on any node.
+    pub fn user(&self, user: &str) -> String {
+        format!("{}:user:{{{user}}}", self.prefix)
+    }
+
+    /// A channel's history list (same hash tag as its pub/sub channel).
+    pub fn history(&self, channel: &str) -> String {
+        format!("{}:hist:{{{channel}}}", self.prefix)
+    }
+
+    /// A channel's history position: a hash with `epoch` and `offset`.
+    pub fn meta(&self, channel: &str) -> String {
+        format!("{}:meta:{{{channel}}}", self.prefix)
+    }
+
+    /// A channel's presence: a hash of connection id to member JSON.
+    pub fn presence(&self, channel: &str) -> String {
+        format!("{}:presence:{{{channel}}}", self.prefix)
+    }
+
     /// The pub/sub channel that reaches one node.
     pub fn node(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
@@ -58,5 +78,8 @@ mod tests {
         assert_eq!(k.all(), "sb:all");
         assert_eq!(k.node("a"), "sb:node:a");
         assert_eq!(k.node_info("a"), "sb:nodeinfo:a");
+        assert_eq!(k.history("c"), "sb:hist:{c}");
+        assert_eq!(k.meta("c"), "sb:meta:{c}");
+        assert_eq!(k.user("u"), "sb:user:{u}");
     }
 }

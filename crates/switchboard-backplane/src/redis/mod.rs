@@ -13,6 +13,7 @@
 
 mod keys;
 mod registry;
+mod scripts;
 mod subscriber;
 
 use std::sync::Arc;
@@ -24,7 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::envelope::{Kind, now_ms};
-use crate::{BackplaneError, Envelope, Inbox, NodeInfo, StatsSource};
+use crate::history::new_epoch;
+use crate::{
+    BackplaneError, Envelope, HistoryPage, HistoryPolicy, Inbox, NodeInfo, Position,
+    PresenceMember, Since, StatsSource, Topic,
+};
 pub use keys::Keys;
 use subscriber::Subscriber;
 
@@ -120,12 +125,18 @@ impl RedisBackplane {
         })
     }
 
-    pub(crate) async fn publish(&self, envelope: &Envelope) -> Result<(), BackplaneError> {
-        let channel = match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
+    pub(crate) async fn publish(
+        &self,
+        envelope: &Envelope,
+        history: Option<HistoryPolicy>,
+    ) -> Result<Option<Position>, BackplaneError> {
+        let target = envelope.target.as_ref().and_then(|t| t.kind.as_ref());
+        let channel = match target {
             Some(Kind::Channel(c)) => self.keys.channel(c),
-            // Users and connections can be on any node: until the node registry
-            // routes them, every node receives them and delivers locally.
-            Some(Kind::User(_) | Kind::Conn(_) | Kind::AllNodes(_)) => self.keys.all().to_owned(),
+            Some(Kind::User(u)) => self.keys.user(u),
+            // A connection can be on any node: every node receives it and
+            // delivers it if the connection is its own.
+            Some(Kind::Conn(_) | Kind::AllNodes(_)) => self.keys.all().to_owned(),
             None => {
                 return Err(BackplaneError::Unavailable(
                     "envelope without a target".into(),
@@ -134,43 +145,191 @@ impl RedisBackplane {
         };
         let body = envelope.encode_to_vec();
         let result = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
-            let _receivers: i64 = redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(body)
-                .query_async(&mut *conn)
-                .await?;
-            Ok::<_, BackplaneError>(())
-        };
-        let result = match tokio::time::timeout(COMMAND_TIMEOUT, result).await {
-            Ok(r) => r,
-            Err(_) => Err(BackplaneError::Unavailable(
-                "redis publish timed out".into(),
-            )),
-        };
-        match &result {
-            Ok(()) => metrics::counter!("switchboard_backplane_published_total").increment(1),
-            Err(e) => {
-                metrics::counter!("switchboard_backplane_errors_total", "op" => "publish")
-                    .increment(1);
-                tracing::warn!(error = %e, "redis publish failed");
+            let mut conn = self.connection().await?;
+            match (history, target) {
+                (Some(policy), Some(Kind::Channel(c))) => {
+                    let (offset, epoch): (u64, String) = scripts::PUBLISH
+                        .key(self.keys.meta(c))
+                        .key(self.keys.history(c))
+                        .arg(&channel)
+                        .arg(body)
+                        .arg(policy.size.max(1))
+                        .arg(policy.ttl.as_secs().max(1))
+                        .arg(new_epoch())
+                        .invoke_async(&mut *conn)
+                        .await?;
+                    Ok(Some(Position { epoch, offset }))
+                }
+                _ => {
+                    let _receivers: i64 = redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(body)
+                        .query_async(&mut *conn)
+                        .await?;
+                    Ok(None)
+                }
             }
+        };
+        let result = self.timed("publish", result).await;
+        if result.is_ok() {
+            metrics::counter!("switchboard_backplane_published_total").increment(1);
         }
         result
     }
 
-    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
-        self.subscriber.subscribe(self.keys.channel(channel)).await
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        policy: HistoryPolicy,
+        since: Since,
+    ) -> Result<HistoryPage, BackplaneError> {
+        let after: i64 = match since {
+            Since::All => -1,
+            Since::Nothing => -2,
+            Since::After(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        };
+        let read = async {
+            let mut conn = self.connection().await?;
+            let (epoch, offset, first, raw): (String, u64, i64, Vec<Vec<u8>>) = scripts::READ
+                .key(self.keys.meta(channel))
+                .key(self.keys.history(channel))
+                .arg(after)
+                .arg(new_epoch())
+                .arg(policy.ttl.as_secs().max(1))
+                .invoke_async(&mut *conn)
+                .await?;
+            let mut messages = Vec::with_capacity(raw.len());
+            for bytes in raw {
+                match Envelope::decode(bytes::Bytes::from(bytes)) {
+                    Ok(e) => messages.push(e),
+                    Err(e) => {
+                        metrics::counter!("switchboard_backplane_errors_total", "op" => "decode")
+                            .increment(1);
+                        return Err(BackplaneError::Unavailable(format!(
+                            "undecodable history entry: {e}"
+                        )));
+                    }
+                }
+            }
+            Ok(HistoryPage {
+                epoch,
+                offset,
+                first: first.max(0) as u64,
+                messages,
+            })
+        };
+        self.timed("history", read).await
     }
 
-    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
-        self.subscriber
-            .unsubscribe(self.keys.channel(channel))
+    pub(crate) async fn presence_add(
+        &self,
+        channel: &str,
+        member: &PresenceMember,
+    ) -> Result<(), BackplaneError> {
+        let json = serde_json::to_string(member)
+            .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        let add = async {
+            let mut conn = self.connection().await?;
+            let _: i64 = redis::cmd("HSET")
+                .arg(self.keys.presence(channel))
+                .arg(&member.conn)
+                .arg(json)
+                .query_async(&mut *conn)
+                .await?;
+            Ok(())
+        };
+        self.timed("presence", add).await
+    }
+
+    pub(crate) async fn presence_remove(
+        &self,
+        channel: &str,
+        conn_id: &str,
+    ) -> Result<(), BackplaneError> {
+        let remove = async {
+            let mut conn = self.connection().await?;
+            let _: i64 = redis::cmd("HDEL")
+                .arg(self.keys.presence(channel))
+                .arg(conn_id)
+                .query_async(&mut *conn)
+                .await?;
+            Ok(())
+        };
+        self.timed("presence", remove).await
+    }
+
+    /// Every member whose node is alive; members of dead nodes are removed.
+    pub(crate) async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, BackplaneError> {
+        let live: std::collections::HashSet<String> =
+            self.registry.live_ids().await?.into_iter().collect();
+        let read = async {
+            let mut conn = self.connection().await?;
+            let key = self.keys.presence(channel);
+            let entries: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut *conn)
+                .await?;
+            let mut members = Vec::with_capacity(entries.len());
+            let mut dead = Vec::new();
+            for (conn_id, json) in entries {
+                match serde_json::from_str::<PresenceMember>(&json) {
+                    Ok(m) if live.contains(&m.node) => members.push(m),
+                    _ => dead.push(conn_id),
+                }
+            }
+            if !dead.is_empty() {
+                let _: i64 = redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(&dead)
+                    .query_async(&mut *conn)
+                    .await?;
+            }
+            members.sort_by(|a, b| a.conn.cmp(&b.conn));
+            Ok(members)
+        };
+        self.timed("presence", read).await
+    }
+
+    pub(crate) async fn subscribe(&self, topic: Topic<'_>) -> Result<(), BackplaneError> {
+        self.subscriber.subscribe(self.topic_name(topic)).await
+    }
+
+    pub(crate) async fn unsubscribe(&self, topic: Topic<'_>) -> Result<(), BackplaneError> {
+        self.subscriber.unsubscribe(self.topic_name(topic)).await
+    }
+
+    fn topic_name(&self, topic: Topic<'_>) -> String {
+        match topic {
+            Topic::Channel(c) => self.keys.channel(c),
+            Topic::User(u) => self.keys.user(u),
+        }
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, BackplaneError> {
+        self.pool
+            .get()
             .await
+            .map_err(|e| BackplaneError::Unavailable(e.to_string()))
+    }
+
+    /// Runs a Redis operation with the command timeout; failures are counted and logged.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        work: impl Future<Output = Result<T, BackplaneError>>,
+    ) -> Result<T, BackplaneError> {
+        let result = match tokio::time::timeout(COMMAND_TIMEOUT, work).await {
+            Ok(r) => r,
+            Err(_) => Err(BackplaneError::Unavailable(format!("redis {op} timed out"))),
+        };
+        if let Err(e) = &result {
+            metrics::counter!("switchboard_backplane_errors_total", "op" => op).increment(1);
+            tracing::warn!(op, error = %e, "redis operation failed");
+        }
+        result
     }
 
     pub(crate) fn is_up(&self) -> bool {

@@ -106,21 +106,28 @@ impl Registry {
         .map(|_: ()| ())
     }
 
-    /// Every node whose heartbeat is younger than the TTL.
-    pub(super) async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError> {
-        let inner = &self.inner;
+    /// The ids of every node whose heartbeat is younger than the TTL.
+    pub(super) async fn live_ids(&self) -> Result<Vec<String>, BackplaneError> {
         let since = now_ms().saturating_sub(self.ttl().as_millis() as u64);
         let mut conn = self.connection().await?;
         let ids: Vec<String> = tokio::time::timeout(
             COMMAND_TIMEOUT,
             redis::cmd("ZRANGEBYSCORE")
-                .arg(inner.keys.nodes())
+                .arg(self.inner.keys.nodes())
                 .arg(since)
                 .arg("+inf")
                 .query_async(&mut *conn),
         )
         .await
         .map_err(|_| BackplaneError::Unavailable("redis timed out".into()))??;
+        Ok(ids)
+    }
+
+    /// Every node whose heartbeat is younger than the TTL.
+    pub(super) async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError> {
+        let inner = &self.inner;
+        let ids = self.live_ids().await?;
+        let mut conn = self.connection().await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }

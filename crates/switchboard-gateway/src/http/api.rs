@@ -9,11 +9,15 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json as j};
-use switchboard_backplane::envelope;
+use switchboard_backplane::envelope::{self, Kind};
+use switchboard_backplane::{Position, Target};
 
 use super::{Body, json};
 use crate::node::NodeInner;
-use crate::protocol::{ErrorCode, Payload, channel};
+use crate::protocol::{
+    ErrorCode, Payload, Protocol, Push, StreamPosition, channel, encode_push_for,
+};
+use crate::session::commands;
 
 /// Most channels one broadcast may name.
 const MAX_BROADCAST_CHANNELS: usize = 1000;
@@ -61,7 +65,11 @@ pub(super) async fn handle(node: Arc<NodeInner>, req: Request<Incoming>) -> Resp
 enum Route {
     Publish,
     Broadcast,
+    Send,
+    Disconnect,
     Cluster,
+    History,
+    Presence,
     WrongMethod(&'static str),
     Unknown,
 }
@@ -72,6 +80,10 @@ impl Route {
             Route::Publish => "publish",
             Route::Broadcast => "broadcast",
             Route::Cluster => "cluster",
+            Route::Send => "send",
+            Route::Disconnect => "disconnect",
+            Route::History => "history",
+            Route::Presence => "presence",
             Route::WrongMethod(name) => name,
             Route::Unknown => "unknown",
         }
@@ -79,7 +91,20 @@ impl Route {
 }
 
 fn route_of(method: &Method, path: &str) -> Route {
+    if let Some(rest) = path.strip_prefix("/api/v1/channels/") {
+        return match (method, rest.rsplit_once('/')) {
+            (&Method::GET, Some((_, "history"))) => Route::History,
+            (&Method::GET, Some((_, "presence"))) => Route::Presence,
+            (_, Some((_, "history"))) => Route::WrongMethod("history"),
+            (_, Some((_, "presence"))) => Route::WrongMethod("presence"),
+            _ => Route::Unknown,
+        };
+    }
     match (method, path) {
+        (&Method::POST, "/api/v1/send") => Route::Send,
+        (&Method::POST, "/api/v1/disconnect") => Route::Disconnect,
+        (_, "/api/v1/send") => Route::WrongMethod("send"),
+        (_, "/api/v1/disconnect") => Route::WrongMethod("disconnect"),
         (&Method::POST, "/api/v1/publish") => Route::Publish,
         (&Method::POST, "/api/v1/broadcast") => Route::Broadcast,
         (&Method::GET, "/api/v1/cluster") => Route::Cluster,
@@ -115,6 +140,16 @@ async fn serve(
             let body = read_body(node, req).await?;
             broadcast(node, &body).await
         }
+        Route::Send => {
+            let body = read_body(node, req).await?;
+            send(node, &body).await
+        }
+        Route::Disconnect => {
+            let body = read_body(node, req).await?;
+            disconnect(node, &body).await
+        }
+        Route::History => history(node, &req).await,
+        Route::Presence => presence(node, &req).await,
         Route::Cluster => match node.backplane.nodes().await {
             Ok(nodes) => Ok(json(StatusCode::OK, &j!({ "nodes": nodes }))),
             Err(e) => Err(ApiError::new(
@@ -186,10 +221,13 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 async fn publish(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let body: PublishBody<'_> = parse(body)?;
-    channel::validate(&body.channel).map_err(ApiError::bad_request)?;
+    check_channel(node, &body.channel)?;
     let data = Payload::json(Bytes::copy_from_slice(body.data.get().as_bytes()));
-    publish_one(node, &body.channel, data).await?;
-    Ok(json(StatusCode::OK, &j!({})))
+    let answer = match publish_one(node, &body.channel, data).await? {
+        Some(p) => j!({"offset": p.offset, "epoch": p.epoch}),
+        None => j!({}),
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 async fn broadcast(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiError> {
@@ -202,25 +240,189 @@ async fn broadcast(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiE
     let data = Payload::json(Bytes::copy_from_slice(body.data.get().as_bytes()));
     let mut results: Vec<Value> = Vec::with_capacity(body.channels.len());
     for name in &body.channels {
-        let outcome = match channel::validate(name) {
-            Err(why) => Err(ApiError::bad_request(why)),
+        let outcome = match check_channel(node, name) {
+            Err(e) => Err(e),
             Ok(()) => publish_one(node, name, data.clone()).await,
         };
         results.push(match outcome {
-            Ok(()) => j!({ "channel": name }),
+            Ok(Some(p)) => j!({ "channel": name, "offset": p.offset, "epoch": p.epoch }),
+            Ok(None) => j!({ "channel": name }),
             Err(e) => j!({ "channel": name, "error": {"code": e.code, "message": e.message} }),
         });
     }
     Ok(json(StatusCode::OK, &j!({ "results": results })))
 }
 
-async fn publish_one(node: &NodeInner, channel: &str, data: Payload) -> Result<(), ApiError> {
-    let envelope = envelope::for_channel(&node.config.node_id, channel, data.bytes, data.encoding);
-    node.backplane.publish(&envelope).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            format!("not published: {e}"),
-        )
+#[derive(Deserialize)]
+struct SendBody<'a> {
+    user: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+async fn send(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let body: SendBody<'_> = parse(body)?;
+    if body.user.is_empty() || body.user.len() > 255 {
+        return Err(ApiError::bad_request("user must be 1 to 255 bytes"));
+    }
+    let mut envelope = envelope::for_channel(
+        &node.config.node_id,
+        "",
+        Bytes::copy_from_slice(body.data.get().as_bytes()),
+        Default::default(),
+    );
+    envelope.target = Some(Target {
+        kind: Some(Kind::User(body.user)),
+    });
+    node.backplane
+        .publish(&envelope, None)
+        .await
+        .map_err(unavailable)?;
+    Ok(json(StatusCode::OK, &j!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: Option<String>,
+    conn: Option<String>,
+}
+
+async fn disconnect(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let body: DisconnectBody = parse(body)?;
+    let target = match (body.user, body.conn) {
+        (Some(user), None) if !user.is_empty() => Kind::User(user),
+        (None, Some(conn)) if !conn.is_empty() => Kind::Conn(conn),
+        _ => return Err(ApiError::bad_request("give exactly one of user or conn")),
+    };
+    let envelope = commands::disconnect_envelope(&node.config.node_id, target);
+    node.backplane
+        .publish(&envelope, None)
+        .await
+        .map_err(unavailable)?;
+    Ok(json(StatusCode::OK, &j!({})))
+}
+
+/// The channel of `/api/v1/channels/{channel}/...`, validated.
+fn channel_in_path<'a>(node: &NodeInner, req: &'a Request<Incoming>) -> Result<&'a str, ApiError> {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix("/api/v1/channels/")
+        .unwrap_or("");
+    let channel = rest.rsplit_once('/').map_or("", |(c, _)| c);
+    check_channel(node, channel)?;
+    Ok(channel)
+}
+
+/// Query parameters, without percent-decoding (the values are numbers and epochs).
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
     })
+}
+
+async fn history(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let channel = channel_in_path(node, req)?;
+    let Some(policy) = commands::history_policy(node.config.namespaces.of(channel)) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "history is not kept for this channel's namespace",
+        ));
+    };
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        query_param(req, name)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("{name} must be a whole number")))
+            })
+            .transpose()
+    };
+    let limit = number("limit")?.map(|l| l.min(u64::from(u32::MAX)) as u32);
+    let since = match (query_param(req, "since_epoch"), number("since_offset")?) {
+        (Some(epoch), Some(offset)) => Some(StreamPosition {
+            epoch: epoch.to_owned(),
+            offset,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give both since_epoch and since_offset, or neither",
+            ));
+        }
+    };
+    let page = commands::read_history(node, channel, policy, limit, since.as_ref())
+        .await
+        .map_err(unavailable)?;
+    let messages: Vec<Value> = page
+        .messages
+        .iter()
+        .map(|m| {
+            let push = encode_push_for(Protocol::Json, &Push::of_history(m, channel));
+            serde_json::from_slice(&push).unwrap_or(Value::Null)
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &j!({"channel": channel, "epoch": page.epoch, "offset": page.offset, "messages": messages}),
+    ))
+}
+
+async fn presence(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let channel = channel_in_path(node, req)?;
+    if !node.config.namespaces.of(channel).presence {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "presence is not enabled for this channel's namespace",
+        ));
+    }
+    let members = node
+        .backplane
+        .presence(channel)
+        .await
+        .map_err(unavailable)?;
+    Ok(json(
+        StatusCode::OK,
+        &j!({"channel": channel, "members": members}),
+    ))
+}
+
+/// Checks a channel name against the protocol and the configured length limit.
+fn check_channel(node: &NodeInner, name: &str) -> Result<(), ApiError> {
+    channel::validate(name).map_err(ApiError::bad_request)?;
+    let max = node.config.limits.max_channel_length;
+    if name.len() > max {
+        metrics::counter!("switchboard_limit_rejections_total", "limit" => "channel_length")
+            .increment(1);
+        return Err(ApiError::bad_request(format!(
+            "channel name is {} bytes; this node allows {max}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn publish_one(
+    node: &NodeInner,
+    channel: &str,
+    data: Payload,
+) -> Result<Option<Position>, ApiError> {
+    let envelope = envelope::for_channel(&node.config.node_id, channel, data.bytes, data.encoding);
+    let history = commands::history_policy(node.config.namespaces.of(channel));
+    node.backplane
+        .publish(&envelope, history)
+        .await
+        .map_err(unavailable)
+}
+
+fn unavailable(e: switchboard_backplane::BackplaneError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        e.to_string(),
+    )
 }

@@ -46,8 +46,8 @@ pub(crate) async fn serve(
             _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Typically out of file descriptors: say so and let some close.
                 metrics::counter!("switchboard_accept_errors_total").increment(1);
@@ -59,7 +59,9 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                // For the per-address connection rate of `/ws`.
+                req.extensions_mut().insert(public::PeerAddr(peer));
                 let node = node.clone();
                 async move {
                     Ok::<_, Infallible>(match kind {

@@ -1,5 +1,11 @@
 //! The public listener: the WebSocket upgrade and a liveness check.
+//!
+//! An upgrade request passes, in order: drain, WebSocket headers, `Origin`,
+//! subprotocol, the client address's connection rate (429), the node's
+//! connection cap (503), and the token (401), then the handshake.
 
+use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -9,10 +15,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{Body, text};
-use crate::auth::Identity;
+use crate::auth::TokenError;
 use crate::node::NodeInner;
-use crate::protocol::Protocol;
+use crate::protocol::{ErrorCode, Protocol};
 use crate::session;
+
+/// The client's address, put on each request by the listener.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
 pub(super) async fn route(node: Arc<NodeInner>, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
@@ -66,6 +76,53 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
         Ok(p) => p,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, "subprotocol", message),
     };
+    if let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>()
+        && !node.gate.admit_ip(peer.ip(), tokio::time::Instant::now())
+    {
+        let mut response = refuse_json(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ip_connect_rate",
+            ErrorCode::RateLimited,
+            format!(
+                "too many new connections from your address: the limit is {} per second",
+                node.config.limits.ip_connect_rate
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let Some(slot) = node.gate.try_slot() else {
+        return refuse_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connections",
+            ErrorCode::Unavailable,
+            format!(
+                "node is at its connection limit ({}); connect to another node",
+                node.gate.max_connections()
+            ),
+        );
+    };
+    let identity = match bearer_token(&req).and_then(|token| {
+        node.authenticator
+            .identify(token.as_deref().filter(|t| !t.is_empty()))
+    }) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::debug!(error = %e, "token refused");
+            let mut response = refuse_json(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    };
     // Take the upgrade before fastwebsockets builds the 101: the session gets the
     // raw TCP stream, split without a lock between reader and writer.
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -87,8 +144,9 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
         );
     }
     let protocol = negotiated.unwrap_or(Protocol::Json);
-    let identity = Identity::anonymous();
     node.sessions.clone().spawn(async move {
+        // Held until the session ends (or the upgrade fails).
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -113,6 +171,69 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
     response
 }
 
+/// A refused upgrade with a JSON error body, counted by reason.
+fn refuse_json(
+    status: StatusCode,
+    reason: &'static str,
+    code: ErrorCode,
+    message: String,
+) -> Response<Body> {
+    metrics::counter!("switchboard_upgrades_rejected_total", "reason" => reason).increment(1);
+    super::json(
+        status,
+        &serde_json::json!({"error": {"code": code.as_str(), "message": message}}),
+    )
+}
+
+/// The token a client presents: `?token=` (percent-decoded) first, else an
+/// `Authorization: Bearer` header; `None` when there is neither.
+fn bearer_token<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, TokenError> {
+    if let Some(query) = req.uri().query() {
+        for pair in query.split('&') {
+            if let Some(value) = pair.strip_prefix("token=") {
+                return percent_decode(value).map(Some).ok_or_else(|| {
+                    TokenError::Malformed("bad percent-encoding in ?token=".into())
+                });
+            }
+        }
+    }
+    for value in req.headers().get_all(header::AUTHORIZATION) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        if let Some((scheme, token)) = value.trim().split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            return Ok(Some(Cow::Borrowed(token.trim())));
+        }
+    }
+    Ok(None)
+}
+
+/// Decodes `%XX` escapes; `None` for a broken escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
 /// Whether a browser `Origin` may connect: any when the list is empty; else an
 /// exact match (ignoring ASCII case) or a prefix match for patterns ending in `*`.
 fn origin_allowed(allowed: &[String], origin: &HeaderValue) -> bool {
@@ -135,6 +256,58 @@ fn origin_allowed(allowed: &[String], origin: &HeaderValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(uri: &str, authorization: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(a) = authorization {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(()).expect("request")
+    }
+
+    fn token(uri: &str, authorization: Option<&str>) -> Result<Option<String>, TokenError> {
+        bearer_token(&request(uri, authorization)).map(|t| t.map(Cow::into_owned))
+    }
+
+    #[test]
+    fn tokens_come_from_the_query_or_the_bearer_header() {
+        assert_eq!(token("/ws?token=a.b.c", None), Ok(Some("a.b.c".into())));
+        assert_eq!(
+            token("/ws?x=1&token=a.b.c&y", None),
+            Ok(Some("a.b.c".into()))
+        );
+        assert_eq!(token("/ws?token=a%2Eb.c", None), Ok(Some("a.b.c".into())));
+        assert_eq!(token("/ws", Some("Bearer a.b.c")), Ok(Some("a.b.c".into())));
+        assert_eq!(
+            token("/ws", Some("bearer   a.b.c ")),
+            Ok(Some("a.b.c".into()))
+        );
+        assert_eq!(
+            token("/ws?token=q.q.q", Some("Bearer h.h.h")),
+            Ok(Some("q.q.q".into())),
+            "the query wins"
+        );
+        assert_eq!(token("/ws", None), Ok(None));
+        assert_eq!(token("/ws?tokens=x&atoken=y", None), Ok(None));
+        assert_eq!(token("/ws", Some("Basic dXNlcjpwdw==")), Ok(None));
+        assert_eq!(token("/ws?token=", None), Ok(Some(String::new())));
+        for bad in ["/ws?token=a%2", "/ws?token=a%zz", "/ws?token=%FF%FE"] {
+            assert!(
+                matches!(token(bad, None), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("abc").as_deref(), Some("abc"));
+        assert_eq!(percent_decode("a%20b%2fc").as_deref(), Some("a b/c"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%é1"), None);
+        assert_eq!(percent_decode("%+1"), None);
+    }
 
     #[test]
     fn origins_match_exactly_or_by_prefix() {

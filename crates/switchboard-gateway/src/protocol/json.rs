@@ -12,7 +12,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use switchboard_backplane::envelope::PayloadEncoding;
 
-use super::{Command, CommandKind, DecodeError, Payload, Reply, StreamPosition};
+use super::{Command, CommandKind, DecodeError, Payload, Push, Reply, StreamPosition};
+use switchboard_backplane::PresenceMember;
 
 /// Every field a command may carry, unparsed.
 #[derive(Deserialize)]
@@ -154,6 +155,12 @@ enum Out<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,6 +171,14 @@ enum Out<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        members: &'a [PresenceMember],
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,9 +211,30 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
             user,
             heartbeat,
         },
-        Reply::Subscribed { channel } => Out::Subscribed { id, channel },
+        Reply::Subscribed { channel, history } => Out::Subscribed {
+            id,
+            channel,
+            epoch: history.map(|h| h.0),
+            offset: history.map(|h| h.1),
+            recovered: history.map(|h| h.2),
+        },
         Reply::Unsubscribed { channel } => Out::Unsubscribed { id, channel },
-        Reply::Published { channel } => Out::Published { id, channel },
+        Reply::Published { channel, offset } => Out::Published {
+            id,
+            channel,
+            offset,
+        },
+        Reply::Presence { channel, members } => Out::Presence {
+            id,
+            channel,
+            members,
+        },
+        Reply::History {
+            channel,
+            epoch,
+            offset,
+            messages,
+        } => return encode_history(id, channel, epoch, offset, messages),
         Reply::Pong => Out::Pong { id },
         Reply::Error { code, message } => Out::Error {
             id,
@@ -207,7 +243,7 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
         },
         Reply::Disconnect(d) => Out::Disconnect {
             code: d.code,
-            reason: d.reason,
+            reason: &d.reason,
             reconnect: d.reconnect,
         },
     };
@@ -215,28 +251,114 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
     Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
-/// Encodes a channel message: `{"type":"message","channel":C,"data":D}`
-/// (or `"data_b64"` for binary payloads). Done once per message and node,
-/// then shared by every JSON subscriber.
-pub fn encode_message(channel: &str, payload: &[u8], encoding: PayloadEncoding) -> Bytes {
-    // Channel names are validated to a charset that needs no JSON escaping.
-    let mut out = BytesMut::with_capacity(48 + channel.len() + payload.len() * 4 / 3);
-    out.put_slice(b"{\"type\":\"message\",\"channel\":\"");
-    out.put_slice(channel.as_bytes());
+/// Encodes a push: `{"type":"message","channel":C,"data":D}` (with `offset`
+/// and `epoch` on channels with history, `data_b64` for binary payloads),
+/// `{"type":"message","user":U,"data":D}`, or a join/leave. Done once per
+/// message and node, then shared by every JSON subscriber.
+pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
+    let mut out = BytesMut::with_capacity(128);
+    match *push {
+        Push::Message {
+            channel,
+            payload,
+            encoding,
+            position,
+        } => {
+            out.reserve(channel.len() + payload.len() * 4 / 3);
+            // Channel names are validated to a charset that needs no JSON escaping.
+            out.put_slice(b"{\"type\":\"message\",\"channel\":\"");
+            out.put_slice(channel.as_bytes());
+            out.put_u8(b'"');
+            put_data(&mut out, payload, encoding);
+            if let Some((offset, epoch)) = position {
+                out.put_slice(b",\"offset\":");
+                out.put_slice(offset.to_string().as_bytes());
+                out.put_slice(b",\"epoch\":");
+                put_str(&mut out, epoch);
+            }
+        }
+        Push::UserMessage {
+            user,
+            payload,
+            encoding,
+        } => {
+            out.put_slice(b"{\"type\":\"message\",\"user\":");
+            put_str(&mut out, user);
+            put_data(&mut out, payload, encoding);
+        }
+        Push::Join {
+            channel,
+            conn,
+            user,
+            join,
+        } => {
+            out.put_slice(if join {
+                b"{\"type\":\"join\",\"channel\":"
+            } else {
+                b"{\"type\":\"leave\",\"channel\":"
+            });
+            put_str(&mut out, channel);
+            out.put_slice(b",\"conn\":");
+            put_str(&mut out, conn);
+            out.put_slice(b",\"user\":");
+            put_str(&mut out, user);
+        }
+    }
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// `,"data":D` for JSON payloads (spliced verbatim), `,"data_b64":"..."` for the rest.
+fn put_data(out: &mut BytesMut, payload: &[u8], encoding: PayloadEncoding) {
     match encoding {
         PayloadEncoding::Json => {
-            out.put_slice(b"\",\"data\":");
+            out.put_slice(b",\"data\":");
             out.put_slice(payload);
         }
         PayloadEncoding::Binary => {
-            out.put_slice(b"\",\"data_b64\":\"");
+            out.put_slice(b",\"data_b64\":\"");
             let mut encoded = String::new();
             base64::engine::general_purpose::STANDARD.encode_string(payload, &mut encoded);
             out.put_slice(encoded.as_bytes());
             out.put_u8(b'"');
         }
     }
-    out.put_u8(b'}');
+}
+
+/// A JSON string, escaped.
+fn put_str(out: &mut BytesMut, s: &str) {
+    // Serialising a &str cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
+}
+
+fn encode_history(
+    id: Option<u64>,
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    messages: &[switchboard_backplane::Envelope],
+) -> Bytes {
+    let mut out =
+        BytesMut::with_capacity(64 + messages.iter().map(|m| m.payload.len() + 64).sum::<usize>());
+    out.put_slice(b"{\"type\":\"history\"");
+    if let Some(id) = id {
+        out.put_slice(b",\"id\":");
+        out.put_slice(id.to_string().as_bytes());
+    }
+    out.put_slice(b",\"channel\":");
+    put_str(&mut out, channel);
+    out.put_slice(b",\"epoch\":");
+    put_str(&mut out, epoch);
+    out.put_slice(b",\"offset\":");
+    out.put_slice(offset.to_string().as_bytes());
+    out.put_slice(b",\"messages\":[");
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(&encode_push(&Push::of_history(m, channel)));
+    }
+    out.put_slice(b"]}");
     out.freeze()
 }
 
@@ -330,14 +452,55 @@ mod tests {
 
     #[test]
     fn messages_splice_json_and_base64_binary() {
-        let m = encode_message("a:b", br#"{"x":1}"#, PayloadEncoding::Json);
+        let json = Bytes::from_static(br#"{"x":1}"#);
+        let m = encode_push(&Push::Message {
+            channel: "a:b",
+            payload: &json,
+            encoding: PayloadEncoding::Json,
+            position: None,
+        });
         assert_eq!(
             &m[..],
             br#"{"type":"message","channel":"a:b","data":{"x":1}}"#
         );
-        let m = encode_message("a", &[0xff, 0], PayloadEncoding::Binary);
+        let m = encode_push(&Push::Message {
+            channel: "a:b",
+            payload: &json,
+            encoding: PayloadEncoding::Json,
+            position: Some((43, "f3a9")),
+        });
+        assert_eq!(
+            &m[..],
+            br#"{"type":"message","channel":"a:b","data":{"x":1},"offset":43,"epoch":"f3a9"}"#
+        );
+        let binary = Bytes::from_static(&[0xff, 0]);
+        let m = encode_push(&Push::Message {
+            channel: "a",
+            payload: &binary,
+            encoding: PayloadEncoding::Binary,
+            position: None,
+        });
         let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
         assert_eq!(v["data_b64"], "/wA=");
+        let m = encode_push(&Push::UserMessage {
+            user: "al\"ice",
+            payload: &json,
+            encoding: PayloadEncoding::Json,
+        });
+        assert_eq!(
+            &m[..],
+            br#"{"type":"message","user":"al\"ice","data":{"x":1}}"#
+        );
+        let m = encode_push(&Push::Join {
+            channel: "c",
+            conn: "c_1",
+            user: "u",
+            join: false,
+        });
+        assert_eq!(
+            &m[..],
+            br#"{"type":"leave","channel":"c","conn":"c_1","user":"u"}"#
+        );
     }
 
     #[test]

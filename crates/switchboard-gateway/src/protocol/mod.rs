@@ -6,8 +6,12 @@ pub mod channel;
 pub mod json;
 pub mod proto;
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
-use switchboard_backplane::envelope::PayloadEncoding;
+use switchboard_backplane::envelope::{Kind, PayloadEncoding};
+use switchboard_backplane::{Envelope, PresenceMember};
+use switchboard_proto::backplane::envelope::Control;
 
 /// A negotiated subprotocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,9 +228,29 @@ pub struct Disconnect {
     /// Close code (PROTOCOL.md section 4).
     pub code: u16,
     /// Why, for people.
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
     /// Whether the client should reconnect.
     pub reconnect: bool,
+}
+
+impl Disconnect {
+    /// A disconnect with a fixed reason.
+    pub const fn fixed(code: u16, reason: &'static str, reconnect: bool) -> Self {
+        Disconnect {
+            code,
+            reason: Cow::Borrowed(reason),
+            reconnect,
+        }
+    }
+
+    /// The disconnect a backplane envelope asks for (server API).
+    pub fn from_envelope(d: &switchboard_proto::backplane::Disconnect) -> Self {
+        Disconnect {
+            code: u16::try_from(d.code).unwrap_or(4100),
+            reason: Cow::Owned(d.reason.clone()),
+            reconnect: d.reconnect,
+        }
+    }
 }
 
 /// Something the node says to one client, other than a channel message.
@@ -247,6 +271,8 @@ pub enum Reply<'a> {
     Subscribed {
         /// The channel.
         channel: &'a str,
+        /// On channels with history: epoch, newest offset, and whether missed messages follow.
+        history: Option<(&'a str, u64, bool)>,
     },
     /// `unsubscribe` succeeded.
     Unsubscribed {
@@ -257,6 +283,26 @@ pub enum Reply<'a> {
     Published {
         /// The channel.
         channel: &'a str,
+        /// Its offset, on channels with history.
+        offset: Option<u64>,
+    },
+    /// Answer to `history`.
+    History {
+        /// The channel.
+        channel: &'a str,
+        /// The history's epoch.
+        epoch: &'a str,
+        /// The newest offset.
+        offset: u64,
+        /// The messages, oldest first.
+        messages: &'a [Envelope],
+    },
+    /// Answer to `presence`.
+    Presence {
+        /// The channel.
+        channel: &'a str,
+        /// Every connection subscribed to it.
+        members: &'a [PresenceMember],
     },
     /// Answer to `ping`.
     Pong,
@@ -276,5 +322,87 @@ pub fn encode_reply(protocol: Protocol, id: Option<u64>, reply: &Reply<'_>) -> B
     match protocol {
         Protocol::Json => json::encode_reply(id, reply),
         Protocol::Proto => proto::encode_reply(id, reply),
+    }
+}
+
+/// Encodes what an envelope pushes to a subscriber (a channel message, a user
+/// message, a join or a leave), once per subprotocol; `None` for envelopes
+/// that push nothing.
+pub fn encode_push(protocol: Protocol, envelope: &Envelope) -> Option<Bytes> {
+    let target = envelope.target.as_ref()?.kind.as_ref()?;
+    let encoding = PayloadEncoding::try_from(envelope.encoding).unwrap_or(PayloadEncoding::Binary);
+    let push = match (&envelope.control, target) {
+        (None, Kind::Channel(channel)) => Push::Message {
+            channel,
+            payload: &envelope.payload,
+            encoding,
+            position: (envelope.offset != 0).then_some((envelope.offset, envelope.epoch.as_str())),
+        },
+        (None, Kind::User(user)) => Push::UserMessage {
+            user,
+            payload: &envelope.payload,
+            encoding,
+        },
+        (Some(Control::Join(j)), Kind::Channel(channel)) => Push::Join {
+            channel,
+            conn: &j.conn,
+            user: &j.user,
+            join: true,
+        },
+        (Some(Control::Leave(l)), Kind::Channel(channel)) => Push::Join {
+            channel,
+            conn: &l.conn,
+            user: &l.user,
+            join: false,
+        },
+        _ => return None,
+    };
+    Some(encode_push_for(protocol, &push))
+}
+
+/// Encodes one push for one subprotocol (recovered messages, per session).
+pub(crate) fn encode_push_for(protocol: Protocol, push: &Push<'_>) -> Bytes {
+    match protocol {
+        Protocol::Json => json::encode_push(push),
+        Protocol::Proto => proto::encode_push(push),
+    }
+}
+
+/// A server push, independent of its encoding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Push<'a> {
+    /// A channel message.
+    Message {
+        channel: &'a str,
+        payload: &'a Bytes,
+        encoding: PayloadEncoding,
+        /// Offset and epoch, on channels with history.
+        position: Option<(u64, &'a str)>,
+    },
+    /// A message sent to a user.
+    UserMessage {
+        user: &'a str,
+        payload: &'a Bytes,
+        encoding: PayloadEncoding,
+    },
+    /// A connection joined (`join`) or left a channel.
+    Join {
+        channel: &'a str,
+        conn: &'a str,
+        user: &'a str,
+        join: bool,
+    },
+}
+
+impl<'a> Push<'a> {
+    /// The push of a channel message held in history.
+    pub(crate) fn of_history(envelope: &'a Envelope, channel: &'a str) -> Self {
+        Push::Message {
+            channel,
+            payload: &envelope.payload,
+            encoding: PayloadEncoding::try_from(envelope.encoding)
+                .unwrap_or(PayloadEncoding::Binary),
+            position: Some((envelope.offset, envelope.epoch.as_str())),
+        }
     }
 }

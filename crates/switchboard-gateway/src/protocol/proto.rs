@@ -6,7 +6,7 @@ use switchboard_proto::client::{
     self as pb, ClientFrame, ServerFrame, client_frame::Command as PbCommand, server_frame::Frame,
 };
 
-use super::{Command, CommandKind, DecodeError, Payload, Reply, StreamPosition};
+use super::{Command, CommandKind, DecodeError, Payload, Push, Reply, StreamPosition};
 
 /// Reads one command from a binary frame.
 pub fn decode(frame: Bytes) -> Result<Command, DecodeError> {
@@ -55,16 +55,49 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
             user: user.into(),
             heartbeat,
         }),
-        Reply::Subscribed { channel } => Frame::Subscribed(pb::Subscribed {
+        Reply::Subscribed { channel, history } => Frame::Subscribed(pb::Subscribed {
             channel: channel.into(),
-            ..Default::default()
+            epoch: history.map(|h| h.0.to_owned()),
+            offset: history.map(|h| h.1),
+            recovered: history.map(|h| h.2),
         }),
         Reply::Unsubscribed { channel } => Frame::Unsubscribed(pb::Unsubscribed {
             channel: channel.into(),
         }),
-        Reply::Published { channel } => Frame::Published(pb::Published {
+        Reply::Published { channel, offset } => Frame::Published(pb::Published {
             channel: channel.into(),
-            offset: None,
+            offset,
+        }),
+        Reply::History {
+            channel,
+            epoch,
+            offset,
+            messages,
+        } => Frame::History(pb::HistoryReply {
+            channel: channel.into(),
+            epoch: epoch.into(),
+            offset,
+            messages: messages
+                .iter()
+                .map(|m| pb::Message {
+                    channel: channel.into(),
+                    data: m.payload.clone(),
+                    offset: Some(m.offset),
+                    epoch: Some(m.epoch.clone()),
+                    user: String::new(),
+                })
+                .collect(),
+        }),
+        Reply::Presence { channel, members } => Frame::Presence(pb::PresenceReply {
+            channel: channel.into(),
+            members: members
+                .iter()
+                .map(|m| pb::PresenceMember {
+                    conn: m.conn.clone(),
+                    user: m.user.clone(),
+                    node: m.node.clone(),
+                })
+                .collect(),
         }),
         Reply::Pong => Frame::Pong(pb::Pong {}),
         Reply::Error { code, message } => Frame::Error(pb::Error {
@@ -73,23 +106,55 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
         }),
         Reply::Disconnect(d) => Frame::Disconnect(pb::Disconnect {
             code: u32::from(d.code),
-            reason: d.reason.into(),
+            reason: d.reason.to_string(),
             reconnect: d.reconnect,
         }),
     };
     encode(id, frame)
 }
 
-/// Encodes a channel message once, for every protobuf subscriber.
-pub fn encode_message(channel: &str, payload: &Bytes) -> Bytes {
-    encode(
-        None,
-        Frame::Message(pb::Message {
+/// Encodes a push once, for every protobuf subscriber.
+pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
+    let frame = match *push {
+        Push::Message {
+            channel,
+            payload,
+            position,
+            ..
+        } => Frame::Message(pb::Message {
             channel: channel.into(),
+            data: payload.clone(),
+            offset: position.map(|p| p.0),
+            epoch: position.map(|p| p.1.to_owned()),
+            user: String::new(),
+        }),
+        Push::UserMessage { user, payload, .. } => Frame::Message(pb::Message {
+            user: user.into(),
             data: payload.clone(),
             ..Default::default()
         }),
-    )
+        Push::Join {
+            channel,
+            conn,
+            user,
+            join: true,
+        } => Frame::Join(pb::Join {
+            channel: channel.into(),
+            conn: conn.into(),
+            user: user.into(),
+        }),
+        Push::Join {
+            channel,
+            conn,
+            user,
+            join: false,
+        } => Frame::Leave(pb::Leave {
+            channel: channel.into(),
+            conn: conn.into(),
+            user: user.into(),
+        }),
+    };
+    encode(None, frame)
 }
 
 fn encode(id: Option<u64>, frame: Frame) -> Bytes {

@@ -3,12 +3,19 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_backplane::envelope;
+use switchboard_backplane::envelope::{self, Kind};
+use switchboard_backplane::{HistoryPolicy, PresenceMember, Since, Target};
+use switchboard_proto::backplane::envelope::Control;
+use switchboard_proto::backplane::{Join, Leave};
 
 use super::guard::Refusal;
-use super::{End, SessionHandle};
+use super::{End, Outbound, SessionHandle};
+use crate::namespace::Namespace;
 use crate::node::NodeInner;
-use crate::protocol::{CommandKind, DecodeError, ErrorCode, Protocol, Reply, channel, json, proto};
+use crate::protocol::{
+    CommandKind, DecodeError, ErrorCode, Protocol, Push, Reply, StreamPosition, channel, json,
+    proto,
+};
 
 /// Decodes and executes one client message, answering on the session's queue.
 pub(super) async fn handle(
@@ -44,38 +51,16 @@ pub(super) async fn handle(
         return error(session, id, ErrorCode::BadRequest, &why);
     }
     match command.kind {
-        CommandKind::Subscribe { channel, .. } => {
+        CommandKind::Subscribe { channel, recover } => {
             if let Err(refusal) = session.may_subscribe(node, &channel) {
                 return refuse(session, id, refusal);
             }
-            let channel: Arc<str> = channel.into();
-            if !crate::lock(&session.channels).insert(channel.clone()) {
-                return error(
-                    session,
-                    id,
-                    ErrorCode::BadRequest,
-                    &format!("already subscribed to {channel}"),
-                );
-            }
-            let subscribed = node
-                .hub
-                .subscribe(&channel, session, || {
-                    session.reply(id, &Reply::Subscribed { channel: &channel })
-                })
-                .await;
-            if let Err(e) = subscribed {
-                crate::lock(&session.channels).remove(&channel);
-                error(
-                    session,
-                    id,
-                    ErrorCode::Unavailable,
-                    &format!("could not subscribe: {e}"),
-                );
-            }
+            subscribe(node, session, id, channel.into(), recover).await;
         }
         CommandKind::Unsubscribe { channel } => {
-            if crate::lock(&session.channels).remove(channel.as_str()) {
-                node.hub.unsubscribe(&channel, session.id).await;
+            let was = crate::lock(&session.channels).remove(channel.as_str());
+            if was {
+                leave(node, session, &channel).await;
             }
             session.reply(id, &Reply::Unsubscribed { channel: &channel });
         }
@@ -86,8 +71,15 @@ pub(super) async fn handle(
             let mut envelope =
                 envelope::for_channel(&node.config.node_id, &channel, data.bytes, data.encoding);
             envelope.publisher = session.user.to_string();
-            match node.backplane.publish(&envelope).await {
-                Ok(()) => session.reply(id, &Reply::Published { channel: &channel }),
+            let history = history_policy(node.config.namespaces.of(&channel));
+            match node.backplane.publish(&envelope, history).await {
+                Ok(position) => session.reply(
+                    id,
+                    &Reply::Published {
+                        channel: &channel,
+                        offset: position.map(|p| p.offset),
+                    },
+                ),
                 Err(e) => error(
                     session,
                     id,
@@ -96,20 +88,278 @@ pub(super) async fn handle(
                 ),
             }
         }
-        CommandKind::History { .. } => error(
-            session,
-            id,
-            ErrorCode::Forbidden,
-            "history is not kept for this channel's namespace",
-        ),
-        CommandKind::Presence { .. } => error(
-            session,
-            id,
-            ErrorCode::Forbidden,
-            "presence is not enabled for this channel's namespace",
-        ),
+        CommandKind::History {
+            channel,
+            limit,
+            since,
+        } => {
+            let Some(policy) = history_policy(node.config.namespaces.of(&channel)) else {
+                return error(
+                    session,
+                    id,
+                    ErrorCode::Forbidden,
+                    "history is not kept for this channel's namespace",
+                );
+            };
+            if let Err(refusal) = session.may_subscribe(node, &channel) {
+                return refuse(session, id, refusal);
+            }
+            match read_history(node, &channel, policy, limit, since.as_ref()).await {
+                Ok(page) => session.reply(
+                    id,
+                    &Reply::History {
+                        channel: &channel,
+                        epoch: &page.epoch,
+                        offset: page.offset,
+                        messages: &page.messages,
+                    },
+                ),
+                Err(e) => error(
+                    session,
+                    id,
+                    ErrorCode::Unavailable,
+                    &format!("history unavailable: {e}"),
+                ),
+            }
+        }
+        CommandKind::Presence { channel } => {
+            if !node.config.namespaces.of(&channel).presence {
+                return error(
+                    session,
+                    id,
+                    ErrorCode::Forbidden,
+                    "presence is not enabled for this channel's namespace",
+                );
+            }
+            if let Err(refusal) = session.may_subscribe(node, &channel) {
+                return refuse(session, id, refusal);
+            }
+            match node.backplane.presence(&channel).await {
+                Ok(members) => session.reply(
+                    id,
+                    &Reply::Presence {
+                        channel: &channel,
+                        members: &members,
+                    },
+                ),
+                Err(e) => error(
+                    session,
+                    id,
+                    ErrorCode::Unavailable,
+                    &format!("presence unavailable: {e}"),
+                ),
+            }
+        }
         CommandKind::Ping => session.reply(id, &Reply::Pong),
     }
+}
+
+/// The history policy of a namespace, if it keeps history.
+pub(crate) fn history_policy(namespace: &Namespace) -> Option<HistoryPolicy> {
+    namespace.has_history().then_some(HistoryPolicy {
+        size: namespace.history_size,
+        ttl: namespace.history_ttl,
+    })
+}
+
+/// Reads history for the `history` command and the API: without `since`, the
+/// newest `limit`; with `since` in the current epoch, the oldest `limit` after
+/// it; with `since` from another epoch, as without it.
+pub(crate) async fn read_history(
+    node: &NodeInner,
+    channel: &str,
+    policy: HistoryPolicy,
+    limit: Option<u32>,
+    since: Option<&StreamPosition>,
+) -> Result<switchboard_backplane::HistoryPage, switchboard_backplane::BackplaneError> {
+    let mut page = node
+        .backplane
+        .history(
+            channel,
+            policy,
+            since.map_or(Since::All, |s| Since::After(s.offset)),
+        )
+        .await?;
+    let same_epoch = since.is_some_and(|s| s.epoch == page.epoch);
+    if since.is_some() && !same_epoch {
+        page = node.backplane.history(channel, policy, Since::All).await?;
+    }
+    if let Some(limit) = limit.map(|l| l as usize)
+        && page.messages.len() > limit
+    {
+        if same_epoch {
+            page.messages.truncate(limit);
+        } else {
+            page.messages.drain(..page.messages.len() - limit);
+        }
+    }
+    Ok(page)
+}
+
+async fn subscribe(
+    node: &NodeInner,
+    session: &Arc<SessionHandle>,
+    id: Option<u64>,
+    channel: Arc<str>,
+    recover: Option<StreamPosition>,
+) {
+    if !crate::lock(&session.channels).insert(channel.clone()) {
+        return error(
+            session,
+            id,
+            ErrorCode::BadRequest,
+            &format!("already subscribed to {channel}"),
+        );
+    }
+    let namespace = node.config.namespaces.of(&channel);
+    let history = history_policy(namespace);
+    let subscribed = node
+        .hub
+        .subscribe(&channel, session, history.is_some(), || {
+            if history.is_none() {
+                session.reply(
+                    id,
+                    &Reply::Subscribed {
+                        channel: &channel,
+                        history: None,
+                    },
+                );
+            }
+        })
+        .await;
+    let subscription = match subscribed {
+        Ok(s) => s,
+        Err(e) => {
+            crate::lock(&session.channels).remove(&channel);
+            return error(
+                session,
+                id,
+                ErrorCode::Unavailable,
+                &format!("could not subscribe: {e}"),
+            );
+        }
+    };
+    if let Some(policy) = history {
+        // Live messages are buffered while the history is read; the seam is
+        // closed in `go_live`: reply, missed messages, then live ones above.
+        let since = recover
+            .as_ref()
+            .map_or(Since::Nothing, |r| Since::After(r.offset));
+        let page = match node.backplane.history(&channel, policy, since).await {
+            Ok(page) => page,
+            Err(e) => {
+                crate::lock(&session.channels).remove(&channel);
+                node.hub.unsubscribe(&channel, session.id).await;
+                return error(
+                    session,
+                    id,
+                    ErrorCode::Unavailable,
+                    &format!("could not subscribe: {e}"),
+                );
+            }
+        };
+        let recovered = recover
+            .as_ref()
+            .is_some_and(|r| page.can_recover(&r.epoch, r.offset));
+        subscription.go_live(page.offset, || {
+            session.reply(
+                id,
+                &Reply::Subscribed {
+                    channel: &channel,
+                    history: Some((&page.epoch, page.offset, recovered)),
+                },
+            );
+            if recovered {
+                for m in &page.messages {
+                    session.push(Outbound::Message {
+                        frame: crate::protocol::encode_push_for(
+                            session.protocol,
+                            &Push::of_history(m, &channel),
+                        ),
+                        published_us: m.published_us,
+                        offset: m.offset,
+                    });
+                }
+            }
+        });
+    }
+    if namespace.presence || namespace.join_leave {
+        announce(node, session, &channel, namespace, true).await;
+    }
+}
+
+/// Takes a session out of a channel: hub, presence, and a leave event.
+pub(crate) async fn leave(node: &NodeInner, session: &SessionHandle, channel: &str) {
+    node.hub.unsubscribe(channel, session.id).await;
+    let namespace = node.config.namespaces.of(channel);
+    if namespace.presence || namespace.join_leave {
+        announce(node, session, channel, namespace, false).await;
+    }
+}
+
+/// Records or removes presence and publishes join/leave, as the namespace asks.
+async fn announce(
+    node: &NodeInner,
+    session: &SessionHandle,
+    channel: &str,
+    namespace: &Namespace,
+    join: bool,
+) {
+    if namespace.presence {
+        let result = if join {
+            let member = PresenceMember {
+                conn: session.conn.to_string(),
+                user: session.user.to_string(),
+                node: node.config.node_id.clone(),
+            };
+            node.backplane.presence_add(channel, &member).await
+        } else {
+            node.backplane.presence_remove(channel, &session.conn).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(channel, conn = %session.conn, error = %e, "presence update failed");
+        }
+    }
+    if namespace.join_leave {
+        let (conn, user) = (session.conn.to_string(), session.user.to_string());
+        let node_id = node.config.node_id.clone();
+        let mut envelope = envelope::for_channel(
+            &node.config.node_id,
+            channel,
+            Bytes::new(),
+            Default::default(),
+        );
+        envelope.control = Some(if join {
+            Control::Join(Join {
+                conn,
+                user,
+                node: node_id,
+            })
+        } else {
+            Control::Leave(Leave {
+                conn,
+                user,
+                node: node_id,
+            })
+        });
+        if let Err(e) = node.backplane.publish(&envelope, None).await {
+            tracing::warn!(channel, error = %e, "join/leave event not published");
+        }
+    }
+}
+
+/// A disconnect command for every connection of a user, or one connection.
+pub(crate) fn disconnect_envelope(node_id: &str, target: Kind) -> switchboard_backplane::Envelope {
+    let mut envelope = envelope::for_channel(node_id, "", Bytes::new(), Default::default());
+    envelope.target = Some(Target { kind: Some(target) });
+    envelope.control = Some(Control::Disconnect(
+        switchboard_proto::backplane::Disconnect {
+            code: u32::from(super::API_DISCONNECT.code),
+            reason: super::API_DISCONNECT.reason.to_string(),
+            reconnect: super::API_DISCONNECT.reconnect,
+        },
+    ));
+    envelope
 }
 
 /// Answers a refused command, and ends the session when the refusal says so.

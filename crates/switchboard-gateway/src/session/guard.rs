@@ -1,7 +1,8 @@
 //! What a session may do: permissions from its token, namespace rules, and
 //! the per-connection limits. Every refusal is counted.
 
-use super::SessionHandle;
+use super::{RATE_LIMITED, SessionHandle};
+use crate::limits::Verdict;
 use crate::node::NodeInner;
 use crate::protocol::{Disconnect, ErrorCode};
 
@@ -25,24 +26,62 @@ impl Refusal {
 }
 
 impl SessionHandle {
-    /// Called for every command before it is executed (the command rate limit).
-    pub(crate) fn admit_command(&self, _node: &NodeInner) -> Result<(), Refusal> {
-        Ok(())
+    /// Called for every command before it is executed (the command rate limit):
+    /// over the rate the command is refused with `rate_limited`; when the
+    /// refusals themselves go on too long, the connection is closed with 4029.
+    pub(crate) fn admit_command(&self, node: &NodeInner) -> Result<(), Refusal> {
+        let verdict = crate::lock(&self.limiter).check(tokio::time::Instant::now());
+        if verdict == Verdict::Admit {
+            return Ok(());
+        }
+        node.gate.rejections.message_rate.increment(1);
+        let limits = &node.config.limits;
+        let message = format!(
+            "too many commands: the limit is {} per second (bursts of {}); this one was not executed",
+            limits.client_rate, limits.client_burst
+        );
+        Err(match verdict {
+            Verdict::Disconnect => {
+                tracing::info!(conn = %self.conn, "command rate limit exceeded repeatedly: closing");
+                Refusal {
+                    code: ErrorCode::RateLimited,
+                    message: message + "; the connection is being closed",
+                    disconnect: Some(RATE_LIMITED),
+                }
+            }
+            _ => Refusal::new(ErrorCode::RateLimited, message),
+        })
     }
 
-    /// Whether this session may subscribe to `channel` (token, namespace, limits).
-    pub(crate) fn may_subscribe(&self, _node: &NodeInner, channel: &str) -> Result<(), Refusal> {
+    /// Whether this session may subscribe to `channel` (channel length, token,
+    /// subscription count).
+    pub(crate) fn may_subscribe(&self, node: &NodeInner, channel: &str) -> Result<(), Refusal> {
+        node.check_channel_length(channel)
+            .map_err(|why| Refusal::new(ErrorCode::BadRequest, why))?;
         if !allowed_by(self.identity.channels.as_deref(), channel) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "your token does not allow subscribing to this channel",
             ));
         }
+        let max = node.config.limits.max_subscriptions;
+        let channels = crate::lock(&self.channels);
+        // A second subscribe to a channel is answered "already subscribed".
+        if channels.len() >= max && !channels.contains(channel) {
+            drop(channels);
+            node.gate.rejections.subscriptions.increment(1);
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!("too many subscriptions: the limit is {max} per connection"),
+            ));
+        }
         Ok(())
     }
 
-    /// Whether this session may publish to `channel` (token, namespace).
+    /// Whether this session may publish to `channel` (channel length, token, namespace).
     pub(crate) fn may_publish(&self, node: &NodeInner, channel: &str) -> Result<(), Refusal> {
+        node.check_channel_length(channel)
+            .map_err(|why| Refusal::new(ErrorCode::BadRequest, why))?;
         if !allowed_by(self.identity.publish.as_deref(), channel) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,

@@ -11,7 +11,7 @@
 //! fastwebsockets' frame read is not cancel-safe, so the reader is never raced
 //! in a `select!`; the writer owns the write half and does all writing.
 
-mod commands;
+pub(crate) mod commands;
 pub(crate) mod frames;
 mod guard;
 mod reader;
@@ -33,11 +33,26 @@ use crate::protocol::{Disconnect, Protocol, Reply, encode_reply};
 /// What a session's writer sends, in order.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A channel message, shared by every recipient; `published_us` feeds the
-    /// delivery-latency histogram.
-    Message { frame: Bytes, published_us: u64 },
+    /// A push (channel or user message, join, leave), shared by every
+    /// recipient; `published_us` feeds the delivery-latency histogram and
+    /// `offset` (0: none) the recovery seam.
+    Message {
+        frame: Bytes,
+        published_us: u64,
+        offset: u64,
+    },
     /// A reply to this client's command.
     Reply(Bytes),
+}
+
+impl Outbound {
+    /// The history offset of a channel message; 0 for everything else.
+    pub(crate) fn offset(&self) -> u64 {
+        match self {
+            Outbound::Message { offset, .. } => *offset,
+            Outbound::Reply(_) => 0,
+        }
+    }
 }
 
 /// Why a session ended; the label of `switchboard_disconnects_total`.
@@ -62,6 +77,8 @@ impl End {
                 1009 => "too_large",
                 1002 => "protocol_error",
                 4100 => "api",
+                4001 => "token_expired",
+                4029 => "rate_limit",
                 1011 => "internal",
                 _ if d.reason == HEARTBEAT_TIMEOUT.reason => "heartbeat_timeout",
                 _ => "shutdown",
@@ -70,31 +87,18 @@ impl End {
     }
 }
 
-pub(crate) const SLOW_CONSUMER: Disconnect = Disconnect {
-    code: 4008,
-    reason: "slow consumer: outbound queue overflowed",
-    reconnect: true,
-};
-pub(crate) const TOO_LARGE: Disconnect = Disconnect {
-    code: 1009,
-    reason: "message too large",
-    reconnect: false,
-};
-pub(crate) const PROTOCOL_ERROR: Disconnect = Disconnect {
-    code: 1002,
-    reason: "websocket protocol error",
-    reconnect: false,
-};
-pub(crate) const SHUTDOWN: Disconnect = Disconnect {
-    code: 1001,
-    reason: "node shutting down",
-    reconnect: true,
-};
-pub(crate) const HEARTBEAT_TIMEOUT: Disconnect = Disconnect {
-    code: 1001,
-    reason: "heartbeat timeout",
-    reconnect: true,
-};
+pub(crate) const SLOW_CONSUMER: Disconnect =
+    Disconnect::fixed(4008, "slow consumer: outbound queue overflowed", true);
+pub(crate) const TOO_LARGE: Disconnect = Disconnect::fixed(1009, "message too large", false);
+pub(crate) const PROTOCOL_ERROR: Disconnect =
+    Disconnect::fixed(1002, "websocket protocol error", false);
+pub(crate) const SHUTDOWN: Disconnect = Disconnect::fixed(1001, "node shutting down", true);
+pub(crate) const API_DISCONNECT: Disconnect =
+    Disconnect::fixed(4100, "disconnected by the server API", false);
+pub(crate) const INTERNAL: Disconnect = Disconnect::fixed(1011, "internal error", true);
+pub(crate) const HEARTBEAT_TIMEOUT: Disconnect = Disconnect::fixed(1001, "heartbeat timeout", true);
+pub(crate) const TOKEN_EXPIRED: Disconnect = Disconnect::fixed(4001, "token expired", true);
+pub(crate) const RATE_LIMITED: Disconnect = Disconnect::fixed(4029, "rate limit exceeded", true);
 
 /// The part of a session the hub and the node hold.
 pub(crate) struct SessionHandle {
@@ -118,6 +122,8 @@ pub(crate) struct SessionHandle {
     /// cancelled frame read is harmless once the socket is being dropped) but
     /// always finishes the command it is executing.
     stop_reading: CancellationToken,
+    /// The command rate limit (`limits::CommandLimiter`).
+    pub(crate) limiter: Mutex<crate::limits::CommandLimiter>,
 }
 
 impl SessionHandle {
@@ -127,14 +133,17 @@ impl SessionHandle {
     pub(crate) fn push(&self, item: Outbound) {
         match self.outbound.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.end_with(End::Disconnect(SLOW_CONSUMER)) {
-                    metrics::counter!("switchboard_slow_consumer_disconnects_total").increment(1);
-                    tracing::info!(conn = %self.conn, "slow consumer disconnected");
-                }
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.overflowed(),
             // The writer is gone; the session is being torn down.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Ends the session as a slow consumer (its queue or a buffer overflowed).
+    pub(crate) fn overflowed(&self) {
+        if self.end_with(End::Disconnect(SLOW_CONSUMER)) {
+            metrics::counter!("switchboard_slow_consumer_disconnects_total").increment(1);
+            tracing::info!(conn = %self.conn, "slow consumer disconnected");
         }
     }
 
@@ -190,6 +199,10 @@ pub(crate) async fn run(
         last_seen_ms: AtomicU64::new(node.uptime_ms()),
         channels: Mutex::new(HashSet::new()),
         stop_reading: CancellationToken::new(),
+        limiter: Mutex::new(crate::limits::CommandLimiter::new(
+            &node.config.limits,
+            tokio::time::Instant::now(),
+        )),
     });
     node.session_opened();
     session.reply(
@@ -201,6 +214,16 @@ pub(crate) async fn run(
             heartbeat: node.config.heartbeat.as_secs_f64().ceil() as u32,
         },
     );
+
+    node.register(&session);
+    // A user's connections receive the messages sent to that user.
+    let user_topic = (!session.user.is_empty()).then(|| crate::hub::user_key(&session.user));
+    if let Some(key) = &user_topic
+        && let Err(e) = node.hub.subscribe(key, &session, false, || {}).await
+    {
+        tracing::warn!(conn = %session.conn, error = %e, "cannot receive user messages: closing");
+        session.end_with(End::Disconnect(INTERNAL));
+    }
 
     let reader = tokio::spawn(reader::run(
         node.clone(),
@@ -216,7 +239,14 @@ pub(crate) async fn run(
 
     let channels: Vec<Arc<str>> = crate::lock(&session.channels).drain().collect();
     for channel in channels {
-        node.hub.unsubscribe(&channel, session.id).await;
+        commands::leave(&node, &session, &channel).await;
+    }
+    if let Some(key) = &user_topic {
+        node.hub.unsubscribe(key, session.id).await;
+    }
+    node.unregister(&session);
+    if end == End::Disconnect(TOO_LARGE) {
+        node.gate.rejections.message_size.increment(1);
     }
     node.session_closed(&end);
     tracing::debug!(conn = %session.conn, reason = end.label(), "session ended");

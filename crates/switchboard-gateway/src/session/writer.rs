@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::frames::{self, MAX_BATCH, OpCode};
-use super::{End, HEARTBEAT_TIMEOUT, Outbound, SHUTDOWN, SessionHandle};
+use super::{End, HEARTBEAT_TIMEOUT, Outbound, SHUTDOWN, SessionHandle, TOKEN_EXPIRED};
 use crate::node::NodeInner;
 use crate::protocol::{Protocol, Reply, encode_reply};
 
@@ -44,6 +44,14 @@ pub(super) async fn run(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Outbound> = Vec::with_capacity(MAX_BATCH);
     let mut drain_at: Option<Instant> = None;
+    // The session ends when its token does (created once: re-arming a timer
+    // on every loop turn would cost on the delivery path).
+    let expires = session
+        .identity
+        .expires_at
+        .and_then(crate::auth::expiry_deadline);
+    let token_expiry = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now));
+    tokio::pin!(token_expiry);
 
     let end = loop {
         if let Some(end) = session.ended() {
@@ -52,6 +60,10 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             _ = session.ending.notified() => continue,
+            // Before the data branch, so a busy stream cannot postpone it.
+            _ = &mut token_expiry, if expires.is_some() => {
+                session.end_with(End::Disconnect(TOKEN_EXPIRED));
+            }
             Some(c) = control.recv() => {
                 let close = c.opcode == OpCode::Close;
                 if write_timed(frames::write_control(&mut socket, c.opcode, &c.payload)).await.is_err() {
@@ -119,7 +131,7 @@ pub(super) async fn run(
 
     if let End::Disconnect(d) = &end {
         let goodbye = encode_reply(session.protocol, None, &Reply::Disconnect(d));
-        let close = frames::close_payload(d.code, d.reason);
+        let close = frames::close_payload(d.code, &d.reason);
         let _ = timeout(CLOSE_TIMEOUT, async {
             frames::write_frames(&mut socket, opcode, &[&goodbye]).await?;
             frames::write_control(&mut socket, OpCode::Close, &close).await

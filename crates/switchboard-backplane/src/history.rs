@@ -1,0 +1,109 @@
+//! Types of history, presence and topics, shared by both backplanes.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Envelope;
+
+/// How a channel keeps its history (from its namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Messages kept (the newest ones); at least 1.
+    pub size: usize,
+    /// How long the history lives after the channel's last publish.
+    pub ttl: Duration,
+}
+
+/// A position in a channel's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Changes whenever the channel's history is lost.
+    pub epoch: String,
+    /// The message's offset: 1 for the first message of an epoch.
+    pub offset: u64,
+}
+
+/// Which retained messages a history read returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// None: only the position.
+    Nothing,
+    /// Every retained message.
+    All,
+    /// The retained messages with an offset above this one.
+    After(u64),
+}
+
+/// A history read: the channel's position and the messages asked for.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryPage {
+    /// The channel's current epoch.
+    pub epoch: String,
+    /// The newest offset (0 when nothing was published in this epoch).
+    pub offset: u64,
+    /// The oldest retained offset (`offset + 1` when nothing is retained).
+    pub first: u64,
+    /// The messages asked for, oldest first, each with its offset and epoch.
+    pub messages: Vec<Envelope>,
+}
+
+impl HistoryPage {
+    /// Whether a client that has seen everything up to `(epoch, offset)` can
+    /// be given every message after it from this page's history.
+    pub fn can_recover(&self, epoch: &str, offset: u64) -> bool {
+        epoch == self.epoch && offset.saturating_add(1) >= self.first && offset <= self.offset
+    }
+}
+
+/// A connection present on a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceMember {
+    /// Connection id.
+    pub conn: String,
+    /// User id ("" when anonymous).
+    pub user: String,
+    /// The node holding the connection.
+    pub node: String,
+}
+
+/// What a node can be subscribed to in the backplane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic<'a> {
+    /// A client channel.
+    Channel(&'a str),
+    /// Every connection of a user.
+    User(&'a str),
+}
+
+/// A fresh random epoch: 8 hex digits.
+pub(crate) fn new_epoch() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_needs_the_same_epoch_and_a_retained_offset() {
+        let page = HistoryPage {
+            epoch: "e".into(),
+            offset: 10,
+            first: 6,
+            messages: vec![],
+        };
+        assert!(page.can_recover("e", 10), "nothing missed");
+        assert!(page.can_recover("e", 5), "6..=10 retained");
+        assert!(!page.can_recover("e", 4), "5 fell out");
+        assert!(!page.can_recover("e", 11), "from the future");
+        assert!(!page.can_recover("x", 10), "another epoch");
+        let empty = HistoryPage {
+            epoch: "e".into(),
+            offset: 0,
+            first: 1,
+            messages: vec![],
+        };
+        assert!(empty.can_recover("e", 0));
+    }
+}
