@@ -184,3 +184,69 @@ impl MemoryBackplane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::envelope::{PayloadEncoding, for_channel};
+
+    const POLICY: HistoryPolicy = HistoryPolicy {
+        size: 2,
+        ttl: Duration::from_secs(10),
+    };
+
+    fn backplane() -> (MemoryBackplane, Vec<crate::InboxLane>) {
+        let (inbox, lanes) = Inbox::new(1, 64);
+        (
+            MemoryBackplane::new("n".into(), inbox, Arc::new(Default::default)),
+            lanes,
+        )
+    }
+
+    fn message() -> Envelope {
+        for_channel("n", "c", Bytes::from_static(b"1"), PayloadEncoding::Json)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn offsets_follow_publishes_and_history_expires_into_a_new_epoch() {
+        let (b, mut lanes) = backplane();
+        let first = b.publish(&message(), Some(POLICY)).await.unwrap().unwrap();
+        let second = b.publish(&message(), Some(POLICY)).await.unwrap().unwrap();
+        let third = b.publish(&message(), Some(POLICY)).await.unwrap().unwrap();
+        assert_eq!((first.offset, second.offset, third.offset), (1, 2, 3));
+        assert_eq!(
+            lanes[0].recv().await.unwrap().offset,
+            1,
+            "delivered in offset order"
+        );
+        let page = b.history("c", POLICY, Since::All).await;
+        assert_eq!((page.offset, page.first, page.messages.len()), (3, 2, 2));
+        assert!(page.can_recover(&first.epoch, 1) && !page.can_recover(&first.epoch, 0));
+
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let page = b.history("c", POLICY, Since::All).await;
+        assert_ne!(page.epoch, first.epoch, "expired history: new epoch");
+        assert_eq!((page.offset, page.messages.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn presence_lists_members_until_they_leave() {
+        let (b, _lanes) = backplane();
+        let member = |conn: &str| PresenceMember {
+            conn: conn.into(),
+            user: "u".into(),
+            node: "n".into(),
+        };
+        b.presence_add("c", &member("c_2"));
+        b.presence_add("c", &member("c_1"));
+        assert_eq!(b.presence("c"), [member("c_1"), member("c_2")]);
+        b.presence_remove("c", "c_1");
+        b.presence_remove("c", "c_2");
+        assert!(b.presence("c").is_empty());
+    }
+}

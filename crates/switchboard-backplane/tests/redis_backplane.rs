@@ -9,17 +9,25 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use switchboard_backplane::envelope::{PayloadEncoding, for_channel};
 use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
-use switchboard_backplane::{Backplane, BackplaneError, Inbox, InboxLane, NodeStats, Topic};
+use switchboard_backplane::{
+    Backplane, BackplaneError, HistoryPolicy, Inbox, InboxLane, NodeStats, Since, Topic,
+};
 
 /// A redis-server of this test's own, killed on drop.
 struct Redis {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Keep data across restarts (append-only file, fsync on every write).
+    durable: bool,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Self::start_with(false)
+    }
+
+    fn start_with(durable: bool) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,6 +39,7 @@ impl Redis {
             child: None,
             port,
             dir,
+            durable,
         };
         redis.spawn();
         redis
@@ -45,9 +54,12 @@ impl Redis {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .spawn()
@@ -240,4 +252,96 @@ async fn two_nodes_see_each_other_and_each_others_messages() {
     assert_eq!(ids, ["a", "b"]);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+const HISTORY: HistoryPolicy = HistoryPolicy {
+    size: 3,
+    ttl: Duration::from_secs(60),
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_offsets_are_contiguous_and_the_window_slides() {
+    let redis = Redis::start();
+    let (backplane, _, mut lanes) = start(&redis, "a");
+    wait_for("the backplane to connect", || backplane.is_up());
+    backplane.subscribe(Topic::Channel("h")).await.unwrap();
+    let empty = backplane.history("h", HISTORY, Since::All).await.unwrap();
+    assert_eq!((empty.offset, empty.first, empty.messages.len()), (0, 1, 0));
+    let mut epoch = String::new();
+    for n in 1..=5u64 {
+        let p = backplane
+            .publish(&envelope("h", b"m"), Some(HISTORY))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.offset, n);
+        if n == 1 {
+            epoch = p.epoch.clone();
+            assert_eq!(
+                epoch, empty.epoch,
+                "the epoch made by the first read is kept"
+            );
+        }
+        assert_eq!(p.epoch, epoch);
+    }
+    // Live envelopes carry offset and epoch, in offset order.
+    for n in 1..=5u64 {
+        let e = tokio::time::timeout(Duration::from_secs(5), lanes[0].recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.offset, e.epoch.as_str()), (n, epoch.as_str()));
+    }
+    let page = backplane.history("h", HISTORY, Since::All).await.unwrap();
+    let offsets: Vec<u64> = page.messages.iter().map(|m| m.offset).collect();
+    assert_eq!((page.offset, page.first, offsets), (5, 3, vec![3, 4, 5]));
+    let after = backplane
+        .history("h", HISTORY, Since::After(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [4, 5]
+    );
+    assert!(after.can_recover(&epoch, 2) && !after.can_recover(&epoch, 1));
+    let none = backplane
+        .history("h", HISTORY, Since::Nothing)
+        .await
+        .unwrap();
+    assert!(none.messages.is_empty());
+    backplane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_data_changes_the_epoch_and_keeping_it_does_not() {
+    for durable in [false, true] {
+        let mut redis = Redis::start_with(durable);
+        let (backplane, _, _lanes) = start(&redis, "a");
+        wait_for("the backplane to connect", || backplane.is_up());
+        let before = backplane
+            .publish(&envelope("h", b"m"), Some(HISTORY))
+            .await
+            .unwrap()
+            .unwrap();
+        redis.kill();
+        redis.spawn();
+        wait_for("the backplane to reconnect", || backplane.is_up());
+        let page = backplane.history("h", HISTORY, Since::All).await.unwrap();
+        if durable {
+            assert_eq!(
+                (page.epoch.as_str(), page.offset),
+                (before.epoch.as_str(), 1),
+                "data kept"
+            );
+            assert!(page.can_recover(&before.epoch, 0));
+        } else {
+            assert_ne!(page.epoch, before.epoch, "history lost: a new epoch");
+            assert_eq!(page.offset, 0);
+            assert!(
+                !page.can_recover(&before.epoch, 1),
+                "a client cannot mistake it for nothing missed"
+            );
+        }
+        backplane.shutdown().await;
+    }
 }
