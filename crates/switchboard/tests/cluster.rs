@@ -424,7 +424,9 @@ async fn a_disconnect_releases_every_channel() {
 async fn pipelined_client_publishes_keep_their_order_across_nodes() {
     const N: u64 = 500;
     let redis = RedisServer::start().await;
-    let a = Node::start_on(&redis, "node-a", &[]).await;
+    // 500 publishes at once: above the default command burst (200), which
+    // this test is not about.
+    let a = Node::start_on(&redis, "node-a", &["--client-burst", "1000"]).await;
     let b = Node::start_on(&redis, "node-b", &[]).await;
     let mut sub_a = WsClient::connect_json(&a.ws_url()).await;
     let mut sub_b = WsClient::connect_json(&b.ws_url()).await;

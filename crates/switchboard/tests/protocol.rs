@@ -640,7 +640,19 @@ async fn a_publish_right_after_subscribed_is_delivered() {
     // fresh channels so a window between the reply and the subscription shows up.
     const CLIENTS: usize = 4;
     const ROUNDS: usize = 250;
-    let node = Node::start("node-sub-race", &[]).await;
+    // A stress test of the subscribe race, not of the per-connection limits.
+    let node = Node::start(
+        "node-sub-race",
+        &[
+            "--client-rate",
+            "100000",
+            "--client-burst",
+            "100000",
+            "--max-subscriptions",
+            "100000",
+        ],
+    )
+    .await;
     // Background traffic keeps the node's threads busy, as in production.
     let stop = stop_flag();
     let mut noise = Vec::new();
