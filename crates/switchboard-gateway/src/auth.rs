@@ -165,11 +165,13 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| {
-            TokenError::Malformed(match e.kind() {
-                ErrorKind::Json(_) => format!("cannot read its header ({e})"),
-                _ => format!("cannot read its header: {e}"),
-            })
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            // Typically an unknown `alg` such as "none".
+            ErrorKind::Json(_) => TokenError::Malformed(format!(
+                "bad header (its alg must be one of: {})",
+                self.accepted()
+            )),
+            _ => token_error(e),
         })?;
         let verifier = [&self.hmac, &self.public]
             .into_iter()
