@@ -53,17 +53,24 @@ impl SessionHandle {
         })
     }
 
-    /// Whether this session may subscribe to `channel` (channel length, token,
-    /// subscription count).
-    pub(crate) fn may_subscribe(&self, node: &NodeInner, channel: &str) -> Result<(), Refusal> {
+    /// Whether this session may read `channel` without subscribing (`history`,
+    /// `presence`): channel length and the token's `channels` claim.
+    pub(crate) fn may_read(&self, node: &NodeInner, channel: &str) -> Result<(), Refusal> {
         node.check_channel_length(channel)
             .map_err(|why| Refusal::new(ErrorCode::BadRequest, why))?;
         if !allowed_by(self.identity.channels.as_deref(), channel) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
-                "your token does not allow subscribing to this channel",
+                "your token does not allow this channel",
             ));
         }
+        Ok(())
+    }
+
+    /// Whether this session may subscribe to `channel`: [`Self::may_read`],
+    /// then the number of subscriptions.
+    pub(crate) fn may_subscribe(&self, node: &NodeInner, channel: &str) -> Result<(), Refusal> {
+        self.may_read(node, channel)?;
         let max = node.config.limits.max_subscriptions;
         let channels = crate::lock(&self.channels);
         // A second subscribe to a channel is answered "already subscribed".
