@@ -190,11 +190,15 @@ async fn read_body(node: &NodeInner, req: Request<Incoming>) -> Result<Bytes, Ap
     let limit = node.config.max_message_size;
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            format!("request body over {limit} bytes"),
-        )),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err({
+            metrics::counter!("switchboard_limit_rejections_total", "limit" => "message_size")
+                .increment(1);
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                format!("request body over {limit} bytes"),
+            )
+        }),
         Err(e) => Err(ApiError::bad_request(format!(
             "could not read the body: {e}"
         ))),

@@ -37,14 +37,16 @@ pub(super) async fn handle(
             "text frames are not accepted on switchboard.v1.proto: send ClientFrame in binary frames",
         )),
     };
-    let command = match decoded {
-        Ok(c) => c,
-        Err(e) => return error(session, e.id, ErrorCode::BadRequest, &e.message),
+    // Every message counts against the rate limit, well-formed or not, so a
+    // flood of garbage is limited like any other.
+    let admitted = session.admit_command(node);
+    let command = match (decoded, admitted) {
+        (Ok(c), Ok(())) => c,
+        (Ok(c), Err(refusal)) => return refuse(session, c.id, refusal),
+        (Err(e), Err(refusal)) => return refuse(session, e.id, refusal),
+        (Err(e), Ok(())) => return error(session, e.id, ErrorCode::BadRequest, &e.message),
     };
     let id = command.id;
-    if let Err(refusal) = session.admit_command(node) {
-        return refuse(session, id, refusal);
-    }
     if let Some(name) = command.kind.channel()
         && let Err(why) = channel::validate(name)
     {
@@ -101,7 +103,7 @@ pub(super) async fn handle(
                     "history is not kept for this channel's namespace",
                 );
             };
-            if let Err(refusal) = session.may_subscribe(node, &channel) {
+            if let Err(refusal) = session.may_read(node, &channel) {
                 return refuse(session, id, refusal);
             }
             match read_history(node, &channel, policy, limit, since.as_ref()).await {
@@ -131,7 +133,7 @@ pub(super) async fn handle(
                     "presence is not enabled for this channel's namespace",
                 );
             }
-            if let Err(refusal) = session.may_subscribe(node, &channel) {
+            if let Err(refusal) = session.may_read(node, &channel) {
                 return refuse(session, id, refusal);
             }
             match node.backplane.presence(&channel).await {

@@ -77,15 +77,9 @@ pub(super) async fn run(
                 if n == 0 {
                     break End::Io;
                 }
-                let mut payloads: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
-                for (slot, item) in payloads.iter_mut().zip(&batch) {
-                    *slot = match item {
-                        Outbound::Message { frame, .. } | Outbound::Reply(frame) => frame,
-                    };
-                }
                 let written = tokio::select! {
                     biased;
-                    r = timeout(WRITE_TIMEOUT, frames::write_frames(&mut socket, opcode, &payloads[..n])) => r,
+                    r = timeout(WRITE_TIMEOUT, write_batch(&mut socket, opcode, &batch)) => r,
                     // Ended while a write is blocked: the frame may be cut, so
                     // the connection is dropped without a goodbye.
                     _ = session.ending.notified() => {
@@ -133,6 +127,25 @@ pub(super) async fn run(
         let goodbye = encode_reply(session.protocol, None, &Reply::Disconnect(d));
         let close = frames::close_payload(d.code, &d.reason);
         let _ = timeout(CLOSE_TIMEOUT, async {
+            // What was queued before the decision to close still goes out (the
+            // last replies, the messages of a draining node), except to a slow
+            // consumer, whose queue is the problem.
+            if d.code != super::SLOW_CONSUMER.code {
+                loop {
+                    batch.clear();
+                    while batch.len() < MAX_BATCH {
+                        match outbound.try_recv() {
+                            Ok(item) => batch.push(item),
+                            Err(_) => break,
+                        }
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let bytes = write_batch(&mut socket, opcode, &batch).await?;
+                    node.metrics.record_written(&batch, bytes);
+                }
+            }
             frames::write_frames(&mut socket, opcode, &[&goodbye]).await?;
             frames::write_control(&mut socket, OpCode::Close, &close).await
         })
@@ -140,6 +153,21 @@ pub(super) async fn run(
     }
     let _ = timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
     end
+}
+
+/// Writes a batch of queued frames in one vectored write; returns the bytes written.
+async fn write_batch(
+    socket: &mut OwnedWriteHalf,
+    opcode: OpCode,
+    batch: &[Outbound],
+) -> std::io::Result<usize> {
+    let mut payloads: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+    for (slot, item) in payloads.iter_mut().zip(batch) {
+        *slot = match item {
+            Outbound::Message { frame, .. } | Outbound::Reply(frame) => frame,
+        };
+    }
+    frames::write_frames(socket, opcode, &payloads[..batch.len()]).await
 }
 
 async fn write_timed<F: Future<Output = std::io::Result<()>>>(write: F) -> std::io::Result<()> {
