@@ -12,6 +12,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod http;
+pub mod jwt;
 pub mod node;
 pub mod raw_ws;
 pub mod redis;
@@ -27,6 +28,34 @@ pub use self::node::{CliOutput, Node, NodeBuilder, run_switchboard};
 pub use self::raw_ws::{RawFrame, RawWs};
 pub use self::redis::RedisServer;
 pub use self::ws::WsClient;
+
+/// The namespaces most issue-3 tests run with ([`NodeBuilder::namespaces`]); channels
+/// outside them get the defaults (no history, no presence, client publish allowed).
+pub const NAMESPACES_TOML: &str = r#"
+# Everything on.
+[namespaces.chat]
+history_size = 1000
+history_ttl = 300
+presence = true
+join_leave = true
+
+# History only: a big one, so recovery never falls out of it in a test.
+[namespaces.hist]
+history_size = 10000
+history_ttl = 300
+
+# A short history, to fall out of.
+[namespaces.small]
+history_size = 5
+
+# Presence only: no history, no join/leave.
+[namespaces.pres]
+presence = true
+
+# Clients may not publish here; the server API may.
+[namespaces.ro]
+client_publish = false
+"#;
 
 /// How long a test waits for something that should happen "now" (a reply, a push).
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,4 +171,16 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
 pub fn unique_channel(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `offset` of each message, in order; panics on a message without one.
+pub fn offsets(messages: &[serde_json::Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| {
+            m["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("message without an offset: {m}"))
+        })
+        .collect()
 }

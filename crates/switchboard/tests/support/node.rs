@@ -32,6 +32,7 @@ pub struct NodeBuilder {
     listen_flags: bool,
     wait_ready: bool,
     api_key: Option<String>,
+    config: Option<String>,
 }
 
 /// A running node. SIGKILLed on drop; its stderr is printed if the test is failing.
@@ -113,12 +114,29 @@ impl NodeBuilder {
         self.args(["--api-key", key])
     }
 
+    /// Writes `toml` to `config.toml` in the node's temp dir and passes `--config` with
+    /// its path (namespaces can only be configured this way).
+    pub fn config_toml(mut self, toml: &str) -> NodeBuilder {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// The kit's standard namespaces, [`super::NAMESPACES_TOML`].
+    pub fn namespaces(self) -> NodeBuilder {
+        self.config_toml(super::NAMESPACES_TOML)
+    }
+
     /// Spawns the node, reads its listening line and (by default) waits until ready.
     pub async fn start(self) -> Node {
         let dir = TempDir::new(&format!("node-{}", self.id));
         let stderr_path = dir.path().join("stderr.log");
         let stderr_file = std::fs::File::create(&stderr_path).expect("create stderr log");
         let mut cmd = base_command();
+        if let Some(toml) = &self.config {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, toml).expect("write config.toml");
+            cmd.arg("--config").arg(path);
+        }
         if self.listen_flags {
             cmd.args([
                 "--listen",
@@ -198,6 +216,7 @@ impl Node {
             listen_flags: true,
             wait_ready: true,
             api_key: None,
+            config: None,
         }
     }
 
@@ -281,6 +300,53 @@ impl Node {
             response.text()
         );
         response.json()
+    }
+
+    /// `POST /api/v1/publish` on a channel with history, asserting 200; returns the
+    /// answer's `(offset, epoch)`.
+    pub async fn publish_offset(&self, channel: &str, data: Value) -> (u64, String) {
+        let answer = self.publish(channel, data).await;
+        let offset = answer["offset"].as_u64().unwrap_or_else(|| {
+            panic!(
+                "publish to {channel} on node {}: answer without offset: {answer}",
+                self.id
+            )
+        });
+        let epoch = answer["epoch"].as_str().unwrap_or_else(|| {
+            panic!(
+                "publish to {channel} on node {}: answer without epoch: {answer}",
+                self.id
+            )
+        });
+        (offset, epoch.to_owned())
+    }
+
+    /// `GET /api/v1/channels/{channel}/history` with a query string (`""` or
+    /// `"?limit=3"`...).
+    pub async fn history_api(&self, channel: &str, query: &str) -> HttpResponse {
+        self.api(
+            "GET",
+            &format!("/api/v1/channels/{channel}/history{query}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/channels/{channel}/presence`.
+    pub async fn presence_api(&self, channel: &str) -> HttpResponse {
+        self.api("GET", &format!("/api/v1/channels/{channel}/presence"), None)
+            .await
+    }
+
+    /// `POST /api/v1/send` `{"user":user,"data":data}`.
+    pub async fn send_to_user(&self, user: &str, data: Value) -> HttpResponse {
+        let body = serde_json::json!({ "user": user, "data": data });
+        self.api("POST", "/api/v1/send", Some(&body)).await
+    }
+
+    /// `POST /api/v1/disconnect` with `body` (`{"user":U}` or `{"conn":ID}`).
+    pub async fn disconnect_api(&self, body: Value) -> HttpResponse {
+        self.api("POST", "/api/v1/disconnect", Some(&body)).await
     }
 
     /// `GET /api/v1/cluster` node ids, sorted.

@@ -11,6 +11,7 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -18,10 +19,22 @@ impl RedisServer {
     ///
     /// Panics with the install command if `redis-server` is not on PATH.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(false).await
+    }
+
+    /// Starts a `redis-server` that keeps its data across [`RedisServer::restart`]:
+    /// `--appendonly yes --appendfsync always` in its temp dir, so even a SIGKILL loses
+    /// nothing that was acknowledged.
+    pub async fn start_persistent() -> RedisServer {
+        RedisServer::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> RedisServer {
         let mut server = RedisServer {
             port: 0,
             dir: TempDir::new("redis"),
             child: None,
+            persistent,
         };
         // The port is free when picked but may be taken before redis binds it: retry.
         for _ in 0..5 {
@@ -51,7 +64,9 @@ impl RedisServer {
         }
     }
 
-    /// Kills the server (if running) and starts a fresh, empty one on the same port.
+    /// Kills the server (if running) and starts it again on the same port: empty, or,
+    /// for a [`RedisServer::start_persistent`] one, with its data reloaded from the
+    /// append-only file.
     pub async fn restart(&mut self) {
         self.kill();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -81,6 +96,11 @@ impl RedisServer {
             .await
             .expect("timed out running a redis command")
             .unwrap_or_else(|e| panic!("redis command {cmd:?} failed: {e}"))
+    }
+
+    /// `DBSIZE`: how many keys the server holds.
+    pub async fn dbsize(&self) -> i64 {
+        self.query(&::redis::cmd("DBSIZE")).await
     }
 
     /// `PUBSUB NUMSUB switchboard:ch:{CHANNEL}`: how many Redis connections (one per node)
@@ -134,7 +154,11 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(if self.persistent {
+                &["--appendonly", "yes", "--appendfsync", "always"][..]
+            } else {
+                &["--appendonly", "no"][..]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())

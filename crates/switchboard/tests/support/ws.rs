@@ -44,6 +44,27 @@ pub struct WsClient {
     pub welcome_frame: Option<ServerFrame>,
 }
 
+/// An upgrade refused with an HTTP answer.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The status.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl Refusal {
+    /// The first header of that (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// How an upgrade attempt ended.
 #[derive(Debug)]
 pub enum Upgrade {
@@ -87,6 +108,18 @@ impl WsClient {
         client
     }
 
+    /// Connects with `?token=TOKEN` (the browser way of passing a JWT), JSON framing;
+    /// reads the welcome.
+    pub async fn connect_with_token(url: &str, token: &str) -> WsClient {
+        WsClient::connect_json(&format!("{url}?token={token}")).await
+    }
+
+    /// Connects with `Authorization: Bearer TOKEN`, JSON framing; reads the welcome.
+    pub async fn connect_with_bearer(url: &str, token: &str) -> WsClient {
+        let auth = format!("Bearer {token}");
+        WsClient::connect_json_with(url, &[JSON_PROTOCOL], &[("Authorization", &auth)]).await
+    }
+
     /// Connects offering `switchboard.v1.proto`, reads and checks the welcome.
     pub async fn connect_proto(url: &str) -> WsClient {
         let (ws, protocol) = open(url, &[PROTO_PROTOCOL], &[])
@@ -127,6 +160,37 @@ impl WsClient {
                     .unwrap_or_default();
                 Upgrade::Refused(response.status().as_u16(), body)
             }
+            Err(e) => panic!("upgrade at {url} failed below HTTP: {e}"),
+        }
+    }
+
+    /// Attempts an upgrade; `None` when it was accepted (the connection is dropped),
+    /// else the refusal with its headers.
+    pub async fn refusal(
+        url: &str,
+        protocols: &[&str],
+        headers: &[(&str, &str)],
+    ) -> Option<Refusal> {
+        match open(url, protocols, headers).await {
+            Ok(_) => None,
+            Err(tungstenite::Error::Http(response)) => Some(Refusal {
+                status: response.status().as_u16(),
+                headers: response
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_ascii_lowercase(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+                body: response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default(),
+            }),
             Err(e) => panic!("upgrade at {url} failed below HTTP: {e}"),
         }
     }
@@ -392,6 +456,80 @@ impl WsClient {
         let reply = self.publish(channel, data).await;
         assert_eq!(reply["type"], "published", "publish to {channel}: {reply}");
         reply
+    }
+
+    /// Sends `command` with a fresh `id` added, and returns the reply carrying that id
+    /// (pushes before it are set aside).
+    pub async fn request(&mut self, mut command: Value) -> Value {
+        let id = self.next_id();
+        command["id"] = json!(id);
+        self.send_json(&command).await;
+        self.recv_reply(id).await
+    }
+
+    /// Subscribes with `recover: {"epoch": epoch, "offset": offset}` and waits for the
+    /// `subscribed` reply (panics on anything else). Recovered messages follow it.
+    pub async fn subscribe_recover(&mut self, channel: &str, epoch: &str, offset: u64) -> Value {
+        let reply = self
+            .request(json!({
+                "type": "subscribe",
+                "channel": channel,
+                "recover": {"epoch": epoch, "offset": offset},
+            }))
+            .await;
+        assert_eq!(
+            reply["type"],
+            "subscribed",
+            "{}: subscribe {channel} recovering from {epoch}/{offset}: {reply}",
+            self.describe()
+        );
+        assert_eq!(reply["channel"], channel, "subscribe {channel}: {reply}");
+        reply
+    }
+
+    /// The reply to `history` (a `history` frame or an `error`).
+    pub async fn history(
+        &mut self,
+        channel: &str,
+        limit: Option<u64>,
+        since: Option<(&str, u64)>,
+    ) -> Value {
+        let mut command = json!({"type": "history", "channel": channel});
+        if let Some(limit) = limit {
+            command["limit"] = json!(limit);
+        }
+        if let Some((epoch, offset)) = since {
+            command["since"] = json!({"epoch": epoch, "offset": offset});
+        }
+        self.request(command).await
+    }
+
+    /// The reply to `presence` (a `presence` frame or an `error`).
+    pub async fn presence(&mut self, channel: &str) -> Value {
+        self.request(json!({"type": "presence", "channel": channel}))
+            .await
+    }
+
+    /// The next `n` `message` pushes of `channel`, in order; other frames are set aside.
+    pub async fn recv_channel_messages(&mut self, channel: &str, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(
+                self.take_json(|v| v["type"] == "message" && v["channel"] == channel)
+                    .await,
+            );
+        }
+        out
+    }
+
+    /// Sends a JSON text frame; false instead of a panic if the socket refuses it (the
+    /// server may already have closed the connection).
+    pub async fn try_send_json(&mut self, value: &Value) -> bool {
+        matches!(
+            tokio::time::timeout(RECV_TIMEOUT, self.ws.send(Message::text(value.to_string())))
+                .await,
+            Ok(Ok(()))
+        )
     }
 
     /// Sends a ping and asserts the very next frame is its pong: proves nothing else was
