@@ -63,6 +63,10 @@ pub struct Opts {
     /// order of `--ws` to get per-node figures).
     #[arg(long = "node-pid", value_name = "PID")]
     pub node_pids: Vec<u32>,
+    /// Pid of the Redis server, to report its CPU per publish (history makes each publish
+    /// a Lua script there).
+    #[arg(long, value_name = "PID")]
+    pub redis_pid: Option<u32>,
     /// Connections being set up at once.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
@@ -97,7 +101,7 @@ struct SubscriberHandle {
 pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> {
     validate(opts)?;
     let (clk_tck, clk_tck_read) = procstat::clock_ticks_per_sec();
-    for &pid in &opts.node_pids {
+    for &pid in opts.node_pids.iter().chain(&opts.redis_pid) {
         Proc::Pid(pid)
             .sample()
             .with_context(|| format!("--node-pid {pid}: cannot read /proc/{pid}"))?;
@@ -168,6 +172,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
 
     tokio::time::sleep_until(warmup_end).await;
     let before = sample_all(&opts.node_pids);
+    let redis_before = opts.redis_pid.map(|pid| Proc::Pid(pid).sample());
     let counters_before = scrape::read_all(&endpoints).await;
     let mut tallies = Vec::new();
     for p in publishers {
@@ -199,6 +204,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     };
     let drain_secs = drain_started.elapsed().as_secs_f64();
     let after = sample_all(&opts.node_pids);
+    let redis_after = opts.redis_pid.map(|pid| Proc::Pid(pid).sample());
     let counters_after = scrape::read_all(&endpoints).await;
 
     for s in &subscribers {
@@ -230,6 +236,25 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     let per_node = add_subscribers(&mut report, &outcomes, opts.ws.len());
     report.latency = shared.latency.merged().summary();
     add_usage(&mut report, opts, &per_node, &before, &after, clk_tck);
+    if let (Some(pid), Some(b), Some(a)) = (opts.redis_pid, redis_before, redis_after) {
+        report.redis = Some(match (b, a) {
+            (Ok(b), Ok(a)) => ProcUsage {
+                label: format!("redis pid {pid}"),
+                pid: Some(pid),
+                deliveries: report.deliveries,
+                cpu_secs: Some(a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / clk_tck as f64),
+                rss_kb: a.rss_kb,
+                peak_rss_kb: a.peak_rss_kb,
+                error: None,
+            },
+            (Err(e), _) | (_, Err(e)) => ProcUsage {
+                label: format!("redis pid {pid}"),
+                pid: Some(pid),
+                error: Some(e.to_string()),
+                ..ProcUsage::default()
+            },
+        });
+    }
     report.node_counters = opts
         .api
         .iter()
@@ -389,6 +414,10 @@ fn add_subscribers(report: &mut Report, outcomes: &[Outcome], ws_nodes: usize) -
         report.out_of_order += o.out_of_order;
         report.unexpected_frames += o.unexpected;
         per_node[o.node] += o.received;
+        if let Some(check) = &o.offsets {
+            report.offsets.get_or_insert_default().add(check);
+            report.offset_subscribers += 1;
+        }
         if let Some(reason) = &o.ended {
             report.disconnected += 1;
             if report.disconnect_reasons.len() < 5 {

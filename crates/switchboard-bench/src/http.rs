@@ -97,17 +97,25 @@ impl ApiClient {
     /// be reused. Not cancel-safe: a cancelled call leaves the connection mid-request, so it
     /// is dropped and reopened (the timeout does exactly that).
     pub async fn publish(&mut self, body: Bytes) -> Outcome {
-        match tokio::time::timeout(self.timeout, self.post("/api/v1/publish", body)).await {
-            Ok(Ok(status)) => Outcome::Status(status),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Outcome::Transport(e)
-            }
-            Err(_) => {
-                self.conn = None;
-                Outcome::Transport(anyhow::anyhow!("no answer within {:?}", self.timeout))
-            }
+        match self.publish_with_reply(body).await {
+            Ok((status, _)) => Outcome::Status(status),
+            Err(e) => Outcome::Transport(e),
         }
+    }
+
+    /// As [`ApiClient::publish`], with the answer's body (`{"offset":N,"epoch":E}` on a
+    /// channel with history). `Err` means no answer.
+    pub async fn publish_with_reply(&mut self, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
+        let r = tokio::time::timeout(
+            self.timeout,
+            self.request(Method::POST, "/api/v1/publish", Some(body)),
+        )
+        .await;
+        let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", self.timeout)));
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
     }
 
     /// `GET path` (e.g. `/metrics`), with the answer's status and body. Not cancel-safe, as
@@ -119,10 +127,6 @@ impl ApiClient {
             self.conn = None;
         }
         r
-    }
-
-    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<StatusCode> {
-        Ok(self.request(Method::POST, path, Some(body)).await?.0)
     }
 
     async fn request(

@@ -10,9 +10,11 @@
 
 mod fanout;
 mod http;
+mod offsets;
 mod payload;
 mod procstat;
 mod publisher;
+mod recover;
 mod scrape;
 mod stats;
 mod subscriber;
@@ -23,7 +25,9 @@ use clap::{Parser, Subcommand};
 
 /// Load generator for Switchboard clusters.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+// A later option overrides an earlier one, so scripts can give defaults that the caller's
+// arguments (appended after them) replace.
+#[command(version, about, args_override_self = true)]
 struct Cli {
     /// Tokio worker threads of the generator (1 runs everything on one core).
     #[arg(long, global = true, default_value_t = 1)]
@@ -37,6 +41,40 @@ enum Command {
     /// Many subscribers on one channel, publishes at a fixed rate: deliveries/s, latency,
     /// loss, duplicates, order, and the nodes' CPU per delivery.
     Fanout(fanout::Opts),
+    /// Clients subscribed with history to a node that is then killed (SIGKILL): how long
+    /// they take to reconnect elsewhere and recover every missed message, checking offsets.
+    Recover(recover::Opts),
+}
+
+/// A finished run's report, whatever the scenario.
+trait RunReport {
+    fn render(&self) -> String;
+    fn json(&self) -> serde_json::Value;
+    fn failures(&self) -> Vec<String>;
+}
+
+impl RunReport for stats::Report {
+    fn render(&self) -> String {
+        stats::Report::render(self)
+    }
+    fn json(&self) -> serde_json::Value {
+        stats::Report::json(self)
+    }
+    fn failures(&self) -> Vec<String> {
+        stats::Report::failures(self)
+    }
+}
+
+impl RunReport for recover::RecoverReport {
+    fn render(&self) -> String {
+        recover::RecoverReport::render(self)
+    }
+    fn json(&self) -> serde_json::Value {
+        recover::RecoverReport::json(self)
+    }
+    fn failures(&self) -> Vec<String> {
+        recover::RecoverReport::failures(self)
+    }
 }
 
 fn main() -> ExitCode {
@@ -61,7 +99,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Fanout(opts) => fanout::run(opts, threads).await.map(|r| (r, opts.json)),
+            Command::Fanout(opts) => fanout::run(opts, threads)
+                .await
+                .map(|r| (Box::new(r) as Box<dyn RunReport>, opts.json)),
+            Command::Recover(opts) => recover::run(opts)
+                .await
+                .map(|r| (Box::new(r) as Box<dyn RunReport>, opts.json)),
         }
     });
     match result {

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 
 /// What a subscriber reads out of one `message` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub struct BodyBuilder {
 static SEQ_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
 static P_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"p\":"));
 static T_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"t\":"));
+// `offset` and `epoch` follow `data` in a node's frame: searching from the end finds the
+// frame's own keys even if some other publisher's `data` contained the same words.
+static OFFSET_KEY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"offset\":"));
+static EPOCH_KEY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"epoch\":"));
 
 impl BodyBuilder {
     /// A builder for `channel` (already validated: it needs no JSON escaping) whose `data`
@@ -82,6 +86,24 @@ pub fn parse_stamp(frame: &[u8]) -> Option<Stamp> {
     })
 }
 
+/// The channel offset of a `message` frame (`"offset":N`, present on channels with history);
+/// `None` when the frame has none.
+///
+/// Searched from the end of the frame, where the node writes it, after `data`.
+pub fn parse_offset(frame: &[u8]) -> Option<u64> {
+    let start = OFFSET_KEY.rfind(frame)? + OFFSET_KEY.needle().len();
+    leading_number(&frame[start..])
+}
+
+/// The epoch of a `message` frame (`"epoch":"E"`), without its quotes; `None` when the frame
+/// has none. Epochs are short random strings without escapes.
+pub fn parse_epoch(frame: &[u8]) -> Option<&[u8]> {
+    let start = EPOCH_KEY.rfind(frame)? + EPOCH_KEY.needle().len();
+    let rest = frame[start..].trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
 /// Microseconds since the Unix epoch, the clock shared by publishers and subscribers.
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -93,7 +115,12 @@ pub fn now_us() -> u64 {
 /// The unsigned integer that follows the first occurrence of `key`, skipping spaces.
 fn number_after(hay: &[u8], key: &Finder<'_>) -> Option<u64> {
     let start = key.find(hay)? + key.needle().len();
-    let rest = hay[start..].trim_ascii_start();
+    leading_number(&hay[start..])
+}
+
+/// The unsigned integer at the start of `hay`, after optional spaces.
+fn leading_number(hay: &[u8]) -> Option<u64> {
+    let rest = hay.trim_ascii_start();
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 19 {
         return None;
@@ -143,6 +170,23 @@ mod tests {
     fn parses_reordered_and_spaced_keys() {
         let frame = br#"{"type": "message", "data": {"p": 3, "pad": "x", "seq": 123456, "t": 1700000000123456}}"#;
         assert_eq!(parse_stamp(frame), Some(stamp()));
+    }
+
+    #[test]
+    fn parses_offset_and_epoch() {
+        let frame = br#"{"type":"message","channel":"hist:b","data":{"seq":1,"p":0,"t":5,"pad":"xx"},"offset":43,"epoch":"f3a9c2d1"}"#;
+        assert_eq!(parse_offset(frame), Some(43));
+        assert_eq!(parse_epoch(frame), Some(&b"f3a9c2d1"[..]));
+        // Data that mentions the same keys does not fool it: the frame's own keys come last.
+        let frame = br#"{"type":"message","channel":"c","data":{"offset":7,"epoch":"no"},"offset": 8,"epoch": "yes"}"#;
+        assert_eq!(parse_offset(frame), Some(8));
+        assert_eq!(parse_epoch(frame), Some(&b"yes"[..]));
+        // Channels without history: neither.
+        let plain = br#"{"type":"message","channel":"c","data":{"seq":1,"p":0,"t":5}}"#;
+        assert_eq!((parse_offset(plain), parse_epoch(plain)), (None, None));
+        assert_eq!(parse_offset(br#"{"offset":-1}"#), None);
+        assert_eq!(parse_epoch(br#"{"epoch":5}"#), None);
+        assert_eq!(parse_epoch(br#"{"epoch":"unterminated"#), None);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::offsets::OffsetCheck;
+
 /// End-to-end latency in microseconds: publisher's send time to subscriber's receive time.
 pub struct Latency(Histogram<u64>);
 
@@ -116,6 +118,10 @@ pub struct Report {
     pub disconnect_reasons: Vec<String>,
     /// `error` replies and unexpected frames seen by subscribers.
     pub unexpected_frames: u64,
+    /// Offset checks of all subscribers together, when the channel has history.
+    pub offsets: Option<OffsetCheck>,
+    /// Subscribers whose offsets were checked.
+    pub offset_subscribers: usize,
     /// Seconds from the last publish until every subscriber had the last message.
     pub drain_secs: f64,
     /// Whether the drain completed before its timeout.
@@ -126,6 +132,8 @@ pub struct Report {
     pub nodes: Vec<ProcUsage>,
     /// The generator itself.
     pub generator: ProcUsage,
+    /// The Redis server, when `--redis-pid` was given.
+    pub redis: Option<ProcUsage>,
     /// The nodes' own counters, one entry per `--api` node.
     pub node_counters: Vec<NodeCounters>,
     /// Generator runtime threads.
@@ -295,6 +303,9 @@ impl Report {
         if self.publishes_measured == 0 {
             f.push("nothing was published in the measure window".to_owned());
         }
+        if let Some(o) = &self.offsets {
+            f.extend(offset_failures(o));
+        }
         f
     }
 
@@ -368,6 +379,14 @@ impl Report {
         for r in &self.disconnect_reasons {
             let _ = writeln!(s, "             disconnect: {r}");
         }
+        if let Some(o) = &self.offsets {
+            let _ = writeln!(
+                s,
+                "offsets:     {} checked on {} subscriber(s): gaps {} ({} offsets skipped), \
+                 repeats {}, missing {}",
+                o.checked, self.offset_subscribers, o.gaps, o.skipped, o.repeats, o.missing
+            );
+        }
         let _ = writeln!(
             s,
             "latency ms:  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={})",
@@ -384,6 +403,19 @@ impl Report {
                     "nodes total: cpu {cpu:.2} s = {:.2} µs/delivery",
                     cpu * 1e6 / self.deliveries as f64
                 );
+            }
+        }
+        if let Some(r) = &self.redis {
+            let _ = write!(s, "{}", r.line());
+            match r.cpu_secs.filter(|_| self.publishes_measured > 0) {
+                Some(cpu) => {
+                    let _ = writeln!(
+                        s,
+                        "; {:.1} µs/publish",
+                        cpu * 1e6 / self.publishes_measured as f64
+                    );
+                }
+                None => s.push('\n'),
             }
         }
         for n in &self.node_counters {
@@ -453,6 +485,7 @@ impl Report {
             "out_of_order": self.out_of_order,
             "disconnected": self.disconnected,
             "unexpected_frames": self.unexpected_frames,
+            "offsets": self.offsets.as_ref().map(|o| offsets_json(o, self.offset_subscribers)),
             "drain_secs": self.drain_secs,
             "drained": self.drained,
             "latency_ms": {
@@ -461,6 +494,13 @@ impl Report {
             },
             "nodes": self.nodes.iter().map(ProcUsage::json).collect::<Vec<_>>(),
             "generator": self.generator.json(),
+            "redis": self.redis.as_ref().map(|r| {
+                let mut v = r.json();
+                v["cpu_us_per_publish"] = json!(r.cpu_secs
+                    .filter(|_| self.publishes_measured > 0)
+                    .map(|cpu| cpu * 1e6 / self.publishes_measured as f64));
+                v
+            }),
             "node_counters": self.node_counters.iter().map(|n| json!({
                 "api": n.api,
                 "deltas": n.deltas.as_ref().map(|d| d.iter()
@@ -474,6 +514,36 @@ impl Report {
             "ok": self.failures().is_empty(),
         })
     }
+}
+
+/// What an offset check found wrong, one line each.
+pub fn offset_failures(o: &OffsetCheck) -> Vec<String> {
+    let mut f = Vec::new();
+    if o.gaps > 0 {
+        f.push(format!(
+            "{} offset gaps ({} offsets skipped)",
+            o.gaps, o.skipped
+        ));
+    }
+    if o.repeats > 0 {
+        f.push(format!("{} repeated or late offsets", o.repeats));
+    }
+    if o.missing > 0 {
+        f.push(format!("{} messages without an offset", o.missing));
+    }
+    f
+}
+
+/// An offset check as JSON.
+pub fn offsets_json(o: &OffsetCheck, subscribers: usize) -> Value {
+    json!({
+        "subscribers": subscribers,
+        "checked": o.checked,
+        "gaps": o.gaps,
+        "skipped": o.skipped,
+        "repeats": o.repeats,
+        "missing": o.missing,
+    })
 }
 
 /// `switchboard_messages_delivered_total` -> `messages_delivered`, for the human report.
@@ -537,6 +607,18 @@ mod tests {
         );
         assert!(f.contains("4 publish errors"), "{f}");
         assert!(!f.contains("duplicate"), "{f}");
+        assert!(!f.contains("offset"), "{f}");
+        let gaps = Report {
+            publishes_measured: 10,
+            offsets: Some(OffsetCheck {
+                checked: 10,
+                gaps: 1,
+                skipped: 3,
+                ..OffsetCheck::default()
+            }),
+            ..Report::default()
+        };
+        assert_eq!(gaps.failures(), ["1 offset gaps (3 offsets skipped)"]);
     }
 
     #[test]

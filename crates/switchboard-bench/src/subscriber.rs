@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::offsets::OffsetCheck;
 use crate::payload::{self, Stamp};
 use crate::stats::ShardedLatency;
 
@@ -72,9 +73,12 @@ pub struct Outcome {
     pub unexpected: u64,
     /// Why the connection ended before `Stop`, if it did.
     pub ended: Option<String>,
+    /// The offset check, on a channel with history (its `subscribed` reply had an offset).
+    pub offsets: Option<OffsetCheck>,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// Runs one subscriber until `Stop` (or until its connection ends).
 ///
@@ -97,6 +101,7 @@ pub async fn run(
         out_of_order: 0,
         unexpected: 0,
         ended: None,
+        offsets: None,
     };
     let ws = {
         let _permit = setup.acquire().await;
@@ -109,7 +114,10 @@ pub async fn run(
                 ))
             });
         match connected {
-            Ok(ws) => ws,
+            Ok((ws, offset)) => {
+                out.offsets = offset.map(OffsetCheck::after);
+                ws
+            }
             Err(e) => {
                 let msg = format!("{url}: {e:#}");
                 let _ = ready.send(Err(msg.clone())).await;
@@ -183,6 +191,7 @@ async fn read_loop(
                 };
                 match payload::parse_stamp(text.as_bytes()) {
                     Some(stamp) => {
+                        check_offset(text.as_bytes(), out);
                         record(stamp, shared, &mut last_seen, out);
                         if !finished && target.as_ref().is_some_and(|t| caught_up(&last_seen, t)) {
                             finish(&mut finished);
@@ -226,6 +235,18 @@ fn record(stamp: Stamp, shared: &Shared, last_seen: &mut [u64], out: &mut Outcom
     }
 }
 
+/// On a channel with history, checks that this message's offset is the next one.
+fn check_offset(frame: &[u8], out: &mut Outcome) {
+    if let Some(check) = out.offsets.as_mut() {
+        match payload::parse_offset(frame) {
+            Some(offset) => {
+                check.see(offset);
+            }
+            None => check.missing += 1,
+        }
+    }
+}
+
 /// Handles a frame without a stamp: a `disconnect` notice is remembered, an `error` counted.
 fn control_frame(frame: &[u8], out: &mut Outcome) {
     let Ok(v) = serde_json::from_slice::<Value>(frame) else {
@@ -249,8 +270,22 @@ fn caught_up(last_seen: &[u64], target: &[u64]) -> bool {
         .all(|(seen, last)| seen >= last)
 }
 
-/// Connects, reads the welcome, subscribes and waits for `subscribed`.
-async fn connect(url: &str, shared: &Shared) -> anyhow::Result<Ws> {
+/// Connects, reads the welcome, subscribes and waits for `subscribed`; returns the socket
+/// and, on a channel with history, the newest offset the reply named.
+async fn connect(url: &str, shared: &Shared) -> anyhow::Result<(Ws, Option<u64>)> {
+    let ws = open(url, shared.ws_config).await?;
+    let cmd = serde_json::json!({"type": "subscribe", "id": 1, "channel": shared.channel});
+    let (ws, reply) = subscribe(ws, cmd).await?;
+    Ok((ws, reply["offset"].as_u64()))
+}
+
+/// Opens a WebSocket with the JSON subprotocol and reads the welcome.
+pub async fn open(url: &str, ws_config: WebSocketConfig) -> anyhow::Result<Ws> {
+    Ok(open_timed(url, ws_config).await?.0)
+}
+
+/// As [`open`], with the time the TCP connect took.
+pub async fn open_timed(url: &str, ws_config: WebSocketConfig) -> anyhow::Result<(Ws, Duration)> {
     let mut req = url.into_client_request().context("bad --ws URL")?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -262,11 +297,13 @@ async fn connect(url: &str, shared: &Shared) -> anyhow::Result<Ws> {
     }
     let host = uri.host().context("no host in --ws URL")?.to_owned();
     let port = uri.port_u16().unwrap_or(80);
+    let started = std::time::Instant::now();
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
         .context("connect")?;
+    let connect_time = started.elapsed();
     tcp.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(shared.ws_config))
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config))
         .await
         .context("websocket handshake")?;
 
@@ -274,14 +311,19 @@ async fn connect(url: &str, shared: &Shared) -> anyhow::Result<Ws> {
     if welcome["type"] != "welcome" {
         bail!("first frame is not a welcome: {welcome}");
     }
-    let cmd = serde_json::json!({"type": "subscribe", "id": 1, "channel": shared.channel});
+    Ok((ws, connect_time))
+}
+
+/// Sends the `subscribe` command `cmd` (whose `id` is 1) and waits for its `subscribed`
+/// reply, which it returns with the socket. Nothing of the channel arrives before the reply.
+pub async fn subscribe(mut ws: Ws, cmd: Value) -> anyhow::Result<(Ws, Value)> {
     ws.send(Message::text(cmd.to_string()))
         .await
         .context("sending subscribe")?;
     loop {
         let v = next_json(&mut ws).await.context("waiting for subscribed")?;
         match v["type"].as_str() {
-            Some("subscribed") if v["id"] == 1 => return Ok(ws),
+            Some("subscribed") if v["id"] == 1 => return Ok((ws, v)),
             Some("error") => bail!("subscribe refused: {v}"),
             Some("disconnect") => bail!("disconnected while subscribing: {v}"),
             _ => {}
@@ -326,6 +368,7 @@ mod tests {
             out_of_order: 0,
             unexpected: 0,
             ended: None,
+            offsets: None,
         }
     }
 
@@ -367,6 +410,33 @@ mod tests {
         assert_eq!(last, vec![5, 1]);
         assert_eq!(s.latency.merged().summary().count, 4);
         assert!(caught_up(&last, &[5, 1]) && !caught_up(&last, &[5, 2]));
+    }
+
+    #[test]
+    fn offsets_are_checked_only_with_history() {
+        let frame = |offset: u64| {
+            format!(
+                r#"{{"type":"message","channel":"h:a","data":{{"seq":{offset},"p":0,"t":1}},"offset":{offset},"epoch":"e"}}"#
+            )
+        };
+        let mut plain = outcome();
+        check_offset(frame(9).as_bytes(), &mut plain);
+        assert_eq!(plain.offsets, None);
+
+        let mut hist = outcome();
+        hist.offsets = Some(OffsetCheck::after(3));
+        for offset in [4, 5, 5, 7] {
+            check_offset(frame(offset).as_bytes(), &mut hist);
+        }
+        check_offset(
+            br#"{"type":"message","channel":"h:a","data":{"seq":1,"p":0,"t":1}}"#,
+            &mut hist,
+        );
+        let c = hist.offsets.unwrap();
+        assert_eq!(
+            (c.last, c.checked, c.gaps, c.skipped, c.repeats, c.missing),
+            (7, 4, 1, 1, 1, 1)
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@ mod mock;
 use mock::{Fault, Mock, start_mock};
 
 fn run_bench(mock: &Mock) -> (i32, serde_json::Value) {
+    run_bench_on(mock, "bench:t")
+}
+
+fn run_bench_on(mock: &Mock, channel: &str) -> (i32, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
         .args([
             "fanout",
@@ -27,7 +31,7 @@ fn run_bench(mock: &Mock) -> (i32, serde_json::Value) {
             "--payload",
             "100",
             "--channel",
-            "bench:t",
+            channel,
             "--json",
         ])
         .args([
@@ -77,4 +81,34 @@ fn duplicates_are_caught() {
     assert_eq!(code, 1, "{r:#}");
     assert!(r["duplicated"].as_u64().unwrap() > 0, "{r:#}");
     assert_eq!(r["lost"], 0, "{r:#}");
+}
+
+#[test]
+fn offsets_are_checked_on_history_channels() {
+    let (code, r) = run_bench_on(&start_mock(Fault::None), "hist:t");
+    assert_eq!(code, 0, "{r:#}");
+    let o = &r["offsets"];
+    assert_eq!(o["subscribers"], 50, "{r:#}");
+    // Every message, warm-up included, by every subscriber.
+    let attempted = r["publishes_attempted"].as_u64().unwrap();
+    assert_eq!(o["checked"].as_u64(), Some(attempted * 50), "{r:#}");
+    assert_eq!(
+        (&o["gaps"], &o["repeats"], &o["missing"]),
+        (&0.into(), &0.into(), &0.into())
+    );
+    // Without history nothing is checked.
+    let (_, plain) = run_bench(&start_mock(Fault::None));
+    assert!(plain["offsets"].is_null(), "{plain:#}");
+}
+
+#[test]
+fn offset_gaps_and_repeats_are_caught() {
+    let (code, r) = run_bench_on(&start_mock(Fault::Drop), "hist:t");
+    assert_eq!(code, 1, "{r:#}");
+    assert!(r["offsets"]["gaps"].as_u64().unwrap() > 0, "{r:#}");
+    let failures = r["failures"].to_string();
+    assert!(failures.contains("offset gaps"), "{failures}");
+    let (code, r) = run_bench_on(&start_mock(Fault::Duplicate), "hist:t");
+    assert_eq!(code, 1, "{r:#}");
+    assert!(r["offsets"]["repeats"].as_u64().unwrap() > 0, "{r:#}");
 }

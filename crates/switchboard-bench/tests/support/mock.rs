@@ -1,5 +1,8 @@
 //! A tiny in-process stand-in for a Switchboard node: `/ws` with the JSON subprotocol
 //! (welcome, subscribe, messages) and `POST /api/v1/publish`, one channel bus for everyone.
+//! Channels named `hist:...` behave as if their namespace kept history: every publish gets the
+//! next offset (one counter for all of them), messages carry `offset` and `epoch`, and
+//! `subscribed` names the newest offset (no history is kept, so `recover` is not supported).
 //! Enough to check the generator's own accounting, and to measure the generator's cost
 //! without a real node (`cargo run --release -p switchboard-bench --example mock_node`).
 
@@ -63,9 +66,10 @@ pub fn start_mock(fault: Fault) -> Mock {
             let (bus, _) = broadcast::channel::<Arc<str>>(65536);
             let count = Arc::new(AtomicU64::new(0));
             let ws_bus = bus.clone();
+            let ws_count = count.clone();
             tokio::spawn(async move {
                 while let Ok((tcp, _)) = ws.accept().await {
-                    tokio::spawn(serve_ws(tcp, ws_bus.subscribe()));
+                    tokio::spawn(serve_ws(tcp, ws_bus.subscribe(), ws_count.clone()));
                 }
             });
             while let Ok((tcp, _)) = api.accept().await {
@@ -80,7 +84,11 @@ pub fn start_mock(fault: Fault) -> Mock {
 
 // The callback's error type is tungstenite's, not ours.
 #[allow(clippy::result_large_err)]
-async fn serve_ws(tcp: tokio::net::TcpStream, mut bus: broadcast::Receiver<Arc<str>>) {
+async fn serve_ws(
+    tcp: tokio::net::TcpStream,
+    mut bus: broadcast::Receiver<Arc<str>>,
+    count: Arc<AtomicU64>,
+) {
     let cb = |_: &WsRequest, mut resp: WsResponse| {
         resp.headers_mut().insert(
             "Sec-WebSocket-Protocol",
@@ -103,7 +111,12 @@ async fn serve_ws(tcp: tokio::net::TcpStream, mut bus: broadcast::Receiver<Arc<s
                     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                     assert_eq!(v["type"], "subscribe");
                     subscribed = true;
-                    let reply = format!(r#"{{"type":"subscribed","id":{},"channel":{}}}"#, v["id"], v["channel"]);
+                    let history = if v["channel"].as_str().unwrap().starts_with("hist:") {
+                        format!(r#","epoch":"e1","offset":{},"recovered":false"#, count.load(Ordering::Relaxed))
+                    } else {
+                        String::new()
+                    };
+                    let reply = format!(r#"{{"type":"subscribed","id":{},"channel":{}{history}}}"#, v["id"], v["channel"]);
                     if ws.send(Message::text(reply)).await.is_err() {
                         return;
                     }
@@ -138,17 +151,25 @@ async fn publish(
     }
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+    let (history, answer) = if v["channel"].as_str().unwrap().starts_with("hist:") {
+        (
+            format!(r#","offset":{n},"epoch":"e1""#),
+            format!(r#"{{"offset":{n},"epoch":"e1"}}"#),
+        )
+    } else {
+        (String::new(), "{}".to_owned())
+    };
     let frame: Arc<str> = format!(
-        r#"{{"type":"message","channel":{},"data":{}}}"#,
+        r#"{{"type":"message","channel":{},"data":{}{history}}}"#,
         v["channel"], v["data"]
     )
     .into();
-    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
     if !(fault == Fault::Drop && n.is_multiple_of(7)) {
         let _ = bus.send(frame.clone());
     }
     if fault == Fault::Duplicate && n.is_multiple_of(5) {
         let _ = bus.send(frame);
     }
-    Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    Ok(Response::new(Full::new(Bytes::from(answer))))
 }

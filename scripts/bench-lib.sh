@@ -1,0 +1,72 @@
+# Shared by the scripts/bench-*.sh benchmarks (sourced, not run): a private redis-server and
+# release nodes on free ports, all stopped when the calling script exits.
+#
+#   source "$(dirname "$0")/bench-lib.sh"
+#   bench_init                      # build, temp dir, cleanup trap
+#   start_redis                     # REDIS_PORT, REDIS_PID
+#   start_node a [node flags...]    # NODE_WS, NODE_API, NODE_PID of the node just started
+#
+# NODE_PREFIX (optional) is put before the node's command line, e.g. `taskset -c 1`, or `env`
+# with an LD_PRELOAD for an experiment.
+#
+# Nodes get --ip-connect-rate 100000: every benchmark client connects from 127.0.0.1, and
+# the default of 50 new connections per second per IP (NODE-CONTRACT.md, issue 3) would
+# refuse most of a 1,000-client setup (HTTP 429).
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BENCH_PIDS=()
+BENCH_WORK=
+
+bench_cleanup() {
+  local pid
+  for pid in "${BENCH_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${BENCH_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [[ -n $BENCH_WORK ]] && rm -rf "$BENCH_WORK"
+}
+
+bench_init() {
+  cargo build --release -q -p switchboard -p switchboard-bench
+  command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server" >&2; exit 2; }
+  BENCH_WORK=$(mktemp -d)
+  trap bench_cleanup EXIT
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_redis() {
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$BENCH_WORK" \
+    >"$BENCH_WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  BENCH_PIDS+=("$REDIS_PID")
+  local _
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "redis-server did not start:" >&2; cat "$BENCH_WORK/redis.log" >&2; exit 2
+}
+
+# start_node NAME [extra switchboard flags...]
+start_node() {
+  local name=$1; shift
+  # shellcheck disable=SC2086 # NODE_PREFIX is a command prefix: split on purpose
+  ${NODE_PREFIX:-} target/release/switchboard --redis-url "redis://127.0.0.1:$REDIS_PORT" --node-id "bench-$name" \
+    --listen 127.0.0.1:0 --internal-listen 127.0.0.1:0 --log-level warn \
+    --ip-connect-rate 100000 "$@" \
+    >"$BENCH_WORK/$name.out" 2>"$BENCH_WORK/$name.err" &
+  NODE_PID=$!
+  BENCH_PIDS+=("$NODE_PID")
+  local _ line public internal
+  for _ in $(seq 200); do grep -qs '^switchboard listening' "$BENCH_WORK/$name.out" && break; sleep 0.05; done
+  line=$(grep -s '^switchboard listening' "$BENCH_WORK/$name.out") || { cat "$BENCH_WORK/$name.err" >&2; exit 2; }
+  public=${line#*public=}; public=${public%% *}
+  internal=${line#*internal=}
+  NODE_WS="ws://$public/ws"
+  NODE_API="http://$internal"
+  for _ in $(seq 200); do curl -sf "$NODE_API/readyz" >/dev/null && return 0; sleep 0.05; done
+  echo "node $name is not ready:" >&2; cat "$BENCH_WORK/$name.err" >&2; exit 2
+}
+
+# One line describing the machine and the moment, for BENCHMARKS.md.
+machine_line() {
+  echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(uname -r), redis $(redis-server --version | grep -o 'v=[0-9.]*'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+}
