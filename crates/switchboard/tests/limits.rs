@@ -58,7 +58,9 @@ async fn message_rate_is_limited_then_abuse_is_disconnected_with_4029() {
     const BURST: u64 = 20;
     let node = Node::start(
         "node-rate",
-        &["--client-rate", "10", "--client-burst", &BURST.to_string()],
+        // One command a second once the burst is spent: slow enough that timing
+        // cannot blur the count.
+        &["--client-rate", "1", "--client-burst", &BURST.to_string()],
     )
     .await;
     let mut bystander = Bystander::join(&node).await;

@@ -204,7 +204,19 @@ async fn presence_of_a_killed_node_expires_with_the_registry() {
     let survivors = members(&[&on_a]);
     wait_presence(&a, &ch, &survivors, Duration::from_secs(5)).await;
     assert_presence_command(&mut on_a, &ch, &survivors).await;
-    assert_eq!(a.cluster_ids().await, ["node-a"]);
+    eventually(
+        "node-a to drop node-b from the cluster too",
+        Duration::from_secs(5),
+        || async {
+            let ids = a.cluster_ids().await;
+            if ids == ["node-a"] {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

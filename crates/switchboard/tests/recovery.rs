@@ -585,3 +585,82 @@ async fn a_publish_racing_a_recovering_subscribe_is_seen_exactly_once() {
     }
     expect_messages(&mut anchor, &ch, 1, ROUNDS, &epoch).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_and_history_over_the_proto_subprotocol() {
+    use switchboard_proto::client::{
+        HistoryRequest, StreamPosition, SubscribeRequest, client_frame::Command,
+        server_frame::Frame,
+    };
+    let redis = RedisServer::start().await;
+    let a = Node::builder("node-a")
+        .redis(&redis)
+        .namespaces()
+        .start()
+        .await;
+    let b = Node::builder("node-b")
+        .redis(&redis)
+        .namespaces()
+        .start()
+        .await;
+    let ch = unique_channel("hist:proto");
+    let mut json_client = WsClient::connect_json(&a.ws_url()).await;
+    let epoch = subscribe_fresh(&mut json_client, &ch, 0).await;
+    for n in 1..=5 {
+        a.publish(&ch, json!({"n": n})).await;
+    }
+
+    let mut proto = WsClient::connect_proto(&b.ws_url()).await;
+    let id = proto
+        .send_command(Command::Subscribe(SubscribeRequest {
+            channel: ch.clone(),
+            recover: Some(StreamPosition {
+                epoch: epoch.clone(),
+                offset: 2,
+            }),
+        }))
+        .await;
+    let reply = proto.recv_frame().await;
+    assert_eq!(reply.id, id, "{reply:?}");
+    match reply.frame {
+        Some(Frame::Subscribed(s)) => {
+            assert_eq!(s.epoch.as_deref(), Some(epoch.as_str()), "{s:?}");
+            assert_eq!((s.offset, s.recovered), (Some(5), Some(true)), "{s:?}");
+        }
+        other => panic!("proto subscribe with recover: {other:?}"),
+    }
+    for n in 3..=5u64 {
+        let m = proto.recv_frame_message().await;
+        assert_eq!(
+            (m.offset, m.epoch.as_deref()),
+            (Some(n), Some(epoch.as_str())),
+            "{m:?}"
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&m.data).expect("JSON bytes"),
+            json!({"n": n})
+        );
+    }
+
+    let id = proto
+        .send_command(Command::History(HistoryRequest {
+            channel: ch.clone(),
+            limit: Some(2),
+            since: None,
+        }))
+        .await;
+    let reply = proto.recv_frame().await;
+    assert_eq!(reply.id, id, "{reply:?}");
+    match reply.frame {
+        Some(Frame::History(h)) => {
+            assert_eq!(
+                (h.channel.as_str(), h.epoch.as_str(), h.offset),
+                (ch.as_str(), epoch.as_str(), 5)
+            );
+            let offsets: Vec<Option<u64>> = h.messages.iter().map(|m| m.offset).collect();
+            assert_eq!(offsets, [Some(4), Some(5)], "{h:?}");
+        }
+        other => panic!("proto history: {other:?}"),
+    }
+    proto.proto_ping_pong().await;
+}
