@@ -81,10 +81,9 @@ impl Subscription {
     }
 
     fn deliver(&self, item: Outbound, capacity: usize) {
-        let offset = item.offset();
-        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
-            return;
-        }
+        // Buffering is checked first: `go_live` sets the floor before it
+        // clears the flag, so a delivery that finds the flag clear (or the
+        // buffer gone, under its lock) reads the final floor below.
         if self.buffering.load(Ordering::Acquire) {
             let mut buffer = crate::lock(&self.buffer);
             if let Some(buffer) = buffer.as_mut() {
@@ -95,6 +94,10 @@ impl Subscription {
                 }
                 return;
             }
+        }
+        let offset = item.offset();
+        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+            return;
         }
         self.session.push(item);
     }
