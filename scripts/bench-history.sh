@@ -51,8 +51,8 @@ for rate in $RATES; do
 done
 
 echo
-echo "| publishes/s | channel | deliveries/s | lost / dup / out of order | offsets checked / gaps / repeats | p50 | p99 | p99.9 | max | node CPU per delivery (both nodes) | Redis CPU per publish | generator CPU per delivery | result |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| publishes/s | channel | deliveries/s | lost / dup / out of order | offsets checked / gaps / repeats | p50 | p99 | p99.9 | max | node CPU per delivery (both nodes) | Redis CPU per publish | generator CPU per delivery | machine busy / other processes (cores) | result |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for r in "${results[@]}"; do
   jq -r '
     def f(n): (n * 100 | round) / 100;
@@ -66,6 +66,7 @@ for r in "${results[@]}"; do
       (if .deliveries > 0 then "\(f(([.nodes[].cpu_secs] | add) * 1e6 / .deliveries)) µs" else "-" end),
       (if .redis.cpu_us_per_publish then "\(f(.redis.cpu_us_per_publish)) µs" else "-" end),
       (if .generator.cpu_us_per_delivery then "\(f(.generator.cpu_us_per_delivery)) µs" else "-" end),
+      (if .machine then "\(f(.machine.busy_cores)) / \(f(.machine.other_cores))" else "-" end),
       (if .ok then "OK" else "FAILED: " + (.failures | join("; ")) end)
     ] | "| " + join(" | ") + " |"' <<<"$r"
 done

@@ -26,7 +26,7 @@ use crate::payload::{self, BodyBuilder};
 use crate::procstat::{self, Proc, Sample};
 use crate::publisher::{self, Plan, Tally};
 use crate::scrape::{self, COUNTERS};
-use crate::stats::{NodeCounters, ProcUsage, Report, ShardedLatency};
+use crate::stats::{MachineUsage, NodeCounters, ProcUsage, Report, ShardedLatency};
 use crate::subscriber::{self, Control, Outcome, Shared};
 
 /// Options of `switchboard-bench fanout`.
@@ -173,6 +173,8 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     tokio::time::sleep_until(warmup_end).await;
     let before = sample_all(&opts.node_pids);
     let redis_before = opts.redis_pid.map(|pid| Proc::Pid(pid).sample());
+    let machine_before = procstat::machine_ticks().ok();
+    let window_started = Instant::now();
     let counters_before = scrape::read_all(&endpoints).await;
     let mut tallies = Vec::new();
     for p in publishers {
@@ -205,6 +207,8 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
     let drain_secs = drain_started.elapsed().as_secs_f64();
     let after = sample_all(&opts.node_pids);
     let redis_after = opts.redis_pid.map(|pid| Proc::Pid(pid).sample());
+    let machine_after = procstat::machine_ticks().ok();
+    let window_secs = window_started.elapsed().as_secs_f64();
     let counters_after = scrape::read_all(&endpoints).await;
 
     for s in &subscribers {
@@ -230,6 +234,13 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<Report> 
         runtime_threads,
         clk_tck,
         clk_tck_read,
+        machine: machine_before
+            .zip(machine_after)
+            .map(|(b, a)| MachineUsage {
+                busy_secs: a.busy.saturating_sub(b.busy) as f64 / clk_tck as f64,
+                total_secs: a.total.saturating_sub(b.total) as f64 / clk_tck as f64,
+                window_secs,
+            }),
         ..Report::default()
     };
     add_publishers(&mut report, &tallies);

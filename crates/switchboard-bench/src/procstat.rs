@@ -70,6 +70,43 @@ pub fn clock_ticks_per_sec() -> (u64, bool) {
     }
 }
 
+/// CPU time of the whole machine so far, in clock ticks: all CPUs together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// Time spent running anything (user, nice, system, irq, softirq, steal).
+    pub busy: u64,
+    /// Busy plus idle and iowait.
+    pub total: u64,
+}
+
+/// Reads the machine's CPU time from `/proc/stat`, to tell how busy the machine was
+/// during a run, and how much of that was other processes.
+pub fn machine_ticks() -> io::Result<MachineTicks> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    parse_proc_stat(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/stat: no cpu line"))
+}
+
+/// The aggregate `cpu` line of `/proc/stat`: user nice system idle iowait irq softirq steal
+/// (guest time is already counted in user).
+fn parse_proc_stat(stat: &str) -> Option<MachineTicks> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    if f.len() < 4 {
+        return None;
+    }
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    Some(MachineTicks {
+        busy,
+        total: busy + at(3) + at(4),
+    })
+}
+
 /// The soft limit on open files (`/proc/self/limits`), `None` if unlimited or unreadable.
 pub fn open_files_limit() -> Option<u64> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
@@ -129,6 +166,21 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmRSS"), Some(40960));
         assert_eq!(parse_status_kb(status, "VmHWM"), Some(51200));
         assert_eq!(parse_status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn proc_stat_cpu_line() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 50 2 25 500 10 1 1 0 3 0\nintr 1 2\n";
+        assert_eq!(
+            parse_proc_stat(stat),
+            Some(MachineTicks {
+                busy: 161,
+                total: 1181
+            })
+        );
+        assert_eq!(parse_proc_stat("cpu  1 2\n"), None);
+        assert_eq!(parse_proc_stat("intr 1\n"), None);
+        assert!(machine_ticks().unwrap().total > 0);
     }
 
     #[test]

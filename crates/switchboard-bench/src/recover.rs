@@ -38,7 +38,7 @@ use crate::http::{ApiClient, ApiEndpoint};
 use crate::offsets::OffsetCheck;
 use crate::payload::{self, BodyBuilder, Stamp};
 use crate::procstat::{self, Proc, Sample};
-use crate::stats::{Latency, LatencySummary, offset_failures, offsets_json};
+use crate::stats::{Latency, LatencySummary, MachineUsage, offset_failures, offsets_json};
 use crate::subscriber::{self, Ws};
 
 /// Options of `switchboard-bench recover`.
@@ -713,6 +713,7 @@ pub struct RecoverReport {
     nodes: Vec<(u32, NodeUsage)>,
     generator_cpu_secs: Option<f64>,
     recovery_window_secs: f64,
+    machine: Option<MachineUsage>,
 }
 
 /// Runs the scenario; `Err` only when it could not be set up.
@@ -780,6 +781,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
         .map(|&p| Proc::Pid(p).sample())
         .collect();
     let me_before = Proc::Me.sample();
+    let machine_before = procstat::machine_ticks().ok();
     let offset_at_kill = last_offset.load(Ordering::Acquire);
     let kill_at = Instant::now();
     let _ = shared.kill_at.set(kill_at);
@@ -820,6 +822,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
         .map(|&p| Proc::Pid(p).sample())
         .collect();
     let me_after = Proc::Me.sample();
+    let machine_after = procstat::machine_ticks().ok();
     eprintln!(
         "{}/{} settled {recovery_window_secs:.3} s after the kill; publishing {:.1} s more",
         shared.settled.load(Ordering::Acquire),
@@ -891,6 +894,13 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
             (Ok(b), Ok(a)) => Some(cpu(b, a)),
             _ => None,
         },
+        machine: machine_before
+            .zip(machine_after)
+            .map(|(b, a)| MachineUsage {
+                busy_secs: a.busy.saturating_sub(b.busy) as f64 / clk_tck as f64,
+                total_secs: a.total.saturating_sub(b.total) as f64 / clk_tck as f64,
+                window_secs: recovery_window_secs,
+            }),
         final_nodes: vec![0; opts.ws.len()],
         tally,
         ..RecoverReport::default()
@@ -1220,6 +1230,22 @@ impl RecoverReport {
         if let Some(cpu) = self.generator_cpu_secs {
             let _ = writeln!(s, "generator: cpu {cpu:.2} s in the same window");
         }
+        if let Some(m) = &self.machine {
+            let ours: f64 = self
+                .nodes
+                .iter()
+                .filter_map(|(_, u)| u.as_ref().ok().map(|(cpu, _)| *cpu))
+                .chain(self.generator_cpu_secs)
+                .sum();
+            let _ = writeln!(
+                s,
+                "machine: {:.2} of {:.2} cores busy in the same window; other processes \
+                 (Redis included) {:.2} cores",
+                m.busy_cores(),
+                m.cores(),
+                m.other_cores(ours)
+            );
+        }
         let failures = self.failures();
         if failures.is_empty() {
             s.push_str("result:       OK\n");
@@ -1286,6 +1312,7 @@ impl RecoverReport {
                 Err(e) => json!({"pid": pid, "error": e}),
             }).collect::<Vec<_>>(),
             "generator_cpu_secs": self.generator_cpu_secs,
+            "machine_busy_cores": self.machine.map(|m| m.busy_cores()),
             "failures": self.failures(),
             "ok": self.failures().is_empty(),
         });

@@ -59,6 +59,46 @@ pub struct ProcUsage {
     pub error: Option<String>,
 }
 
+/// The whole machine's CPU over the measure window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineUsage {
+    /// CPU seconds spent running anything, all CPUs together.
+    pub busy_secs: f64,
+    /// CPU seconds available (busy + idle), all CPUs together.
+    pub total_secs: f64,
+    /// Wall-clock length of the window, seconds.
+    pub window_secs: f64,
+}
+
+impl MachineUsage {
+    /// Cores the machine has, as seen over the window.
+    pub fn cores(&self) -> f64 {
+        if self.window_secs > 0.0 {
+            self.total_secs / self.window_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Cores busy on average.
+    pub fn busy_cores(&self) -> f64 {
+        if self.window_secs > 0.0 {
+            self.busy_secs / self.window_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Cores busy with processes other than `ours` (CPU seconds of the measured processes).
+    pub fn other_cores(&self, ours: f64) -> f64 {
+        if self.window_secs > 0.0 {
+            ((self.busy_secs - ours) / self.window_secs).max(0.0)
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Changes of a node's own counters over the measure window (see [`crate::scrape`]).
 #[derive(Debug, Clone, Default)]
 pub struct NodeCounters {
@@ -134,6 +174,8 @@ pub struct Report {
     pub generator: ProcUsage,
     /// The Redis server, when `--redis-pid` was given.
     pub redis: Option<ProcUsage>,
+    /// The whole machine over the window, when `/proc/stat` was readable.
+    pub machine: Option<MachineUsage>,
     /// The nodes' own counters, one entry per `--api` node.
     pub node_counters: Vec<NodeCounters>,
     /// Generator runtime threads.
@@ -269,6 +311,16 @@ impl Report {
                 .iter()
                 .map(|(_, n)| n)
                 .sum::<u64>()
+    }
+
+    /// CPU seconds of the nodes, Redis and the generator over the window (those known).
+    pub fn measured_cpu_secs(&self) -> f64 {
+        self.nodes
+            .iter()
+            .chain(&self.redis)
+            .chain(std::iter::once(&self.generator))
+            .filter_map(|u| u.cpu_secs)
+            .sum()
     }
 
     /// Measured publishes per second.
@@ -436,6 +488,15 @@ impl Report {
             self.generator.line(),
             self.runtime_threads
         );
+        if let Some(m) = &self.machine {
+            let _ = writeln!(
+                s,
+                "machine:     {:.2} of {:.2} cores busy over the window; other processes {:.2} cores",
+                m.busy_cores(),
+                m.cores(),
+                m.other_cores(self.measured_cpu_secs())
+            );
+        }
         let _ = writeln!(
             s,
             "cpu times in clock ticks of 1/{} s ({})",
@@ -507,6 +568,11 @@ impl Report {
                     .map(|(name, v)| ((*name).to_owned(), json!(v)))
                     .collect::<serde_json::Map<_, _>>()),
             })).collect::<Vec<_>>(),
+            "machine": self.machine.map(|m| json!({
+                "cores": m.cores(),
+                "busy_cores": m.busy_cores(),
+                "other_cores": m.other_cores(self.measured_cpu_secs()),
+            })),
             "runtime_threads": self.runtime_threads,
             "clk_tck": self.clk_tck,
             "clk_tck_read": self.clk_tck_read,
