@@ -8,6 +8,11 @@
 #   scripts/bench-history.sh [switchboard-bench fanout options...]
 #   RATES="100 200" HISTORY_SIZE=100 HISTORY_TTL=300 scripts/bench-history.sh --duration 20
 #
+# Before each run it waits (up to IDLE_WAIT=300 s) for the shared machine to be idle; each
+# report's "machine:" line says how many cores other processes used during the run anyway, and
+# a run where they used more than MAX_OTHER (0.15) cores is repeated, up to RETRIES (3) times
+# in all; the table keeps the run with the least outside load (its last column).
+#
 # Prints each run's report, then one Markdown table of all runs. Exit status 1 if any run
 # failed its checks (loss, duplicates, order, offset gaps or repeats, publish errors).
 set -euo pipefail
@@ -35,18 +40,37 @@ machine_line
 echo "# history: [namespaces.hist] history_size = $HISTORY_SIZE, history_ttl = $HISTORY_TTL; rates: $RATES"
 status=0
 results=()
-for rate in $RATES; do
-  for channel in plain:bench hist:bench; do
-    out="$BENCH_WORK/run-$rate-${channel%%:*}.out"
+# One run, repeated (up to RETRIES times) while other processes used more than MAX_OTHER
+# cores during it; the run with the least outside load is kept (a failed run always is).
+run_one() {
+  local rate=$1 channel=$2 try best="" best_other="" rc other out
+  shift 2
+  for try in $(seq "${RETRIES:-3}"); do
+    out="$BENCH_WORK/run-$rate-${channel%%:*}-$try.out"
     echo
-    echo "## $channel at $rate publishes/s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    wait_idle
+    echo "## $channel at $rate publishes/s, try $try (load $(cut -d' ' -f1-3 /proc/loadavg))"
     rc=0
     target/release/switchboard-bench fanout "${ws[@]}" "${api[@]}" "${node_pids[@]}" \
       --redis-pid "$REDIS_PID" --subscribers 1000 --payload 64 --duration 20 --warmup 3 \
       --rate "$rate" --channel "$channel" --json "$@" >"$out" || rc=$?
     sed '$d' "$out"
-    if [[ $rc -ne 0 ]]; then status=1; fi
-    if [[ $rc -le 1 ]]; then results+=("$(tail -n 1 "$out")"); fi
+    if [[ $rc -gt 1 ]]; then status=1; return; fi
+    # A run that found a problem is kept whatever the load: retries must not hide it.
+    if [[ $rc -eq 1 ]]; then best=$out; break; fi
+    other=$(tail -n 1 "$out" | jq -r '.machine.other_cores // 0')
+    if [[ -z $best ]] || awk -v a="$other" -v b="$best_other" 'BEGIN { exit !(a < b) }'; then
+      best=$out best_other=$other
+    fi
+    awk -v a="$other" -v m="${MAX_OTHER:-0.15}" 'BEGIN { exit !(a <= m) }' && break
+    echo "# other processes used $other cores during this run: measuring again"
+  done
+  tail -n 1 "$best" | jq -e '.ok' >/dev/null || status=1
+  results+=("$(tail -n 1 "$best")")
+}
+for rate in $RATES; do
+  for channel in plain:bench hist:bench; do
+    run_one "$rate" "$channel" "$@"
   done
 done
 

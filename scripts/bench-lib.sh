@@ -70,3 +70,35 @@ start_node() {
 machine_line() {
   echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(uname -r), redis $(redis-server --version | grep -o 'v=[0-9.]*'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# Busy cores over the last $1 seconds (default 2), from /proc/stat.
+busy_cores() {
+  local secs=${1:-2} a b
+  read -r -a a < <(grep '^cpu ' /proc/stat)
+  sleep "$secs"
+  read -r -a b < <(grep '^cpu ' /proc/stat)
+  local busy=0 total=0 i d
+  for i in 1 2 3 4 5 6 7 8; do
+    d=$(( b[i] - a[i] ))
+    total=$(( total + d ))
+    [[ $i -ne 4 && $i -ne 5 ]] && busy=$(( busy + d ))
+  done
+  awk -v b="$busy" -v t="$total" -v n="$(nproc)" 'BEGIN { printf "%.2f", (t > 0 ? b / t * n : 0) }'
+}
+
+# Waits (up to IDLE_WAIT seconds, default 300; 0 = do not wait) until the machine is idle:
+# under IDLE_CORES (default 0.3) cores busy over 2 s. The machine is shared: a benchmark that
+# runs next to somebody's build measures the build too.
+wait_idle() {
+  local limit=${IDLE_WAIT:-300} waited=0 busy
+  while (( waited < limit )); do
+    busy=$(busy_cores 2)
+    if awk -v b="$busy" -v m="${IDLE_CORES:-0.3}" 'BEGIN { exit !(b < m) }'; then
+      echo "# machine idle ($busy cores busy) after ${waited} s of waiting"
+      return 0
+    fi
+    waited=$(( waited + 2 ))
+  done
+  (( limit > 0 )) && echo "# machine still busy ($busy cores) after ${limit} s: measuring anyway"
+  return 0
+}

@@ -664,6 +664,10 @@ async fn publish(
     t
 }
 
+/// A TCP connect this slow on loopback means the listener dropped the SYN and the kernel
+/// sent it again after its initial retransmission timeout (1 s).
+const SLOW_CONNECT: Duration = Duration::from_millis(900);
+
 /// A surviving node's CPU seconds and RSS (KiB), or why they could not be read.
 type NodeUsage = Result<(f64, u64), String>;
 
@@ -685,6 +689,8 @@ pub struct RecoverReport {
     resubscribed: LatencySummary,
     recovered: LatencySummary,
     tcp: LatencySummary,
+    /// Successful reconnects whose TCP connect took [`SLOW_CONNECT`] or more.
+    slow_connects: u64,
     upgrade: LatencySummary,
     subscribe: LatencySummary,
     recovered_clients: usize,
@@ -1010,6 +1016,7 @@ fn add_outcomes(r: &mut RecoverReport, outcomes: &[ClientOutcome]) {
         }
         if let Some(p) = o.phases {
             tcp.record(us(p.tcp));
+            r.slow_connects += u64::from(p.tcp >= SLOW_CONNECT);
             upgrade.record(us(p.upgrade));
             subscribe.record(us(p.subscribe));
         }
@@ -1141,7 +1148,13 @@ impl RecoverReport {
         let _ = writeln!(s, "recovered:    {}", q(&self.recovered));
         // The steps of the attempt that succeeded (backoff delays and failed attempts are
         // the rest of the time to `resubscribed`).
-        let _ = writeln!(s, "  tcp connect:  {}", q(&self.tcp));
+        let _ = writeln!(
+            s,
+            "  tcp connect:  {}; {} took >= {} ms (SYN dropped by the listener, resent)",
+            q(&self.tcp),
+            self.slow_connects,
+            SLOW_CONNECT.as_millis()
+        );
         let _ = writeln!(s, "  upgrade:      {} (to the welcome)", q(&self.upgrade));
         let _ = writeln!(s, "  subscribe:    {} (to subscribed)", q(&self.subscribe));
         let _ = writeln!(
@@ -1274,6 +1287,7 @@ impl RecoverReport {
             "recovered_ms": q(&self.recovered),
             "reconnect_phases_ms": {
                 "tcp_connect": q(&self.tcp),
+                "slow_tcp_connects": self.slow_connects,
                 "upgrade_welcome": q(&self.upgrade),
                 "subscribe": q(&self.subscribe),
             },
