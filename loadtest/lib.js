@@ -1,0 +1,272 @@
+// Shared by the Switchboard k6 scripts: settings from the environment, a WebSocket client
+// that speaks the JSON subprotocol (switchboard.v1.json) and counts connect failures,
+// unexpected closes and server errors, the server API, and a bit set for loss checks.
+//
+// One k6 VU holds many connections here (k6/experimental/websockets runs them all on the
+// VU's event loop), so a 2-core machine can hold thousands of them; one VU per connection
+// would cost k6 a JavaScript runtime per connection.
+//
+// Settings common to every script (all optional):
+//   WS_URLS        comma-separated WebSocket URLs, one per node; connections are spread
+//                  round-robin over them (default: the two nodes of scripts/loadtest.sh's
+//                  defaults, ws://127.0.0.1:8081/ws,ws://127.0.0.1:8082/ws)
+//   API_URLS       comma-separated base URLs of the nodes' internal listeners (server API),
+//                  used round-robin (default http://127.0.0.1:9091,http://127.0.0.1:9092)
+//   API_KEY        sent as `Authorization: apikey KEY` on API calls when set
+//   TOKEN          JWT sent as `Authorization: Bearer TOKEN` on every WebSocket upgrade
+//                  (a header, so the token does not end up in k6's `url` metric tags)
+//   RUN_ID         suffix that makes this run's channel names unique (default: time-based)
+//   CONNECT_P95_MS / CONNECT_P99_MS   connect-time thresholds (WebSocket upgrade to welcome)
+
+import { WebSocket } from 'k6/experimental/websockets';
+import http from 'k6/http';
+import { Counter, Rate, Trend } from 'k6/metrics';
+
+// ---- settings ---------------------------------------------------------------------------
+
+export function env(name, def) {
+  const v = __ENV[name];
+  return v === undefined || v === '' ? def : v;
+}
+
+export function envNum(name, def) {
+  const v = env(name, undefined);
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new Error(`${name}=${v}: not a number`);
+  return n;
+}
+
+export function envInt(name, def) {
+  const n = envNum(name, def);
+  if (!Number.isInteger(n)) throw new Error(`${name}=${n}: not an integer`);
+  return n;
+}
+
+export function envList(name, def) {
+  return env(name, def).split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+export const WS_URLS = envList('WS_URLS', 'ws://127.0.0.1:8081/ws,ws://127.0.0.1:8082/ws');
+export const API_URLS = envList('API_URLS', 'http://127.0.0.1:9091,http://127.0.0.1:9092');
+export const TOKEN = env('TOKEN', '');
+export const API_KEY = env('API_KEY', '');
+
+/** Connect-time thresholds shared by every script. */
+export function connectThresholds() {
+  return {
+    sb_connect_errors: ['count==0'],
+    sb_connect_time: [
+      `p(95)<${envNum('CONNECT_P95_MS', 500)}`,
+      `p(99)<${envNum('CONNECT_P99_MS', 1000)}`,
+    ],
+    sb_unexpected_closes: ['count==0'],
+    sb_server_errors: ['count==0'],
+    sb_server_disconnects: ['count==0'],
+  };
+}
+
+/** A run id for channel names: call it in setup() and pass it on through setup's data. */
+export function runId() {
+  return env('RUN_ID', Date.now().toString(36) + Math.floor(Math.random() * 1296).toString(36));
+}
+
+// ---- metrics every script shares --------------------------------------------------------
+
+/** Upgrade request sent to welcome frame received, per connection. */
+export const connectTime = new Trend('sb_connect_time', true);
+/** Connections that never got a welcome (refused, 429/503/401, reset, timeout). */
+export const connectErrors = new Counter('sb_connect_errors');
+/** Connections that got a welcome. */
+export const connected = new Counter('sb_connections');
+/** Connections closed by the other side (or the network) while the script still wanted them. */
+export const unexpectedCloses = new Counter('sb_unexpected_closes');
+/** `error` frames from the server (tagged with `code`). */
+export const serverErrors = new Counter('sb_server_errors');
+/** `disconnect` frames from the server (tagged with `code`). */
+export const serverDisconnects = new Counter('sb_server_disconnects');
+
+// ---- the WebSocket client ---------------------------------------------------------------
+
+/** The i-th WebSocket URL, round-robin over WS_URLS. */
+export function wsUrl(i) {
+  return WS_URLS[i % WS_URLS.length];
+}
+
+/** The i-th API base URL, round-robin over API_URLS. */
+export function apiUrl(i) {
+  return API_URLS[i % API_URLS.length];
+}
+
+/**
+ * One Switchboard connection on the JSON subprotocol.
+ *
+ * handlers (all optional): welcome(client, frame), frame(client, frame, at) for every frame
+ * that is not a reply to a command sent with `cmd`, closed(client, expected).
+ * `at` is the k6 receive timestamp in milliseconds (sub-millisecond precision), taken when
+ * the frame came off the socket rather than when the event loop got to it.
+ */
+export class Client {
+  constructor(url, handlers) {
+    this.url = url;
+    this.h = handlers || {};
+    this.nextId = 1;
+    this.pending = {};
+    this.welcome = null;
+    this.failed = false;
+    this.closing = false;
+    this.closed = false;
+    this.startedAt = Date.now();
+    const params = TOKEN ? { headers: { Authorization: `Bearer ${TOKEN}` } } : {};
+    const ws = new WebSocket(url, 'switchboard.v1.json', params);
+    this.ws = ws;
+    ws.onmessage = (e) => this._onMessage(e);
+    ws.onerror = (e) => this._onError(e);
+    ws.onclose = () => this._onClose();
+  }
+
+  /** Sends a command object as is (no reply expected or handled by `frame`). */
+  send(obj) {
+    if (this.closed || this.closing || this.welcome === null) return false;
+    this.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
+  /** Sends a command with a fresh id; `onReply(frame, at)` gets its reply (or error). */
+  cmd(obj, onReply) {
+    const id = this.nextId++;
+    obj.id = id;
+    if (!this.send(obj)) return false;
+    this.pending[id] = onReply || null;
+    return true;
+  }
+
+  /** Closes on purpose: not counted as an unexpected close. */
+  close() {
+    if (this.closed || this.closing) return;
+    this.closing = true;
+    this.ws.close();
+  }
+
+  get open() {
+    return this.welcome !== null && !this.closed && !this.closing;
+  }
+
+  _onMessage(e) {
+    const at = e.timestamp || Date.now();
+    let f;
+    try {
+      f = JSON.parse(e.data);
+    } catch (err) {
+      serverErrors.add(1, { code: 'unparsable_frame' });
+      return;
+    }
+    if (f.type === 'welcome') {
+      this.welcome = f;
+      connectTime.add(at - this.startedAt);
+      connected.add(1);
+      if (this.h.welcome) this.h.welcome(this, f);
+      return;
+    }
+    if (f.type === 'error') serverErrors.add(1, { code: String(f.code) });
+    if (f.type === 'disconnect') serverDisconnects.add(1, { code: String(f.code) });
+    if (f.id !== undefined && f.id in this.pending) {
+      const cb = this.pending[f.id];
+      delete this.pending[f.id];
+      if (cb) cb(f, at);
+      return;
+    }
+    if (this.h.frame) this.h.frame(this, f, at);
+  }
+
+  _onError(e) {
+    if (this.welcome === null && !this.failed) {
+      this.failed = true;
+      connectErrors.add(1);
+      if (__ENV.VERBOSE) console.warn(`connect ${this.url}: ${e.error}`);
+    }
+  }
+
+  _onClose() {
+    if (this.closed) return;
+    this.closed = true;
+    const expected = this.closing;
+    if (this.welcome === null && !this.failed) {
+      this.failed = true;
+      connectErrors.add(1);
+    } else if (this.welcome !== null && !expected) {
+      unexpectedCloses.add(1);
+    }
+    if (this.h.closed) this.h.closed(this, expected);
+  }
+}
+
+// ---- the server API ---------------------------------------------------------------------
+
+export function apiHeaders() {
+  const h = { 'Content-Type': 'application/json' };
+  if (API_KEY) h.Authorization = `apikey ${API_KEY}`;
+  return h;
+}
+
+/** POST /api/v1/publish on the i-th API URL. */
+export function apiPublish(i, channel, data) {
+  return http.post(`${apiUrl(i)}/api/v1/publish`, JSON.stringify({ channel, data }), {
+    headers: apiHeaders(),
+    tags: { name: 'publish' },
+  });
+}
+
+/** GET on the i-th API URL; returns the parsed JSON body or null, and the response. */
+export function apiGet(i, path, name) {
+  const r = http.get(`${apiUrl(i)}${path}`, { headers: apiHeaders(), tags: { name } });
+  let body = null;
+  try {
+    body = r.status === 200 ? JSON.parse(r.body) : null;
+  } catch (err) {
+    body = null;
+  }
+  return { r, body };
+}
+
+// ---- helpers ----------------------------------------------------------------------------
+
+/** A payload string of about n bytes, to pad messages to a size. */
+export function padding(n) {
+  return n > 0 ? 'x'.repeat(n) : '';
+}
+
+/** A growable set of small non-negative integers (sequence numbers, offsets). */
+export class BitSet {
+  constructor(n) {
+    this.bits = new Uint8Array(Math.max(8, Math.ceil((n || 64) / 8)));
+    this.size = 0;
+  }
+
+  has(i) {
+    const b = i >> 3;
+    return b < this.bits.length && (this.bits[b] & (1 << (i & 7))) !== 0;
+  }
+
+  /** Adds i; returns false if it was already there. */
+  add(i) {
+    const b = i >> 3;
+    if (b >= this.bits.length) {
+      const grown = new Uint8Array(Math.max(b + 1, this.bits.length * 2));
+      grown.set(this.bits);
+      this.bits = grown;
+    }
+    const m = 1 << (i & 7);
+    if (this.bits[b] & m) return false;
+    this.bits[b] |= m;
+    this.size++;
+    return true;
+  }
+
+  /** How many of lo..hi (inclusive) are missing. */
+  missing(lo, hi) {
+    let n = 0;
+    for (let i = lo; i <= hi; i++) if (!this.has(i)) n++;
+    return n;
+  }
+}
