@@ -7,11 +7,13 @@
 #   start_node a [node flags...]    # NODE_WS, NODE_API, NODE_PID of the node just started
 #
 # NODE_PREFIX (optional) is put before the node's command line, e.g. `taskset -c 1`, or `env`
-# with an LD_PRELOAD for an experiment.
+# with an LD_PRELOAD for an experiment. SWITCHBOARD_BIN (optional) is the node binary to run
+# instead of building target/release/switchboard from this checkout (e.g. one built from a
+# clean export of a commit, when the working tree has somebody's uncommitted changes).
 #
-# Nodes get --ip-connect-rate 100000: every benchmark client connects from 127.0.0.1, and
-# the default of 50 new connections per second per IP (NODE-CONTRACT.md, issue 3) would
-# refuse most of a 1,000-client setup (HTTP 429).
+# Nodes get --ip-connect-rate 100000 (IP_CONNECT_RATE overrides it): every benchmark client
+# connects from 127.0.0.1, and the default of 50 new connections per second per IP
+# (NODE-CONTRACT.md, issue 3) would refuse most of a 1,000-client setup (HTTP 429).
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,8 +27,16 @@ bench_cleanup() {
   [[ -n $BENCH_WORK ]] && rm -rf "$BENCH_WORK"
 }
 
+SWITCHBOARD_BIN=${SWITCHBOARD_BIN:-}
+
 bench_init() {
-  cargo build --release -q -p switchboard -p switchboard-bench
+  if [[ -n $SWITCHBOARD_BIN ]]; then
+    cargo build --release -q -p switchboard-bench
+    [[ -x $SWITCHBOARD_BIN ]] || { echo "SWITCHBOARD_BIN=$SWITCHBOARD_BIN is not executable" >&2; exit 2; }
+  else
+    cargo build --release -q -p switchboard -p switchboard-bench
+    SWITCHBOARD_BIN=target/release/switchboard
+  fi
   command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server" >&2; exit 2; }
   BENCH_WORK=$(mktemp -d)
   trap bench_cleanup EXIT
@@ -49,9 +59,9 @@ start_redis() {
 start_node() {
   local name=$1; shift
   # shellcheck disable=SC2086 # NODE_PREFIX is a command prefix: split on purpose
-  ${NODE_PREFIX:-} target/release/switchboard --redis-url "redis://127.0.0.1:$REDIS_PORT" --node-id "bench-$name" \
+  ${NODE_PREFIX:-} "$SWITCHBOARD_BIN" --redis-url "redis://127.0.0.1:$REDIS_PORT" --node-id "bench-$name" \
     --listen 127.0.0.1:0 --internal-listen 127.0.0.1:0 --log-level warn \
-    --ip-connect-rate 100000 "$@" \
+    --ip-connect-rate "${IP_CONNECT_RATE:-100000}" "$@" \
     >"$BENCH_WORK/$name.out" 2>"$BENCH_WORK/$name.err" &
   NODE_PID=$!
   BENCH_PIDS+=("$NODE_PID")
@@ -66,9 +76,17 @@ start_node() {
   echo "node $name is not ready:" >&2; cat "$BENCH_WORK/$name.err" >&2; exit 2
 }
 
-# One line describing the machine and the moment, for BENCHMARKS.md.
+# Lines describing the machine, the moment and the node binary, for BENCHMARKS.md.
 machine_line() {
   echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(uname -r), redis $(redis-server --version | grep -o 'v=[0-9.]*'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  if [[ $SWITCHBOARD_BIN == target/release/switchboard ]]; then
+    local dirty
+    dirty=$(git status --porcelain -- Cargo.lock crates/switchboard crates/switchboard-gateway \
+      crates/switchboard-backplane crates/switchboard-proto proto 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
+    echo "# node: $SWITCHBOARD_BIN built from $(git rev-parse --short HEAD 2>/dev/null)${dirty:+ plus uncommitted changes to: $dirty}"
+  else
+    echo "# node: $SWITCHBOARD_BIN"
+  fi
 }
 
 # Busy cores over the last $1 seconds (default 2), from /proc/stat.

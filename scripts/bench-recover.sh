@@ -7,6 +7,7 @@
 #
 #   scripts/bench-recover.sh [switchboard-bench recover options...]
 #   e.g. HISTORY_SIZE=100 scripts/bench-recover.sh --clients 1000 --rate 50 --before 5 --after 5
+#   IP_CONNECT_RATE=50 scripts/bench-recover.sh      # node B with the default per-IP limit
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 
@@ -21,7 +22,10 @@ history_ttl = $HISTORY_TTL
 TOML
 
 start_redis
-start_node a --config "$BENCH_WORK/switchboard.toml"
+# Node A always admits the setup quickly; node B gets IP_CONNECT_RATE (default 100000), so
+# IP_CONNECT_RATE=50 measures the reconnect storm under the node's default per-IP limit, as
+# when every client comes through one proxy.
+IP_CONNECT_RATE=100000 start_node a --config "$BENCH_WORK/switchboard.toml"
 ws_a=$NODE_WS pid_a=$NODE_PID
 # The generator kills node A: no "Killed" job notice from bash (cleanup still kills it if the
 # run ends before that).
