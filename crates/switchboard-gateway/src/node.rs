@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     /// Limits on what clients may do.
     pub limits: Limits,
+    /// Whether the public listener serves the demo page (`/`, `/demo.js`) and `/status`.
+    pub demo: bool,
 }
 
 /// JWT authentication settings.
@@ -166,6 +168,17 @@ pub(crate) struct NodeInner {
     pub(crate) authenticator: crate::auth::Authenticator,
     /// The connection cap and the per-IP connection rate.
     pub(crate) gate: crate::limits::ConnectionGate,
+    /// Envelopes received from the backplane (the demo's messages per second).
+    pub(crate) envelopes_in: AtomicU64,
+    /// The last answer of the demo's public `/status`, refreshed at most once a second.
+    pub(crate) status: tokio::sync::Mutex<Option<StatusSample>>,
+}
+
+/// One answer of the demo's `/status` route, with what its message rate was computed from.
+pub(crate) struct StatusSample {
+    pub(crate) at: Instant,
+    pub(crate) envelopes_in: u64,
+    pub(crate) body: bytes::Bytes,
 }
 
 /// Envelopes buffered per fan-out lane.
@@ -241,6 +254,8 @@ impl Node {
             conns: Mutex::new(HashMap::new()),
             authenticator,
             gate: crate::limits::ConnectionGate::new(&config.limits),
+            envelopes_in: AtomicU64::new(0),
+            status: tokio::sync::Mutex::new(None),
             config,
         });
         Ok(Node {
@@ -354,6 +369,7 @@ impl NodeInner {
             }
             return;
         }
+        self.envelopes_in.fetch_add(1, Ordering::Relaxed);
         self.hub.fanout(envelope);
     }
 

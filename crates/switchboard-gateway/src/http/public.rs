@@ -1,4 +1,6 @@
-//! The public listener: the WebSocket upgrade and a liveness check.
+//! The public listener: the WebSocket upgrade, a liveness check, the browser
+//! client (`/client.js`) and, unless switched off, the demo page (`/`,
+//! `/demo.js`) with its cluster panel's `/status`.
 //!
 //! An upgrade request passes, in order: drain, WebSocket headers, `Origin`,
 //! subprotocol, the client address's connection rate (429), the node's
@@ -7,7 +9,10 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -16,7 +21,7 @@ use tokio::net::TcpStream;
 
 use super::{Body, text};
 use crate::auth::TokenError;
-use crate::node::NodeInner;
+use crate::node::{NodeInner, StatusSample};
 use crate::protocol::{ErrorCode, Protocol};
 use crate::session;
 
@@ -28,6 +33,17 @@ pub(super) async fn route(node: Arc<NodeInner>, req: Request<Incoming>) -> Respo
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(node, req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/client.js") => asset(CLIENT_JS, JAVASCRIPT),
+        (&Method::GET, "/" | "/index.html") if node.config.demo => {
+            let mut response = asset(DEMO_HTML, "text/html; charset=utf-8");
+            response.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(DEMO_CSP),
+            );
+            response
+        }
+        (&Method::GET, "/demo.js") if node.config.demo => asset(DEMO_JS, JAVASCRIPT),
+        (&Method::GET, "/status") if node.config.demo => status(&node).await,
         (&Method::GET, "/") => text(
             StatusCode::OK,
             format!(
@@ -39,6 +55,71 @@ pub(super) async fn route(node: Arc<NodeInner>, req: Request<Incoming>) -> Respo
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The browser client: `static/client.js`, a plain ES module.
+const CLIENT_JS: &str = include_str!("../../static/client.js");
+/// The demo page and its script.
+const DEMO_HTML: &str = include_str!("../../static/index.html");
+const DEMO_JS: &str = include_str!("../../static/demo.js");
+const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
+/// The demo loads nothing from elsewhere; it may open WebSockets to other nodes.
+const DEMO_CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'";
+
+/// A static file, revalidated on each load so a node upgrade takes effect at once.
+fn asset(body: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::new(body.into()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// The demo's cluster panel: every live node with its connections and
+/// subscriptions, and the messages per second this node receives from the
+/// backplane. Computed at most once a second however many pages poll it.
+async fn status(node: &NodeInner) -> Response<Body> {
+    let mut last = node.status.lock().await;
+    let now = tokio::time::Instant::now();
+    if let Some(sample) = last.as_ref()
+        && now.duration_since(sample.at) < Duration::from_secs(1)
+    {
+        return asset(sample.body.clone(), "application/json");
+    }
+    let envelopes_in = node.envelopes_in.load(Ordering::Relaxed);
+    let per_second = last.as_ref().map_or(0.0, |sample| {
+        envelopes_in.saturating_sub(sample.envelopes_in) as f64
+            / now.duration_since(sample.at).as_secs_f64()
+    });
+    let nodes = match tokio::time::timeout(Duration::from_secs(2), node.backplane.nodes()).await {
+        Ok(Ok(nodes)) => nodes,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "status: node list unavailable");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    };
+    let body = serde_json::json!({
+        "node": node.config.node_id,
+        "backplane": node.backplane.kind(),
+        "messages_per_second": (per_second * 10.0).round() / 10.0,
+        "nodes": nodes.iter().map(|n| serde_json::json!({
+            "id": n.id,
+            "connections": n.connections,
+            "subscriptions": n.subscriptions,
+        })).collect::<Vec<_>>(),
+    });
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    *last = Some(StatusSample {
+        at: now,
+        envelopes_in,
+        body: body.clone(),
+    });
+    asset(body, "application/json")
 }
 
 fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {

@@ -18,12 +18,14 @@ mod reader;
 mod writer;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
@@ -113,7 +115,7 @@ pub(crate) struct SessionHandle {
     pub(crate) protocol: Protocol,
     outbound: mpsc::Sender<Outbound>,
     end: OnceLock<End>,
-    ending: Notify,
+    ending: EndSignal,
     /// Milliseconds since the node started, at the last frame from the client.
     last_seen_ms: AtomicU64,
     /// Channels this session is subscribed to (touched by commands only).
@@ -157,7 +159,7 @@ impl SessionHandle {
     pub(crate) fn end_with(&self, end: End) -> bool {
         let first = self.end.set(end).is_ok();
         if first {
-            self.ending.notify_one();
+            self.ending.raise();
         }
         first
     }
@@ -172,6 +174,38 @@ impl SessionHandle {
 
     fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Wakes the writer when the session must end: raised once, never lowered.
+///
+/// Unlike `Notify`, polling it takes no lock, and the writer polls it on every
+/// wake-up, that is, on every delivery.
+#[derive(Default)]
+struct EndSignal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl EndSignal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves once raised (and again on every poll after). Cancel-safe.
+    fn raised(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.raised.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.raised.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -195,7 +229,7 @@ pub(crate) async fn run(
         protocol,
         outbound,
         end: OnceLock::new(),
-        ending: Notify::new(),
+        ending: EndSignal::default(),
         last_seen_ms: AtomicU64::new(node.uptime_ms()),
         channels: Mutex::new(HashSet::new()),
         stop_reading: CancellationToken::new(),

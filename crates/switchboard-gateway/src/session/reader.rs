@@ -80,10 +80,13 @@ pub(super) async fn run(
         }
     };
 
+    // Created once: a fresh `cancelled()` per frame would lock the token's waiter list each time.
+    let stop = session.stop_reading.cancelled();
+    tokio::pin!(stop);
     loop {
         let read = tokio::select! {
             biased;
-            _ = session.stop_reading.cancelled() => return,
+            _ = &mut stop => return,
             frame = ws.read_frame(&mut owe) => frame,
         };
         let frame = match read {

@@ -52,6 +52,15 @@ pub(super) async fn run(
         .and_then(crate::auth::expiry_deadline);
     let token_expiry = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now));
     tokio::pin!(token_expiry);
+    // Created once and polled by reference: a fresh `notified()`/`cancelled()`
+    // per turn would register in a locked waiter list on every delivery (the
+    // shutdown token is shared by every session of the node).
+    let ending = session.ending.raised();
+    tokio::pin!(ending);
+    let shutdown = node.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let drain = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(drain);
 
     let end = loop {
         if let Some(end) = session.ended() {
@@ -59,7 +68,7 @@ pub(super) async fn run(
         }
         tokio::select! {
             biased;
-            _ = session.ending.notified() => continue,
+            _ = &mut ending => continue,
             // Before the data branch, so a busy stream cannot postpone it.
             _ = &mut token_expiry, if expires.is_some() => {
                 session.end_with(End::Disconnect(TOKEN_EXPIRED));
@@ -82,7 +91,7 @@ pub(super) async fn run(
                     r = timeout(WRITE_TIMEOUT, write_batch(&mut socket, opcode, &batch)) => r,
                     // Ended while a write is blocked: the frame may be cut, so
                     // the connection is dropped without a goodbye.
-                    _ = session.ending.notified() => {
+                    _ = &mut ending => {
                         let end = session.ended().cloned().unwrap_or(End::Io);
                         let _ = timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
                         return end;
@@ -112,12 +121,14 @@ pub(super) async fn run(
                     break End::Io;
                 }
             }
-            _ = node.shutdown.cancelled(), if drain_at.is_none() => {
+            _ = &mut shutdown, if drain_at.is_none() => {
                 let window = node.config.drain_timeout.mul_f64(DRAIN_SPREAD);
                 let delay = rand::rng().random_range(Duration::ZERO..=window);
-                drain_at = Some(Instant::now() + delay);
+                let at = Instant::now() + delay;
+                drain_at = Some(at);
+                drain.as_mut().reset(at);
             }
-            _ = sleep_until_some(drain_at) => {
+            _ = &mut drain, if drain_at.is_some() => {
                 session.end_with(End::Disconnect(SHUTDOWN));
             }
         }
@@ -174,12 +185,4 @@ async fn write_timed<F: Future<Output = std::io::Result<()>>>(write: F) -> std::
     timeout(WRITE_TIMEOUT, write)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-/// Sleeps until the instant, or forever when there is none.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
