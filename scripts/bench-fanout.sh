@@ -6,6 +6,7 @@
 #   scripts/bench-fanout.sh [switchboard-bench fanout options...]
 #   e.g. scripts/bench-fanout.sh --subscribers 1000 --rate 100 --duration 20 --warmup 3
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/bench-lib.sh"
 
 bench_init

@@ -16,6 +16,7 @@
 # Prints each run's report, then one Markdown table of all runs. Exit status 1 if any run
 # failed its checks (loss, duplicates, order, offset gaps or repeats, publish errors).
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/bench-lib.sh"
 
 RATES=${RATES:-"100 200"}

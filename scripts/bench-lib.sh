@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts/bench-*.sh benchmarks (sourced, not run): a private redis-server and
 # release nodes on free ports, all stopped when the calling script exits.
 #
@@ -15,7 +16,7 @@
 # connects from 127.0.0.1, and the default of 50 new connections per second per IP
 # (NODE-CONTRACT.md, issue 3) would refuse most of a 1,000-client setup (HTTP 429).
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
 BENCH_PIDS=()
 BENCH_WORK=
@@ -70,6 +71,7 @@ start_node() {
   line=$(grep -s '^switchboard listening' "$BENCH_WORK/$name.out") || { cat "$BENCH_WORK/$name.err" >&2; exit 2; }
   public=${line#*public=}; public=${public%% *}
   internal=${line#*internal=}
+  # shellcheck disable=SC2034 # NODE_WS, NODE_API, NODE_PID are for the calling script
   NODE_WS="ws://$public/ws"
   NODE_API="http://$internal"
   for _ in $(seq 200); do curl -sf "$NODE_API/readyz" >/dev/null && return 0; sleep 0.05; done

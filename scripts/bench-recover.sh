@@ -9,6 +9,7 @@
 #   e.g. HISTORY_SIZE=100 scripts/bench-recover.sh --clients 1000 --rate 50 --before 5 --after 5
 #   IP_CONNECT_RATE=50 scripts/bench-recover.sh      # node B with the default per-IP limit
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/bench-lib.sh"
 
 HISTORY_SIZE=${HISTORY_SIZE:-100}
