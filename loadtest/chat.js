@@ -31,7 +31,9 @@
 
 import exec from 'k6/execution';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { BitSet, Client, connectThresholds, env, envInt, envNum, padding, runId, wsUrl } from './lib.js';
+import {
+  BitSet, checkTargets, Client, connectThresholds, env, envInt, envNum, padding, runId, wsUrl,
+} from './lib.js';
 
 const ROOMS = envInt('ROOMS', 100);
 const MEMBERS = envInt('MEMBERS', 5);
@@ -96,6 +98,7 @@ export const options = {
 };
 
 export function setup() {
+  checkTargets(false);
   const prefix = `${env('NAMESPACE', 'ltchat')}:${runId()}-room`;
   console.log(`chat: ${ROOMS} rooms x ${MEMBERS} members (${prefix}N), one message per member every ` +
     `${MSG_INTERVAL} s for ${DURATION} s (about ${Math.round((ROOMS * MEMBERS) / MSG_INTERVAL)} publishes/s, ` +

@@ -24,7 +24,9 @@
 import exec from 'k6/execution';
 import { sleep } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { apiGet, API_URLS, Client, connectThresholds, env, envInt, envNum, runId, wsUrl } from './lib.js';
+import {
+  apiGet, API_URLS, checkTargets, Client, connectThresholds, env, envInt, envNum, runId, wsUrl,
+} from './lib.js';
 
 const CONNECTIONS = envInt('CONNECTIONS', 3000);
 const PER_VU = envInt('CONNECTIONS_PER_VU', 500);
@@ -77,6 +79,7 @@ export const options = {
 };
 
 export function setup() {
+  checkTargets(OBSERVE);
   const prefix = env('CHANNEL_PREFIX', `ltconn:${runId()}-`);
   console.log(`connect: ${CONNECTIONS} connections (${VUS} VUs) over ${RAMP} s, held ${HOLD} s, ` +
     `${CHANNELS > 0 ? `subscribed to ${CHANNELS} channels ${prefix}N` : 'no subscriptions'}`);

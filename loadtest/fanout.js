@@ -30,7 +30,7 @@ import exec from 'k6/execution';
 import { sleep } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
 import {
-  apiGet, apiPublish, BitSet, Client, connectThresholds, env, envInt, envNum, padding,
+  apiGet, apiPublish, BitSet, checkTargets, Client, connectThresholds, env, envInt, envNum, padding,
   runId, wsUrl,
 } from './lib.js';
 
@@ -95,6 +95,7 @@ export const options = {
 };
 
 export function setup() {
+  checkTargets(true);
   const channel = env('CHANNEL', `ltfan:fanout-${runId()}`);
   console.log(`fanout: ${SUBSCRIBERS} subscribers on ${channel}, ${PUBLISHERS} publisher(s), ` +
     `${RATE}/s for ${DURATION} s (${PER_PUBLISHER} messages each), ${PAYLOAD_BYTES}-byte padding`);
@@ -109,7 +110,7 @@ function newSubscriber(j) {
     seen.push(new BitSet(PER_PUBLISHER));
     last.push(-1);
   }
-  return { j, client: null, subscribed: false, seen, last, ended: 0, lastAt: 0, done: false };
+  return { j, client: null, subscribed: false, seen, last, ended: 0, lastAt: 0, count: 0, done: false };
 }
 
 function onMessage(s, f, at) {
@@ -122,7 +123,7 @@ function onMessage(s, f, at) {
     return;
   }
   if (d.k !== 'm') return;
-  received.add(1);
+  s.count++; // added to fanout_messages_received once, in finish(): one metric sample less per message
   latency.add(at - d.t);
   const p = d.p;
   if (!s.seen[p].add(d.s)) {
@@ -142,6 +143,7 @@ function finish(s) {
   if (s.subscribed) for (let p = 0; p < PUBLISHERS; p++) missing += PER_PUBLISHER - s.seen[p].size;
   else missing = PER_PUBLISHER * PUBLISHERS;
   lost.add(missing);
+  received.add(s.count);
   complete.add(s.subscribed && missing === 0);
   if (s.client) s.client.close();
 }

@@ -19,6 +19,7 @@
 //   CONNECT_P95_MS / CONNECT_P99_MS   connect-time thresholds (WebSocket upgrade to welcome)
 
 import { WebSocket } from 'k6/experimental/websockets';
+import exec from 'k6/execution';
 import http from 'k6/http';
 import { Counter, Rate, Trend } from 'k6/metrics';
 
@@ -87,6 +88,9 @@ export const serverErrors = new Counter('sb_server_errors');
 export const serverDisconnects = new Counter('sb_server_disconnects');
 
 // ---- the WebSocket client ---------------------------------------------------------------
+
+// Connection errors logged so far by this VU (the first few are, the rest only with VERBOSE).
+let loggedErrors = 0;
 
 /** The i-th WebSocket URL, round-robin over WS_URLS. */
 export function wsUrl(i) {
@@ -183,7 +187,9 @@ export class Client {
     if (this.welcome === null && !this.failed) {
       this.failed = true;
       connectErrors.add(1);
-      if (__ENV.VERBOSE) console.warn(`connect ${this.url}: ${e.error}`);
+      if (++loggedErrors <= 3 || __ENV.VERBOSE) console.warn(`connect ${this.url}: ${e.error}`);
+    } else if (this.welcome !== null && !this.closing && (++loggedErrors <= 3 || __ENV.VERBOSE)) {
+      console.warn(`connection ${this.welcome.conn} on ${this.url}: ${e.error}`);
     }
   }
 
@@ -194,6 +200,7 @@ export class Client {
     if (this.welcome === null && !this.failed) {
       this.failed = true;
       connectErrors.add(1);
+      if (++loggedErrors <= 3 || __ENV.VERBOSE) console.warn(`connect ${this.url}: closed before the welcome`);
     } else if (this.welcome !== null && !expected) {
       unexpectedCloses.add(1);
     }
@@ -227,6 +234,28 @@ export function apiGet(i, path, name) {
     body = null;
   }
   return { r, body };
+}
+
+/**
+ * For setup(): stops the test at once, with a clear message, when a node in WS_URLS (its
+ * public `/healthz`) or, with `needApi`, in API_URLS (`/healthz`) does not answer.
+ */
+export function checkTargets(needApi) {
+  const bad = [];
+  for (const u of WS_URLS) {
+    const h = u.replace(/^ws/, 'http').replace(/\/ws(\?.*)?$/, '/healthz');
+    const r = http.get(h, { tags: { name: 'healthz' } });
+    if (r.status !== 200) bad.push(`${h} (for ${u}): ${r.status || r.error}`);
+  }
+  if (needApi) {
+    for (const u of API_URLS) {
+      const r = http.get(`${u}/healthz`, { tags: { name: 'healthz' } });
+      if (r.status !== 200) bad.push(`${u}/healthz: ${r.status || r.error}`);
+    }
+  }
+  if (bad.length > 0) {
+    exec.test.abort(`unreachable: ${bad.join('; ')} (set WS_URLS and API_URLS)`);
+  }
 }
 
 // ---- helpers ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import exec from 'k6/execution';
 import { sleep } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
 import {
-  apiPublish, BitSet, Client, connectThresholds, env, envInt, envNum, padding, runId, WS_URLS,
+  apiPublish, BitSet, checkTargets, Client, connectThresholds, env, envInt, envNum, padding, runId, WS_URLS,
 } from './lib.js';
 
 const CLIENTS = envInt('CLIENTS', 200);
@@ -101,6 +101,7 @@ export const options = {
 };
 
 export function setup() {
+  checkTargets(true);
   const prefix = `${env('NAMESPACE', 'lthist')}:${runId()}-`;
   console.log(`reconnect: ${CLIENTS} clients on ${CHANNELS} channels (${prefix}N), ${RATE} publishes/s for ` +
     `${DURATION} s, a drop about every ${DROP_INTERVAL} s, ${DOWN_TIME} ms away`);
