@@ -113,6 +113,9 @@ pub struct Cli {
     /// Longest channel name in bytes, at most 255. [default: 255]
     #[arg(long, env = "SWITCHBOARD_MAX_CHANNEL_LENGTH", value_name = "BYTES")]
     pub max_channel_length: Option<String>,
+    /// Serve the demo page at / (with its /status); /client.js is served either way. [default: true]
+    #[arg(long, env = "SWITCHBOARD_DEMO", value_name = "BOOL")]
+    pub demo: Option<String>,
 }
 
 /// Log output format.
@@ -176,6 +179,7 @@ const TOML_KEYS: &[&str] = &[
     "client_burst",
     "ip_connect_rate",
     "max_channel_length",
+    "demo",
 ];
 
 /// Keys of the `[auth]` table.
@@ -340,7 +344,11 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         "255",
         |s| parse_count(s, 1, 255),
     );
-    let namespaces = parse_namespaces(&file, &mut r.errors);
+    let demo = r.get("demo", flag_value(&cli.demo), "true", parse_bool);
+    let namespaces = parse_namespaces(
+        &with_demo_namespace(&file, demo == Some(true)),
+        &mut r.errors,
+    );
     check_table_keys(&file, "auth", AUTH_KEYS, &mut r.errors);
 
     for key in file.keys() {
@@ -392,6 +400,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         Some(client_burst),
         Some(ip_connect_rate),
         Some(max_channel_length),
+        Some(demo),
     ) = (
         allow_anonymous,
         max_connections,
@@ -400,6 +409,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         client_burst,
         ip_connect_rate,
         max_channel_length,
+        demo,
     )
     else {
         unreachable!("a setting failed without an error")
@@ -438,6 +448,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
                 ip_connect_rate,
                 max_channel_length,
             },
+            demo,
         },
         log_format,
         log_level,
@@ -649,6 +660,34 @@ fn parse_namespaces(file: &toml::Table, errors: &mut Vec<ConfigError>) -> Namesp
         by_name.insert(name.clone(), ns);
     }
     Namespaces::new(by_name)
+}
+
+/// With the demo on, the `demo` namespace its chat room uses keeps history and
+/// presence, unless the file configures that namespace itself.
+fn with_demo_namespace(file: &toml::Table, demo: bool) -> std::borrow::Cow<'_, toml::Table> {
+    use toml::Value;
+    let configured = match file.get("namespaces") {
+        None => false,
+        Some(Value::Table(t)) => t.contains_key("demo"),
+        Some(_) => true, // not a table: parse_namespaces reports it
+    };
+    if !demo || configured {
+        return std::borrow::Cow::Borrowed(file);
+    }
+    let mut file = file.clone();
+    let namespaces = file
+        .entry("namespaces")
+        .or_insert_with(|| Value::Table(toml::Table::new()));
+    if let Value::Table(namespaces) = namespaces {
+        let demo = toml::Table::from_iter([
+            ("history_size".to_owned(), Value::Integer(100)),
+            ("history_ttl".to_owned(), Value::Integer(3600)),
+            ("presence".to_owned(), Value::Boolean(true)),
+            ("join_leave".to_owned(), Value::Boolean(true)),
+        ]);
+        namespaces.insert("demo".to_owned(), Value::Table(demo));
+    }
+    std::borrow::Cow::Owned(file)
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -947,6 +986,31 @@ mod tests {
                 "{expected} missing from {settings:?}"
             );
         }
+        let _ = std::fs::remove_file(&file.0);
+    }
+
+    #[test]
+    fn the_demo_is_on_by_default_with_its_namespace() {
+        let c = resolve_args(&[]).unwrap();
+        assert!(c.node.demo);
+        let demo = c.node.namespaces.of("demo:lobby");
+        assert_eq!(demo.history_size, 100);
+        assert!(demo.presence && demo.join_leave && demo.client_publish);
+        let c = resolve_args(&["--demo", "false"]).unwrap();
+        assert!(!c.node.demo);
+        assert!(!c.node.namespaces.of("demo:lobby").has_history());
+        let mut file = tempfile();
+        writeln!(
+            file.1,
+            "demo = true\n[namespaces.demo]\nhistory_size = 7\n[namespaces.chat]\npresence = true\n"
+        )
+        .unwrap();
+        let c = resolve_args(&["--config", &file.0]).unwrap();
+        assert!(c.node.demo);
+        let demo = c.node.namespaces.of("demo:lobby");
+        assert_eq!(demo.history_size, 7, "a configured demo namespace wins");
+        assert!(!demo.presence);
+        assert!(c.node.namespaces.of("chat:x").presence);
         let _ = std::fs::remove_file(&file.0);
     }
 
