@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub max_message_size: usize,
     /// Frames queued per connection before it is dropped as a slow consumer.
     pub outbound_queue: usize,
+    /// Listen backlog of both listeners (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Per-namespace settings.
     pub namespaces: Namespaces,
     /// JWT authentication.
@@ -192,10 +194,9 @@ impl Node {
         config: NodeConfig,
         prometheus: Option<PrometheusHandle>,
     ) -> Result<Node, NodeError> {
+        let backlog = config.listen_backlog;
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Bind { addr, source })
+            listen(addr, backlog).map_err(|source| NodeError::Bind { addr, source })
         };
         // A bad key stops the node before it listens.
         let authenticator =
@@ -355,6 +356,20 @@ impl Node {
         tracing::info!(took = ?started.elapsed(), "drained");
         Ok(())
     }
+}
+
+/// Binds a listener with an explicit backlog. A reconnect storm (a node killed,
+/// its clients arriving at once) overflows a small accept queue, and every
+/// dropped SYN costs its client a one-second retransmission.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 impl NodeInner {

@@ -110,6 +110,9 @@ pub struct Cli {
     /// New connections per second per client IP; beyond, HTTP 429. [default: 50]
     #[arg(long, env = "SWITCHBOARD_IP_CONNECT_RATE", value_name = "PER_SECOND")]
     pub ip_connect_rate: Option<String>,
+    /// Listen backlog of both listeners: connections waiting to be accepted, e.g. during a reconnect storm (capped by the kernel's net.core.somaxconn). [default: 4096]
+    #[arg(long, env = "SWITCHBOARD_LISTEN_BACKLOG", value_name = "N")]
+    pub listen_backlog: Option<String>,
     /// Longest channel name in bytes, at most 255. [default: 255]
     #[arg(long, env = "SWITCHBOARD_MAX_CHANNEL_LENGTH", value_name = "BYTES")]
     pub max_channel_length: Option<String>,
@@ -180,6 +183,7 @@ const TOML_KEYS: &[&str] = &[
     "ip_connect_rate",
     "max_channel_length",
     "demo",
+    "listen_backlog",
 ];
 
 /// Keys of the `[auth]` table.
@@ -344,6 +348,9 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         "255",
         |s| parse_count(s, 1, 255),
     );
+    let listen_backlog = r.get("listen_backlog", flag_value(&cli.listen_backlog), "4096", |s| {
+        parse_count(s, 1, 1 << 20).map(|n| n as u32)
+    });
     let demo = r.get("demo", flag_value(&cli.demo), "true", parse_bool);
     let namespaces = parse_namespaces(
         &with_demo_namespace(&file, demo == Some(true)),
@@ -401,6 +408,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         Some(ip_connect_rate),
         Some(max_channel_length),
         Some(demo),
+        Some(listen_backlog),
     ) = (
         allow_anonymous,
         max_connections,
@@ -410,6 +418,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         ip_connect_rate,
         max_channel_length,
         demo,
+        listen_backlog,
     )
     else {
         unreachable!("a setting failed without an error")
@@ -434,6 +443,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
             heartbeat,
             max_message_size,
             outbound_queue,
+            listen_backlog,
             namespaces,
             auth: AuthConfig {
                 jwt_secret,
