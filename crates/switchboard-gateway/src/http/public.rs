@@ -63,8 +63,9 @@ const CLIENT_JS: &str = include_str!("../../static/client.js");
 const DEMO_HTML: &str = include_str!("../../static/index.html");
 const DEMO_JS: &str = include_str!("../../static/demo.js");
 const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
-/// The demo loads nothing from elsewhere; it may open WebSockets to other nodes.
-const DEMO_CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'";
+/// The demo loads nothing from elsewhere; it may connect to other nodes (their
+/// `/ws` and `/status`).
+const DEMO_CSP: &str = "default-src 'self'; connect-src 'self' ws: wss: http: https:; style-src 'self' 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'";
 
 /// A static file, revalidated on each load so a node upgrade takes effect at once.
 fn asset(body: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
@@ -88,7 +89,7 @@ async fn status(node: &NodeInner) -> Response<Body> {
     if let Some(sample) = last.as_ref()
         && now.duration_since(sample.at) < Duration::from_secs(1)
     {
-        return asset(sample.body.clone(), "application/json");
+        return status_response(sample.body.clone());
     }
     let envelopes_in = node.envelopes_in.load(Ordering::Relaxed);
     let per_second = last.as_ref().map_or(0.0, |sample| {
@@ -119,7 +120,18 @@ async fn status(node: &NodeInner) -> Response<Body> {
         envelopes_in,
         body: body.clone(),
     });
-    asset(body, "application/json")
+    status_response(body)
+}
+
+/// Readable from any origin: a page served by one node shows the status of the
+/// node it is connected to, which may be another.
+fn status_response(body: Bytes) -> Response<Body> {
+    let mut response = asset(body, "application/json");
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
 }
 
 fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
