@@ -36,7 +36,14 @@ export function backoffDelay(attempt, { initial = 500, max = 15000 } = {}, rando
   return Math.floor(random() * Math.min(max, initial * 2 ** attempt));
 }
 
-/** Whether to reconnect after a close, from its code and the server's `disconnect` frame. */
+/**
+ * Whether to reconnect after a close: never after 1008, 1009 or 4100; after 4001 only with a
+ * way to refresh the token; otherwise as the server's `disconnect` frame says (yes without one).
+ * @param {number} code the close code (the `disconnect` frame's, when there was one)
+ * @param {{reconnect?: boolean} | null} frame the server's `disconnect` frame, if any
+ * @param {boolean} canRefreshToken whether a `getToken` callback was given
+ * @returns {boolean}
+ */
 export function shouldReconnect(code, frame, canRefreshToken) {
   if (code === 4001) return canRefreshToken;
   if (FINAL_CODES.has(code)) return false;
