@@ -348,9 +348,12 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         "255",
         |s| parse_count(s, 1, 255),
     );
-    let listen_backlog = r.get("listen_backlog", flag_value(&cli.listen_backlog), "4096", |s| {
-        parse_count(s, 1, 1 << 20).map(|n| n as u32)
-    });
+    let listen_backlog = r.get(
+        "listen_backlog",
+        flag_value(&cli.listen_backlog),
+        "4096",
+        |s| parse_count(s, 1, 1 << 20).map(|n| n as u32),
+    );
     let demo = r.get("demo", flag_value(&cli.demo), "true", parse_bool);
     let namespaces = parse_namespaces(
         &with_demo_namespace(&file, demo == Some(true)),
