@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -48,55 +48,68 @@ fn topic_of(key: &str) -> Topic<'_> {
 /// One session's subscription to one topic.
 pub(crate) struct Subscription {
     pub(crate) session: Arc<SessionHandle>,
+    /// Every delivery takes this (uncontended but for `go_live` and `close`),
+    /// so the buffer, the floor and the end of the subscription change
+    /// atomically with respect to deliveries.
+    state: Mutex<SubscriptionState>,
+}
+
+struct SubscriptionState {
+    /// Live messages held while the session reads the history.
+    buffer: Option<Vec<Outbound>>,
     /// Messages with an offset at or below this were given to the session already.
-    floor: AtomicU64,
-    /// Fast check of `buffer.is_some()`.
-    buffering: AtomicBool,
-    buffer: Mutex<Option<Vec<Outbound>>>,
+    floor: u64,
+    /// Removed from the hub: a fan-out still holding an older subscriber list
+    /// must not deliver through it (the session may already be subscribed anew).
+    closed: bool,
 }
 
 impl Subscription {
     fn new(session: Arc<SessionHandle>, buffering: bool) -> Self {
         Subscription {
             session,
-            floor: AtomicU64::new(0),
-            buffering: AtomicBool::new(buffering),
-            buffer: Mutex::new(buffering.then(Vec::new)),
+            state: Mutex::new(SubscriptionState {
+                buffer: buffering.then(Vec::new),
+                floor: 0,
+                closed: false,
+            }),
         }
     }
 
-    /// Ends buffering: under the buffer's lock, `before` queues what precedes
-    /// the live stream (reply, missed messages), the floor is set, and the
-    /// buffered messages above it are queued.
+    /// Ends buffering: atomically with respect to deliveries, `before` queues
+    /// what precedes the live stream (reply, missed messages), the floor is
+    /// set, and the buffered messages above it are queued.
     pub(crate) fn go_live(&self, floor: u64, before: impl FnOnce()) {
-        let mut buffer = crate::lock(&self.buffer);
+        let mut state = crate::lock(&self.state);
         before();
-        self.floor.store(floor, Ordering::Release);
-        for item in buffer.take().unwrap_or_default() {
+        state.floor = floor;
+        for item in state.buffer.take().unwrap_or_default() {
             if item.offset() == 0 || item.offset() > floor {
                 self.session.push(item);
             }
         }
-        self.buffering.store(false, Ordering::Release);
+    }
+
+    /// Stops every delivery through this subscription.
+    fn close(&self) {
+        crate::lock(&self.state).closed = true;
     }
 
     fn deliver(&self, item: Outbound, capacity: usize) {
-        // Buffering is checked first: `go_live` sets the floor before it
-        // clears the flag, so a delivery that finds the flag clear (or the
-        // buffer gone, under its lock) reads the final floor below.
-        if self.buffering.load(Ordering::Acquire) {
-            let mut buffer = crate::lock(&self.buffer);
-            if let Some(buffer) = buffer.as_mut() {
-                if buffer.len() >= capacity {
-                    self.session.overflowed();
-                } else {
-                    buffer.push(item);
-                }
-                return;
+        let mut state = crate::lock(&self.state);
+        if state.closed {
+            return;
+        }
+        if let Some(buffer) = state.buffer.as_mut() {
+            if buffer.len() >= capacity {
+                self.session.overflowed();
+            } else {
+                buffer.push(item);
             }
+            return;
         }
         let offset = item.offset();
-        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+        if offset != 0 && offset <= state.floor {
             return;
         }
         self.session.push(item);
@@ -190,7 +203,13 @@ impl Hub {
                 return;
             };
             let before = list.len();
-            Arc::make_mut(list).retain(|s| s.session.id != session_id);
+            Arc::make_mut(list).retain(|s| {
+                let keep = s.session.id != session_id;
+                if !keep {
+                    s.close();
+                }
+                keep
+            });
             let removed = before - list.len();
             let empty = list.is_empty();
             if empty {

@@ -494,3 +494,28 @@ async fn expiry_story(node: &Node) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_names_in_api_paths_may_be_percent_encoded() {
+    let node = Node::builder("node-encoded").namespaces().start().await;
+    let plain = node
+        .internal_raw("GET", "/api/v1/channels/chat:x/history", &[], None)
+        .await;
+    let encoded = node
+        .internal_raw("GET", "/api/v1/channels/chat%3Ax/history", &[], None)
+        .await;
+    assert_eq!(
+        (plain.status, encoded.status),
+        (200, 200),
+        "{}",
+        encoded.text()
+    );
+    let plain: serde_json::Value = serde_json::from_str(&plain.text()).expect("json");
+    let encoded: serde_json::Value = serde_json::from_str(&encoded.text()).expect("json");
+    assert_eq!(encoded["channel"], "chat:x");
+    assert_eq!(encoded["epoch"], plain["epoch"], "the same channel");
+    let bad = node
+        .internal_raw("GET", "/api/v1/channels/chat%zz/history", &[], None)
+        .await;
+    assert_eq!(bad.status, 400);
+}

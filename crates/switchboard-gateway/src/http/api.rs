@@ -307,15 +307,18 @@ async fn disconnect(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, Api
     Ok(json(StatusCode::OK, &j!({})))
 }
 
-/// The channel of `/api/v1/channels/{channel}/...`, validated.
-fn channel_in_path<'a>(node: &NodeInner, req: &'a Request<Incoming>) -> Result<&'a str, ApiError> {
+/// The channel of `/api/v1/channels/{channel}/...`, percent-decoded and validated.
+fn channel_in_path(node: &NodeInner, req: &Request<Incoming>) -> Result<String, ApiError> {
     let rest = req
         .uri()
         .path()
         .strip_prefix("/api/v1/channels/")
         .unwrap_or("");
-    let channel = rest.rsplit_once('/').map_or("", |(c, _)| c);
-    check_channel(node, channel)?;
+    let raw = rest.rsplit_once('/').map_or("", |(c, _)| c);
+    let channel = super::public::percent_decode(raw)
+        .ok_or_else(|| ApiError::bad_request("bad percent-encoding in the channel name"))?
+        .into_owned();
+    check_channel(node, &channel)?;
     Ok(channel)
 }
 
@@ -329,7 +332,7 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 async fn history(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let channel = channel_in_path(node, req)?;
+    let channel = &channel_in_path(node, req)?;
     let Some(policy) = commands::history_policy(node.config.namespaces.of(channel)) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -376,7 +379,7 @@ async fn history(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<B
 }
 
 async fn presence(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let channel = channel_in_path(node, req)?;
+    let channel = &channel_in_path(node, req)?;
     if !node.config.namespaces.of(channel).presence {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -304,7 +304,7 @@ fn bearer_token<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, TokenError>
 }
 
 /// Decodes `%XX` escapes; `None` for a broken escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+pub(super) fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.contains('%') {
         return Some(Cow::Borrowed(s));
     }

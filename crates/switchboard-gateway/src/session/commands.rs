@@ -215,6 +215,11 @@ async fn subscribe(
     }
     let namespace = node.config.namespaces.of(&channel);
     let history = history_policy(namespace);
+    // Presence is written before the reply: a member who has been told
+    // `subscribed` is in every presence list asked for after that.
+    if namespace.presence {
+        presence(node, session, &channel, true).await;
+    }
     let subscribed = node
         .hub
         .subscribe(&channel, session, history.is_some(), || {
@@ -233,6 +238,9 @@ async fn subscribe(
         Ok(s) => s,
         Err(e) => {
             crate::lock(&session.channels).remove(&channel);
+            if namespace.presence {
+                presence(node, session, &channel, false).await;
+            }
             return error(
                 session,
                 id,
@@ -251,6 +259,9 @@ async fn subscribe(
             Ok(page) => page,
             Err(e) => {
                 crate::lock(&session.channels).remove(&channel);
+                if namespace.presence {
+                    presence(node, session, &channel, false).await;
+                }
                 node.hub.unsubscribe(&channel, session.id).await;
                 return error(
                     session,
@@ -285,8 +296,8 @@ async fn subscribe(
             }
         });
     }
-    if namespace.presence || namespace.join_leave {
-        announce(node, session, &channel, namespace, true).await;
+    if namespace.join_leave {
+        join_leave(node, session, &channel, true).await;
     }
 }
 
@@ -294,59 +305,56 @@ async fn subscribe(
 pub(crate) async fn leave(node: &NodeInner, session: &SessionHandle, channel: &str) {
     node.hub.unsubscribe(channel, session.id).await;
     let namespace = node.config.namespaces.of(channel);
-    if namespace.presence || namespace.join_leave {
-        announce(node, session, channel, namespace, false).await;
+    if namespace.presence {
+        presence(node, session, channel, false).await;
+    }
+    if namespace.join_leave {
+        join_leave(node, session, channel, false).await;
     }
 }
 
-/// Records or removes presence and publishes join/leave, as the namespace asks.
-async fn announce(
-    node: &NodeInner,
-    session: &SessionHandle,
-    channel: &str,
-    namespace: &Namespace,
-    join: bool,
-) {
-    if namespace.presence {
-        let result = if join {
-            let member = PresenceMember {
-                conn: session.conn.to_string(),
-                user: session.user.to_string(),
-                node: node.config.node_id.clone(),
-            };
-            node.backplane.presence_add(channel, &member).await
-        } else {
-            node.backplane.presence_remove(channel, &session.conn).await
+/// Records (or removes) the session in the channel's presence.
+async fn presence(node: &NodeInner, session: &SessionHandle, channel: &str, present: bool) {
+    let result = if present {
+        let member = PresenceMember {
+            conn: session.conn.to_string(),
+            user: session.user.to_string(),
+            node: node.config.node_id.clone(),
         };
-        if let Err(e) = result {
-            tracing::warn!(channel, conn = %session.conn, error = %e, "presence update failed");
-        }
+        node.backplane.presence_add(channel, &member).await
+    } else {
+        node.backplane.presence_remove(channel, &session.conn).await
+    };
+    if let Err(e) = result {
+        tracing::warn!(channel, conn = %session.conn, error = %e, "presence update failed");
     }
-    if namespace.join_leave {
-        let (conn, user) = (session.conn.to_string(), session.user.to_string());
-        let node_id = node.config.node_id.clone();
-        let mut envelope = envelope::for_channel(
-            &node.config.node_id,
-            channel,
-            Bytes::new(),
-            Default::default(),
-        );
-        envelope.control = Some(if join {
-            Control::Join(Join {
-                conn,
-                user,
-                node: node_id,
-            })
-        } else {
-            Control::Leave(Leave {
-                conn,
-                user,
-                node: node_id,
-            })
-        });
-        if let Err(e) = node.backplane.publish(&envelope, None).await {
-            tracing::warn!(channel, error = %e, "join/leave event not published");
-        }
+}
+
+/// Publishes a join (or leave) event to the channel's subscribers.
+async fn join_leave(node: &NodeInner, session: &SessionHandle, channel: &str, join: bool) {
+    let (conn, user) = (session.conn.to_string(), session.user.to_string());
+    let node_id = node.config.node_id.clone();
+    let mut envelope = envelope::for_channel(
+        &node.config.node_id,
+        channel,
+        Bytes::new(),
+        Default::default(),
+    );
+    envelope.control = Some(if join {
+        Control::Join(Join {
+            conn,
+            user,
+            node: node_id,
+        })
+    } else {
+        Control::Leave(Leave {
+            conn,
+            user,
+            node: node_id,
+        })
+    });
+    if let Err(e) = node.backplane.publish(&envelope, None).await {
+        tracing::warn!(channel, error = %e, "join/leave event not published");
     }
 }
 
