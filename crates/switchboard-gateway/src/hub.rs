@@ -15,6 +15,7 @@
 //! the buffered messages above the floor. From then on a message at or below
 //! the floor is dropped: nothing is missed and nothing is seen twice.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,9 +241,10 @@ impl Hub {
     ///
     /// The outgoing frame is encoded at most once per subprotocol and shared.
     pub(crate) fn fanout(&self, envelope: &Envelope) -> usize {
-        let key: Arc<str> = match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
-            Some(Kind::Channel(c)) => Arc::from(c.as_str()),
-            Some(Kind::User(u)) => user_key(u),
+        // Borrowed for channels: the lookup needs no allocation per message.
+        let key: Cow<'_, str> = match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
+            Some(Kind::Channel(c)) => Cow::Borrowed(c),
+            Some(Kind::User(u)) => Cow::Owned(format!("{USER_PREFIX}{u}")),
             // Connection targets are resolved by the node (it knows its connections).
             _ => return 0,
         };
