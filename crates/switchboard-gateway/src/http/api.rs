@@ -401,16 +401,8 @@ async fn presence(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<
 /// Checks a channel name against the protocol and the configured length limit.
 fn check_channel(node: &NodeInner, name: &str) -> Result<(), ApiError> {
     channel::validate(name).map_err(ApiError::bad_request)?;
-    let max = node.config.limits.max_channel_length;
-    if name.len() > max {
-        metrics::counter!("switchboard_limit_rejections_total", "limit" => "channel_length")
-            .increment(1);
-        return Err(ApiError::bad_request(format!(
-            "channel name is {} bytes; this node allows {max}",
-            name.len()
-        )));
-    }
-    Ok(())
+    node.check_channel_length(name)
+        .map_err(ApiError::bad_request)
 }
 
 async fn publish_one(
