@@ -6,16 +6,22 @@
 //! (`--runtime-threads`, `taskset`) while the nodes are measured.
 //!
 //! Exit status: 0 for a clean run, 1 when the run found a problem (loss, duplicates,
-//! out-of-order, disconnects, publish errors), 2 when it could not run at all.
+//! out-of-order, disconnects, publish errors, failed connections), 2 when it could not run at
+//! all.
 
+mod connect;
 mod fanout;
 mod http;
+mod idle;
 mod offsets;
 mod payload;
 mod procstat;
 mod publisher;
+mod ramp;
 mod recover;
+mod rooms;
 mod scrape;
+mod setup;
 mod stats;
 mod subscriber;
 
@@ -44,6 +50,18 @@ enum Command {
     /// Clients subscribed with history to a node that is then killed (SIGKILL): how long
     /// they take to reconnect elsewhere and recover every missed message, checking offsets.
     Recover(recover::Opts),
+    /// Many channels with a few subscribers each, a total publish rate spread over them: the
+    /// same report as `fanout`.
+    Rooms(rooms::Opts),
+    /// Many subscribed connections held on one node: connections/s while opening them,
+    /// connect latency, the node's RSS per connection and CPU per accepted connection.
+    Idle(idle::Opts),
+    /// New connections per second on a node (upgrade and welcome, then close): handshake
+    /// latency, errors, the node's CPU per accepted connection.
+    Connect(connect::Opts),
+    /// The fanout scenario at rising rates until loss appears or p99 passes a bound: every
+    /// step's figures and the highest clean step.
+    Ramp(ramp::Opts),
 }
 
 /// A finished run's report, whatever the scenario.
@@ -53,28 +71,37 @@ trait RunReport {
     fn failures(&self) -> Vec<String>;
 }
 
-impl RunReport for stats::Report {
-    fn render(&self) -> String {
-        stats::Report::render(self)
-    }
-    fn json(&self) -> serde_json::Value {
-        stats::Report::json(self)
-    }
-    fn failures(&self) -> Vec<String> {
-        stats::Report::failures(self)
-    }
+/// Implements [`RunReport`] by the report type's own inherent methods.
+macro_rules! run_report {
+    ($($t:ty),*) => {$(
+        impl RunReport for $t {
+            fn render(&self) -> String {
+                <$t>::render(self)
+            }
+            fn json(&self) -> serde_json::Value {
+                <$t>::json(self)
+            }
+            fn failures(&self) -> Vec<String> {
+                <$t>::failures(self)
+            }
+        }
+    )*};
 }
 
-impl RunReport for recover::RecoverReport {
-    fn render(&self) -> String {
-        recover::RecoverReport::render(self)
-    }
-    fn json(&self) -> serde_json::Value {
-        recover::RecoverReport::json(self)
-    }
-    fn failures(&self) -> Vec<String> {
-        recover::RecoverReport::failures(self)
-    }
+run_report!(
+    stats::Report,
+    recover::RecoverReport,
+    idle::IdleReport,
+    connect::ConnectReport,
+    ramp::RampReport
+);
+
+/// Boxes a scenario's result with its `--json` flag.
+fn boxed<R: RunReport + 'static>(
+    r: anyhow::Result<R>,
+    json: bool,
+) -> anyhow::Result<(Box<dyn RunReport>, bool)> {
+    r.map(|r| (Box::new(r) as Box<dyn RunReport>, json))
 }
 
 fn main() -> ExitCode {
@@ -99,12 +126,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Fanout(opts) => fanout::run(opts, threads)
-                .await
-                .map(|r| (Box::new(r) as Box<dyn RunReport>, opts.json)),
-            Command::Recover(opts) => recover::run(opts)
-                .await
-                .map(|r| (Box::new(r) as Box<dyn RunReport>, opts.json)),
+            Command::Fanout(o) => boxed(fanout::run(o, threads).await, o.common.json),
+            Command::Recover(o) => boxed(recover::run(o).await, o.json),
+            Command::Rooms(o) => boxed(rooms::run(o, threads).await, o.common.json),
+            Command::Idle(o) => boxed(idle::run(o).await, o.json),
+            Command::Connect(o) => boxed(connect::run(o, threads).await, o.json),
+            Command::Ramp(o) => boxed(ramp::run(o, threads).await, o.common.json),
         }
     });
     match result {

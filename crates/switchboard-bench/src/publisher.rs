@@ -6,6 +6,11 @@
 //! backplane in seq order even across nodes: any subscriber that sees them out of order has
 //! found a bug.
 //!
+//! With several channels (the `rooms` scenario) the global publish slots go to the channels
+//! in turn, so each channel gets the same share of the rate; a publisher keeps, per channel,
+//! how many of its measured publishes were accepted and its last accepted seq, which is what
+//! a subscriber of that channel must receive.
+//!
 //! The schedule is open-loop (publish `k` is due at a fixed time), so a slow node does not
 //! slow the offered load; a publisher more than [`MAX_LAG`] behind skips the missed slots and
 //! counts them rather than bursting.
@@ -36,8 +41,22 @@ pub struct Plan {
     pub end: Instant,
     /// Messages sent at or after this time (µs since the epoch) are measured.
     pub warmup_end_us: u64,
-    /// Builds request bodies.
-    pub body: Arc<BodyBuilder>,
+    /// Builds request bodies, one builder per channel.
+    pub bodies: Arc<Vec<BodyBuilder>>,
+}
+
+/// What one publisher did on one channel.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelTally {
+    /// 2xx answers for messages sent in the measure window.
+    pub accepted_measured: u64,
+    /// Seq of the last 2xx publish; 0 if none.
+    pub last_accepted_seq: u64,
+}
+
+/// The channel (index) of global publish slot `slot`: the channels take turns.
+pub fn channel_of_slot(slot: u64, channels: usize) -> usize {
+    (slot % channels.max(1) as u64) as usize
 }
 
 /// What one publisher did.
@@ -57,20 +76,24 @@ pub struct Tally {
     pub first_error: Option<String>,
     /// Scheduled slots skipped for being more than [`MAX_LAG`] late.
     pub skipped: u64,
+    /// The same, per channel (index as in [`Plan::bodies`]).
+    pub by_channel: Vec<ChannelTally>,
 }
 
 /// Publishes from `plan.start` to `plan.end` through `clients` (one per `--api` node).
 pub async fn run(plan: Plan, mut clients: Vec<ApiClient>) -> Tally {
-    let mut tally = Tally::default();
-    if clients.is_empty() {
+    let mut tally = Tally {
+        by_channel: vec![ChannelTally::default(); plan.bodies.len()],
+        ..Tally::default()
+    };
+    if clients.is_empty() || plan.bodies.is_empty() {
         return tally;
     }
     // Publisher `id`'s k-th slot is global slot `k * publishers + id`, so the publishers
     // interleave evenly at the total rate.
-    let slot_time = |k: u64| {
-        let slot = k * u64::from(plan.publishers) + u64::from(plan.id);
-        plan.start + Duration::from_secs_f64(slot as f64 / plan.rate)
-    };
+    let global_slot = |k: u64| k * u64::from(plan.publishers) + u64::from(plan.id);
+    let slot_time =
+        |k: u64| plan.start + Duration::from_secs_f64(global_slot(k) as f64 / plan.rate);
     let mut k = 0u64;
     loop {
         let due = slot_time(k);
@@ -91,6 +114,7 @@ pub async fn run(plan: Plan, mut clients: Vec<ApiClient>) -> Tally {
             k = next;
             continue;
         }
+        let channel = channel_of_slot(global_slot(k), plan.bodies.len());
         k += 1;
 
         tally.attempted += 1;
@@ -100,11 +124,17 @@ pub async fn run(plan: Plan, mut clients: Vec<ApiClient>) -> Tally {
             sent_us: payload::now_us(),
         };
         let node = (tally.attempted as usize + plan.id as usize) % clients.len();
-        match clients[node].publish(plan.body.body(stamp)).await {
+        match clients[node]
+            .publish(plan.bodies[channel].body(stamp))
+            .await
+        {
             Outcome::Status(s) if s.is_success() => {
+                let on_channel = &mut tally.by_channel[channel];
                 tally.last_accepted_seq = stamp.seq;
+                on_channel.last_accepted_seq = stamp.seq;
                 if stamp.sent_us >= plan.warmup_end_us {
                     tally.accepted_measured += 1;
+                    on_channel.accepted_measured += 1;
                 }
             }
             Outcome::Status(s) => {
@@ -122,4 +152,20 @@ pub async fn run(plan: Plan, mut clients: Vec<ApiClient>) -> Tally {
         }
     }
     tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_take_turns() {
+        assert_eq!(channel_of_slot(7, 1), 0);
+        assert_eq!(channel_of_slot(7, 0), 0);
+        let hits = (0..3000).fold(vec![0; 1000], |mut h, slot| {
+            h[channel_of_slot(slot, 1000)] += 1;
+            h
+        });
+        assert!(hits.iter().all(|&n| n == 3));
+    }
 }

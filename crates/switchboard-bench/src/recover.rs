@@ -28,17 +28,17 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::http::{ApiClient, ApiEndpoint};
+use crate::http::ApiClient;
 use crate::offsets::OffsetCheck;
 use crate::payload::{self, BodyBuilder, Stamp};
-use crate::procstat::{self, Proc, Sample};
-use crate::stats::{Latency, LatencySummary, MachineUsage, offset_failures, offsets_json};
+use crate::procstat;
+use crate::setup::{self, Snapshot, Start, Window};
+use crate::stats::{Latency, LatencySummary, MachineUsage, offset_failures, offsets_json, per_sec};
 use crate::subscriber::{self, Ws};
 
 /// Options of `switchboard-bench recover`.
@@ -305,12 +305,6 @@ struct Client {
     finished: bool,
 }
 
-/// A client task and the way to talk to it.
-struct ClientHandle {
-    control: mpsc::Sender<Control>,
-    task: JoinHandle<ClientOutcome>,
-}
-
 /// A message frame of the JSON subprotocol starts so (the node writes `type` first).
 const MESSAGE_PREFIX: &[u8] = br#"{"type":"message""#;
 
@@ -348,11 +342,8 @@ async fn handshake(
 }
 
 async fn run_client(
-    index: usize,
+    (index, setup, ready, control): Start<Control>,
     shared: Arc<Shared>,
-    setup: Arc<Semaphore>,
-    ready: mpsc::Sender<Result<(), String>>,
-    control: mpsc::Receiver<Control>,
 ) -> ClientOutcome {
     let url = shared.urls[0].clone();
     let first = {
@@ -726,16 +717,8 @@ pub struct RecoverReport {
 pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     validate(opts)?;
     let (clk_tck, _) = procstat::clock_ticks_per_sec();
-    for &pid in std::iter::once(&opts.kill_pid).chain(&opts.node_pids) {
-        Proc::Pid(pid)
-            .sample()
-            .with_context(|| format!("pid {pid}: cannot read /proc/{pid}"))?;
-    }
-    let endpoints = opts
-        .api
-        .iter()
-        .map(|u| ApiEndpoint::parse(u, opts.api_key.as_deref()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    setup::check_pids(std::iter::once(opts.kill_pid).chain(opts.node_pids.iter().copied()))?;
+    let endpoints = setup::endpoints(&opts.api, opts.api_key.as_deref())?;
     let shared = Arc::new(Shared {
         channel: opts.channel.clone(),
         urls: opts.ws.iter().map(|u| Arc::from(u.as_str())).collect(),
@@ -752,20 +735,23 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     });
 
     let setup_started = Instant::now();
-    let clients = spawn_clients(opts, &shared).await?;
+    let clients = setup::spawn_all(
+        opts.clients,
+        opts.connect_concurrency,
+        "clients",
+        true,
+        |start| run_client(start, shared.clone()),
+    )
+    .await?
+    .handles;
     let setup_secs = setup_started.elapsed().as_secs_f64();
     eprintln!(
         "{} clients subscribed on {} in {setup_secs:.2} s",
         opts.clients, opts.ws[0]
     );
 
-    let publish_timeout = Duration::from_secs_f64(opts.publish_timeout);
-    let mut api_clients = Vec::new();
-    for e in &endpoints {
-        let mut c = ApiClient::new(e.clone(), publish_timeout);
-        c.connect().await?;
-        api_clients.push(c);
-    }
+    let api_clients =
+        setup::api_clients(&endpoints, Duration::from_secs_f64(opts.publish_timeout)).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let last_offset = Arc::new(AtomicU64::new(0));
     let publisher = tokio::spawn(publish(
@@ -781,13 +767,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     );
     tokio::time::sleep(Duration::from_secs_f64(opts.before)).await;
 
-    let nodes_before: Vec<_> = opts
-        .node_pids
-        .iter()
-        .map(|&p| Proc::Pid(p).sample())
-        .collect();
-    let me_before = Proc::Me.sample();
-    let machine_before = procstat::machine_ticks().ok();
+    let before = Snapshot::take(&opts.node_pids);
     let offset_at_kill = last_offset.load(Ordering::Acquire);
     let kill_at = Instant::now();
     let _ = shared.kill_at.set(kill_at);
@@ -822,13 +802,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
         }
     }
     let recovery_window_secs = kill_at.elapsed().as_secs_f64();
-    let nodes_after: Vec<_> = opts
-        .node_pids
-        .iter()
-        .map(|&p| Proc::Pid(p).sample())
-        .collect();
-    let me_after = Proc::Me.sample();
-    let machine_after = procstat::machine_ticks().ok();
+    let window = Window::between(&before, &Snapshot::take(&opts.node_pids), clk_tck);
     eprintln!(
         "{}/{} settled {recovery_window_secs:.3} s after the kill; publishing {:.1} s more",
         shared.settled.load(Ordering::Acquire),
@@ -840,31 +814,17 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     stop.store(true, Ordering::Release);
     let tally = publisher.await.context("publisher task panicked")?;
 
-    let drain_started = Instant::now();
     for c in &clients {
         let _ = c.control.try_send(Control::Drain(tally.last_offset));
     }
-    let drain_deadline = drain_started + Duration::from_secs_f64(opts.drain_timeout);
-    let drained = loop {
-        if shared.finished.load(Ordering::Acquire) >= clients.len() {
-            break true;
-        }
-        if Instant::now() >= drain_deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let drain_secs = drain_started.elapsed().as_secs_f64();
-    for c in &clients {
-        let _ = c.control.try_send(Control::Stop);
-    }
-    let mut outcomes = Vec::with_capacity(clients.len());
-    for c in clients {
-        outcomes.push(c.task.await.context("client task panicked")?);
-    }
+    let (drained, drain_secs) = setup::wait_count(
+        &shared.finished,
+        clients.len(),
+        Duration::from_secs_f64(opts.drain_timeout),
+    )
+    .await;
+    let outcomes = setup::stop_all(clients, Control::Stop).await?;
 
-    let cpu =
-        |b: &Sample, a: &Sample| a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / clk_tck as f64;
     let mut report = RecoverReport {
         clients: opts.clients,
         ws: opts.ws.clone(),
@@ -882,31 +842,20 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
         drain_secs,
         drained,
         recovery_window_secs,
-        nodes: opts
-            .node_pids
+        nodes: window
+            .nodes
             .iter()
-            .zip(nodes_before.iter().zip(&nodes_after))
-            .map(|(&pid, pair)| {
+            .map(|(pid, u)| {
                 (
-                    pid,
-                    match pair {
-                        (Ok(b), Ok(a)) => Ok((cpu(b, a), a.rss_kb)),
-                        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-                    },
+                    *pid,
+                    u.as_ref()
+                        .map(|(cpu, s)| (*cpu, s.rss_kb))
+                        .map_err(Clone::clone),
                 )
             })
             .collect(),
-        generator_cpu_secs: match (&me_before, &me_after) {
-            (Ok(b), Ok(a)) => Some(cpu(b, a)),
-            _ => None,
-        },
-        machine: machine_before
-            .zip(machine_after)
-            .map(|(b, a)| MachineUsage {
-                busy_secs: a.busy.saturating_sub(b.busy) as f64 / clk_tck as f64,
-                total_secs: a.total.saturating_sub(b.total) as f64 / clk_tck as f64,
-                window_secs: recovery_window_secs,
-            }),
+        generator_cpu_secs: window.my_cpu_secs(),
+        machine: window.machine,
         final_nodes: vec![0; opts.ws.len()],
         tally,
         ..RecoverReport::default()
@@ -929,58 +878,14 @@ fn validate(opts: &Opts) -> anyhow::Result<()> {
         opts.backoff_min > Duration::ZERO && opts.backoff_max >= opts.backoff_min,
         "--backoff-min must be above zero and at most --backoff-max"
     );
-    for (name, v) in [
+    setup::check_positive(&[
         ("--before", opts.before),
         ("--after", opts.after),
         ("--setup-timeout", opts.setup_timeout),
         ("--drain-timeout", opts.drain_timeout),
         ("--publish-timeout", opts.publish_timeout),
-    ] {
-        ensure!(v > 0.0 && v.is_finite(), "{name} must be positive");
-    }
-    if let Some(limit) = procstat::open_files_limit() {
-        let needed = (opts.clients + opts.api.len() + 64) as u64;
-        ensure!(
-            needed <= limit,
-            "{} clients need about {needed} open files but the limit is {limit}: raise it (ulimit -n)",
-            opts.clients
-        );
-    }
-    Ok(())
-}
-
-/// Spawns every client and waits until all are subscribed; fails on the first failure.
-async fn spawn_clients(opts: &Opts, shared: &Arc<Shared>) -> anyhow::Result<Vec<ClientHandle>> {
-    let setup = Arc::new(Semaphore::new(opts.connect_concurrency));
-    let (ready_tx, mut ready_rx) = mpsc::channel(opts.clients);
-    let handles: Vec<ClientHandle> = (0..opts.clients)
-        .map(|i| {
-            let (control, control_rx) = mpsc::channel(2);
-            let task = tokio::spawn(run_client(
-                i,
-                shared.clone(),
-                setup.clone(),
-                ready_tx.clone(),
-                control_rx,
-            ));
-            ClientHandle { control, task }
-        })
-        .collect();
-    drop(ready_tx);
-    let mut ready = 0;
-    while ready < opts.clients {
-        match ready_rx.recv().await {
-            Some(Ok(())) => ready += 1,
-            Some(Err(e)) => {
-                for h in &handles {
-                    h.task.abort();
-                }
-                bail!("client setup failed after {ready} succeeded: {e}");
-            }
-            None => bail!("client tasks ended during setup"),
-        }
-    }
-    Ok(handles)
+    ])?;
+    setup::check_open_files(opts.clients, opts.api.len(), "clients")
 }
 
 fn add_outcomes(r: &mut RecoverReport, outcomes: &[ClientOutcome]) {
@@ -1337,10 +1242,6 @@ impl RecoverReport {
             unreachable!("json! objects are objects")
         }
     }
-}
-
-fn per_sec(n: u64, secs: f64) -> f64 {
-    if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
 #[cfg(test)]

@@ -109,18 +109,22 @@ pub struct NodeCounters {
     pub deltas: Option<Vec<(&'static str, f64)>>,
 }
 
-/// Everything a fan-out run measured.
+/// Everything a fan-out (or rooms) run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// `fanout` or `rooms`.
+    pub scenario: &'static str,
     /// Number of subscribers.
     pub subscribers: usize,
+    /// Number of channels (subscribers are spread evenly over them).
+    pub channels: usize,
     /// Number of `--ws` nodes.
     pub ws_nodes: usize,
     /// Number of `--api` nodes.
     pub api_nodes: usize,
     /// Number of publisher tasks.
     pub publishers: usize,
-    /// The channel.
+    /// The channel (the first one, with several).
     pub channel: String,
     /// Target publishes per second.
     pub target_rate: f64,
@@ -130,6 +134,8 @@ pub struct Report {
     pub setup_secs: f64,
     /// Length of the measure window (publishing after the warm-up), seconds.
     pub measure_secs: f64,
+    /// Length of the window over which CPU was read (the measure window and the drain).
+    pub window_secs: f64,
     /// Publishes attempted over the whole run, warm-up included.
     pub publishes_attempted: u64,
     /// Publishes accepted (2xx) in the measure window.
@@ -333,6 +339,28 @@ impl Report {
         per_sec(self.deliveries, self.measure_secs)
     }
 
+    /// CPU microseconds per delivery of all `--node-pid` nodes together, when all were read.
+    pub fn nodes_us_per_delivery(&self) -> Option<f64> {
+        let cpu: Option<f64> = self.nodes.iter().map(|n| n.cpu_secs).sum();
+        cpu.filter(|_| self.deliveries > 0 && !self.nodes.is_empty())
+            .map(|cpu| cpu * 1e6 / self.deliveries as f64)
+    }
+
+    /// Cores the nodes together used over the CPU window.
+    pub fn nodes_cores(&self) -> Option<f64> {
+        let cpu: Option<f64> = self.nodes.iter().map(|n| n.cpu_secs).sum();
+        cpu.filter(|_| self.window_secs > 0.0 && !self.nodes.is_empty())
+            .map(|cpu| cpu / self.window_secs)
+    }
+
+    /// Cores the generator used over the CPU window.
+    pub fn generator_cores(&self) -> Option<f64> {
+        self.generator
+            .cpu_secs
+            .filter(|_| self.window_secs > 0.0)
+            .map(|cpu| cpu / self.window_secs)
+    }
+
     /// What went wrong, one line each; empty for a clean run. A non-empty list makes the
     /// process exit non-zero.
     pub fn failures(&self) -> Vec<String> {
@@ -365,17 +393,25 @@ impl Report {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let l = &self.latency;
+        let what = if self.channels > 1 {
+            format!(
+                "{} channels × {} subscribers ({} in all) on {} node(s), channels {:?}...",
+                self.channels,
+                self.subscribers / self.channels,
+                self.subscribers,
+                self.ws_nodes,
+                self.channel
+            )
+        } else {
+            format!(
+                "{} subscribers on {} node(s), channel {:?}",
+                self.subscribers, self.ws_nodes, self.channel
+            )
+        };
         let _ = writeln!(
             s,
-            "fanout: {} subscribers on {} node(s), channel {:?}, {} publisher(s) over {} API node(s), \
-             target {:.1}/s, payload {} B",
-            self.subscribers,
-            self.ws_nodes,
-            self.channel,
-            self.publishers,
-            self.api_nodes,
-            self.target_rate,
-            self.payload
+            "{}: {what}, {} publisher(s) over {} API node(s), target {:.1}/s, payload {} B",
+            self.scenario, self.publishers, self.api_nodes, self.target_rate, self.payload
         );
         let _ = writeln!(
             s,
@@ -447,15 +483,14 @@ impl Report {
         for n in &self.nodes {
             let _ = writeln!(s, "{}", n.line());
         }
-        if self.nodes.len() > 1 {
-            let cpu: Option<f64> = self.nodes.iter().map(|n| n.cpu_secs).sum();
-            if let Some(cpu) = cpu.filter(|_| self.deliveries > 0) {
-                let _ = writeln!(
-                    s,
-                    "nodes total: cpu {cpu:.2} s = {:.2} µs/delivery",
-                    cpu * 1e6 / self.deliveries as f64
-                );
-            }
+        if self.nodes.len() > 1
+            && let (Some(per), Some(cores)) = (self.nodes_us_per_delivery(), self.nodes_cores())
+        {
+            let _ = writeln!(
+                s,
+                "nodes total: {per:.2} µs/delivery, {cores:.2} cores over the {:.2} s window",
+                self.window_secs
+            );
         }
         if let Some(r) = &self.redis {
             let _ = write!(s, "{}", r.line());
@@ -519,8 +554,7 @@ impl Report {
     /// The report as one JSON object.
     pub fn json(&self) -> Value {
         let l = &self.latency;
-        json!({
-            "scenario": "fanout",
+        let mut v = json!({
             "subscribers": self.subscribers,
             "ws_nodes": self.ws_nodes,
             "api_nodes": self.api_nodes,
@@ -578,7 +612,22 @@ impl Report {
             "clk_tck_read": self.clk_tck_read,
             "failures": self.failures(),
             "ok": self.failures().is_empty(),
-        })
+        });
+        // Added one by one: one `json!` this large exceeds the macro recursion limit.
+        for (key, value) in [
+            ("scenario", json!(self.scenario)),
+            ("channels", json!(self.channels)),
+            (
+                "nodes_cpu_us_per_delivery",
+                json!(self.nodes_us_per_delivery()),
+            ),
+            ("nodes_cores", json!(self.nodes_cores())),
+            ("window_secs", json!(self.window_secs)),
+            ("generator_cores", json!(self.generator_cores())),
+        ] {
+            v[key] = value;
+        }
+        v
     }
 }
 
@@ -618,7 +667,8 @@ fn short_name(name: &str) -> &str {
     name.strip_suffix("_total").unwrap_or(name)
 }
 
-fn per_sec(n: u64, secs: f64) -> f64 {
+/// `n` events over `secs` seconds as a rate; 0 for an empty window.
+pub fn per_sec(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::offsets::OffsetCheck;
 use crate::payload::{self, Stamp};
+use crate::setup::Start;
 use crate::stats::ShardedLatency;
 
 /// The JSON subprotocol of PROTOCOL.md §2.
@@ -30,8 +31,8 @@ pub const JSON_SUBPROTOCOL: &str = "switchboard.v1.json";
 
 /// What every subscriber task shares with the coordinator.
 pub struct Shared {
-    /// The channel to subscribe to.
-    pub channel: String,
+    /// The channels; each subscriber subscribes to one of them.
+    pub channels: Vec<String>,
     /// Number of publisher tasks (publisher ids are `0..publishers`).
     pub publishers: usize,
     /// Messages sent at or after this time (µs since the epoch) are measured; `u64::MAX`
@@ -63,6 +64,12 @@ pub struct Outcome {
     pub index: usize,
     /// Index of its `--ws` node.
     pub node: usize,
+    /// Index of its channel in [`Shared::channels`].
+    pub channel: usize,
+    /// Whether it connected and subscribed.
+    pub ready: bool,
+    /// How long connect, upgrade, welcome, subscribe and `subscribed` took.
+    pub setup: Duration,
     /// Measured messages received (duplicates excluded).
     pub received: u64,
     /// Messages whose seq equalled the last one seen from the same publisher.
@@ -80,22 +87,24 @@ pub struct Outcome {
 /// A client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// Runs one subscriber until `Stop` (or until its connection ends).
+/// Runs one subscriber, of channel `channel` on node `node`, until `Stop` (or until its
+/// connection ends).
 ///
 /// Sends one item on `ready` once subscribed (or failed to), while holding a `setup` permit,
 /// which bounds how many connections are being set up at once.
 pub async fn run(
-    index: usize,
+    (index, setup, ready, mut control): Start<Control>,
     node: usize,
+    channel: usize,
     url: Arc<str>,
     shared: Arc<Shared>,
-    setup: Arc<Semaphore>,
-    ready: mpsc::Sender<Result<(), String>>,
-    mut control: mpsc::Receiver<Control>,
 ) -> Outcome {
     let mut out = Outcome {
         index,
         node,
+        channel,
+        ready: false,
+        setup: Duration::ZERO,
         received: 0,
         duplicated: 0,
         out_of_order: 0,
@@ -105,16 +114,22 @@ pub async fn run(
     };
     let ws = {
         let _permit = setup.acquire().await;
-        let connected = tokio::time::timeout(shared.setup_timeout, connect(&url, &shared))
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "setup timed out after {:?}",
-                    shared.setup_timeout
-                ))
-            });
+        let started = std::time::Instant::now();
+        let connected = tokio::time::timeout(
+            shared.setup_timeout,
+            connect(&url, &shared.channels[channel], shared.ws_config),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "setup timed out after {:?}",
+                shared.setup_timeout
+            ))
+        });
         match connected {
             Ok((ws, offset)) => {
+                out.setup = started.elapsed();
+                out.ready = true;
                 out.offsets = offset.map(OffsetCheck::after);
                 ws
             }
@@ -272,9 +287,13 @@ fn caught_up(last_seen: &[u64], target: &[u64]) -> bool {
 
 /// Connects, reads the welcome, subscribes and waits for `subscribed`; returns the socket
 /// and, on a channel with history, the newest offset the reply named.
-async fn connect(url: &str, shared: &Shared) -> anyhow::Result<(Ws, Option<u64>)> {
-    let ws = open(url, shared.ws_config).await?;
-    let cmd = serde_json::json!({"type": "subscribe", "id": 1, "channel": shared.channel});
+async fn connect(
+    url: &str,
+    channel: &str,
+    ws_config: WebSocketConfig,
+) -> anyhow::Result<(Ws, Option<u64>)> {
+    let ws = open(url, ws_config).await?;
+    let cmd = serde_json::json!({"type": "subscribe", "id": 1, "channel": channel});
     let (ws, reply) = subscribe(ws, cmd).await?;
     Ok((ws, reply["offset"].as_u64()))
 }
@@ -349,7 +368,7 @@ mod tests {
 
     fn shared(warmup_end_us: u64) -> Shared {
         Shared {
-            channel: "c".into(),
+            channels: vec!["c".into()],
             publishers: 2,
             warmup_end_us: AtomicU64::new(warmup_end_us),
             finished: AtomicUsize::new(0),
@@ -363,6 +382,9 @@ mod tests {
         Outcome {
             index: 0,
             node: 0,
+            channel: 0,
+            ready: true,
+            setup: Duration::ZERO,
             received: 0,
             duplicated: 0,
             out_of_order: 0,

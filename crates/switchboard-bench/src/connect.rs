@@ -1,0 +1,466 @@
+//! The `connect` scenario: new connections per second on one node.
+//!
+//! `--concurrency` workers open connections to the `--ws` node(s) as fast as they can until
+//! `--connections` have been tried; each attempt is a TCP connect, the WebSocket upgrade (JSON
+//! subprotocol) and the `welcome` frame, and then, by default, a polite close (close frame,
+//! wait for the node's close, at most a second), so the node's figure includes tearing a
+//! connection down and the run is not bounded by file descriptors. With `--keep-open` the
+//! connections are held until the end instead (then at most about the fd limit).
+//!
+//! Reported: connections per second (successful attempts over the whole phase, closes
+//! included), handshake latency (connect to `welcome`) and its TCP part, errors by kind, the
+//! node's CPU time per accepted connection over the phase (from `/proc/PID/stat` of
+//! `--node-pid`), and the generator's own CPU: when it used about all of its runtime threads
+//! the generator, not the node, set the rate.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::ensure;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::procstat;
+use crate::setup::{self, Snapshot, Window};
+use crate::stats::{Latency, LatencySummary, MachineUsage, per_sec};
+use crate::subscriber::{self, Ws};
+
+/// Options of `switchboard-bench connect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    /// WebSocket URL of the node (repeat for several: attempts rotate over them).
+    #[arg(long = "ws", required = true, value_name = "URL")]
+    pub ws: Vec<String>,
+    /// Pid of a node, to report its CPU per accepted connection (repeat, in `--ws` order).
+    #[arg(long = "node-pid", value_name = "PID")]
+    pub node_pids: Vec<u32>,
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Hold every connection until the end instead of closing it after the welcome.
+    #[arg(long)]
+    pub keep_open: bool,
+    /// Seconds allowed for one attempt (connect, upgrade, welcome).
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Print the result as one JSON object too (the last line of stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one worker did.
+#[derive(Default)]
+struct WorkerTally {
+    ok: u64,
+    handshake: Latency,
+    tcp: Latency,
+    errors: BTreeMap<String, u64>,
+    first_error: Option<String>,
+    held: Vec<Ws>,
+}
+
+/// Everything a connect run measured.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectReport {
+    /// The `--ws` URLs.
+    pub ws: Vec<String>,
+    /// Connections tried.
+    pub connections: usize,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// Whether connections were held rather than closed.
+    pub keep_open: bool,
+    /// Attempts that got their `welcome`.
+    pub ok: u64,
+    /// Failed attempts by kind (the outermost error context).
+    pub errors: Vec<(String, u64)>,
+    /// The first error in full.
+    pub first_error: Option<String>,
+    /// Seconds from the first attempt to the end of the last one.
+    pub secs: f64,
+    /// Connect to `welcome`.
+    pub handshake: LatencySummary,
+    /// The TCP connect alone.
+    pub tcp: LatencySummary,
+    /// Each node's pid and CPU seconds over the phase (or why not).
+    pub nodes: Vec<(u32, Result<f64, String>)>,
+    /// RSS of the first node at the end, KiB.
+    pub node_rss_kb: Option<u64>,
+    /// The generator's CPU seconds over the phase.
+    pub generator_cpu_secs: Option<f64>,
+    /// The generator's runtime threads.
+    pub runtime_threads: usize,
+    /// The machine over the phase.
+    pub machine: Option<MachineUsage>,
+}
+
+impl ConnectReport {
+    /// Successful connections per second.
+    pub fn rate(&self) -> f64 {
+        per_sec(self.ok, self.secs)
+    }
+
+    /// Failed attempts.
+    pub fn error_count(&self) -> u64 {
+        self.errors.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The nodes' CPU microseconds per accepted connection, all nodes together.
+    pub fn node_cpu_us_per_connection(&self) -> Option<f64> {
+        let cpu: Option<f64> = self.nodes.iter().map(|(_, c)| c.as_ref().ok()).sum();
+        cpu.filter(|_| self.ok > 0 && !self.nodes.is_empty())
+            .map(|c| c * 1e6 / self.ok as f64)
+    }
+
+    /// Cores the nodes used over the phase.
+    pub fn node_cores(&self) -> Option<f64> {
+        let cpu: Option<f64> = self.nodes.iter().map(|(_, c)| c.as_ref().ok()).sum();
+        cpu.filter(|_| self.secs > 0.0 && !self.nodes.is_empty())
+            .map(|c| c / self.secs)
+    }
+
+    /// Cores the generator used over the phase.
+    pub fn generator_cores(&self) -> Option<f64> {
+        self.generator_cpu_secs
+            .filter(|_| self.secs > 0.0)
+            .map(|c| c / self.secs)
+    }
+
+    /// Whether the generator used nearly all its runtime threads: then it set the rate.
+    pub fn generator_bound(&self) -> bool {
+        self.generator_cores()
+            .is_some_and(|c| c >= 0.85 * self.runtime_threads.max(1) as f64)
+    }
+
+    /// What went wrong, one line each; empty for a clean run.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.error_count() > 0 {
+            f.push(format!(
+                "{} of {} connections failed (first: {})",
+                self.error_count(),
+                self.connections,
+                self.first_error.as_deref().unwrap_or("-")
+            ));
+        }
+        f
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let q = |l: &LatencySummary| {
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            )
+        };
+        let _ = writeln!(
+            s,
+            "connect: {} connections to {}, {} in flight, {}",
+            self.connections,
+            self.ws.join(", "),
+            self.concurrency,
+            if self.keep_open {
+                "each held to the end"
+            } else {
+                "each closed after its welcome"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "rate:        {} connected in {:.2} s = {:.0} connections/s; {} failed",
+            self.ok,
+            self.secs,
+            self.rate(),
+            self.error_count()
+        );
+        for (kind, n) in &self.errors {
+            let _ = writeln!(s, "             {kind}: {n}");
+        }
+        if let Some(e) = &self.first_error {
+            let _ = writeln!(s, "             first error: {e}");
+        }
+        let _ = writeln!(
+            s,
+            "handshake:   {} (connect to welcome)",
+            q(&self.handshake)
+        );
+        let _ = writeln!(s, "tcp connect: {}", q(&self.tcp));
+        for (pid, cpu) in &self.nodes {
+            let _ = match cpu {
+                Ok(cpu) => writeln!(s, "node pid {pid}: cpu {cpu:.2} s over the phase"),
+                Err(e) => writeln!(s, "node pid {pid}: unreadable ({e})"),
+            };
+        }
+        if let (Some(per), Some(cores)) = (self.node_cpu_us_per_connection(), self.node_cores()) {
+            let _ = writeln!(
+                s,
+                "node cpu:    {per:.1} µs per accepted connection ({cores:.2} cores){}",
+                self.node_rss_kb
+                    .map(|kb| format!(", rss {:.1} MiB at the end", kb as f64 / 1024.0))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(cores) = self.generator_cores() {
+            let _ = writeln!(
+                s,
+                "generator:   {cores:.2} cores of {} runtime thread(s){}",
+                self.runtime_threads,
+                if self.generator_bound() {
+                    ": the generator set the rate"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(m) = &self.machine {
+            let _ = writeln!(
+                s,
+                "machine:     {:.2} of {:.2} cores busy over the phase",
+                m.busy_cores(),
+                m.cores()
+            );
+        }
+        let failures = self.failures();
+        if failures.is_empty() {
+            s.push_str("result:      OK\n");
+        } else {
+            let _ = writeln!(s, "result:      FAILED: {}", failures.join("; "));
+        }
+        s
+    }
+
+    /// The report as one JSON object.
+    pub fn json(&self) -> Value {
+        let q = |l: &LatencySummary| json!({"count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99, "p99_9": l.p999, "max": l.max});
+        json!({
+            "scenario": "connect",
+            "ws": self.ws,
+            "connections": self.connections,
+            "concurrency": self.concurrency,
+            "keep_open": self.keep_open,
+            "ok": self.failures().is_empty(),
+            "connected": self.ok,
+            "errors": self.error_count(),
+            "errors_by_kind": self.errors.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "first_error": self.first_error,
+            "secs": self.secs,
+            "connections_per_sec": self.rate(),
+            "handshake_ms": q(&self.handshake),
+            "tcp_connect_ms": q(&self.tcp),
+            "nodes": self.nodes.iter().map(|(pid, c)| match c {
+                Ok(cpu) => json!({"pid": pid, "cpu_secs": cpu}),
+                Err(e) => json!({"pid": pid, "error": e}),
+            }).collect::<Vec<_>>(),
+            "node_rss_kb": self.node_rss_kb,
+            "node_cpu_us_per_connection": self.node_cpu_us_per_connection(),
+            "node_cores": self.node_cores(),
+            "generator_cpu_secs": self.generator_cpu_secs,
+            "generator_cores": self.generator_cores(),
+            "generator_bound": self.generator_bound(),
+            "runtime_threads": self.runtime_threads,
+            "machine_busy_cores": self.machine.map(|m| m.busy_cores()),
+            "failures": self.failures(),
+        })
+    }
+}
+
+/// Runs the scenario; `Err` only when it could not be set up.
+pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<ConnectReport> {
+    ensure!(opts.connections > 0, "--connections must be at least 1");
+    ensure!(opts.concurrency > 0, "--concurrency must be at least 1");
+    setup::check_positive(&[("--timeout", opts.timeout)])?;
+    let in_use = if opts.keep_open {
+        opts.connections
+    } else {
+        opts.concurrency
+    };
+    setup::check_open_files(in_use, 0, "connections")?;
+    setup::check_pids(opts.node_pids.iter().copied())?;
+    let (clk_tck, _) = procstat::clock_ticks_per_sec();
+
+    let urls: Arc<Vec<String>> = Arc::new(opts.ws.clone());
+    let next = Arc::new(AtomicUsize::new(0));
+    let before = Snapshot::take(&opts.node_pids);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..opts.concurrency.min(opts.connections))
+        .map(|_| {
+            let (urls, next) = (urls.clone(), next.clone());
+            let (n, keep_open) = (opts.connections, opts.keep_open);
+            let timeout = Duration::from_secs_f64(opts.timeout);
+            tokio::spawn(worker(urls, next, n, keep_open, timeout))
+        })
+        .collect();
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
+    progress.tick().await;
+    let mut tallies = Vec::with_capacity(workers.len());
+    for w in workers {
+        let mut w = std::pin::pin!(w);
+        loop {
+            tokio::select! {
+                t = &mut w => {
+                    tallies.push(t.map_err(|e| anyhow::anyhow!("worker panicked: {e}"))?);
+                    break;
+                }
+                _ = progress.tick() => eprintln!(
+                    "connect: {} of {} attempts started",
+                    next.load(Ordering::Relaxed).min(opts.connections),
+                    opts.connections
+                ),
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = Snapshot::take(&opts.node_pids);
+    let window = Window::between(&before, &after, clk_tck);
+
+    let mut handshake = Latency::new();
+    let mut tcp = Latency::new();
+    let mut errors = BTreeMap::<String, u64>::new();
+    let mut report = ConnectReport {
+        ws: opts.ws.clone(),
+        connections: opts.connections,
+        concurrency: opts.concurrency,
+        keep_open: opts.keep_open,
+        secs,
+        nodes: window
+            .nodes
+            .iter()
+            .map(|(pid, u)| (*pid, u.as_ref().map(|(cpu, _)| *cpu).map_err(Clone::clone)))
+            .collect(),
+        node_rss_kb: window
+            .nodes
+            .first()
+            .and_then(|(_, u)| u.as_ref().ok().map(|(_, s)| s.rss_kb)),
+        generator_cpu_secs: window.my_cpu_secs(),
+        runtime_threads,
+        machine: window.machine,
+        ..ConnectReport::default()
+    };
+    for t in &mut tallies {
+        report.ok += t.ok;
+        handshake.merge(&t.handshake);
+        tcp.merge(&t.tcp);
+        for (k, n) in &t.errors {
+            *errors.entry(k.clone()).or_default() += n;
+        }
+        if report.first_error.is_none() {
+            report.first_error = t.first_error.take();
+        }
+    }
+    report.errors = errors.into_iter().collect();
+    report.handshake = handshake.summary();
+    report.tcp = tcp.summary();
+    // Held connections close only now, outside the measured phase.
+    drop(tallies);
+    Ok(report)
+}
+
+/// Takes attempt numbers from `next` until `n` have been taken.
+async fn worker(
+    urls: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
+    n: usize,
+    keep_open: bool,
+    timeout: Duration,
+) -> WorkerTally {
+    let mut t = WorkerTally::default();
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            return t;
+        }
+        let url = &urls[i % urls.len()];
+        let started = std::time::Instant::now();
+        let attempt = tokio::time::timeout(timeout, subscriber::open_timed(url, config)).await;
+        match attempt {
+            Ok(Ok((mut ws, tcp))) => {
+                t.ok += 1;
+                t.handshake.record(micros(started.elapsed()));
+                t.tcp.record(micros(tcp));
+                if keep_open {
+                    t.held.push(ws);
+                } else {
+                    close(&mut ws).await;
+                }
+            }
+            Ok(Err(e)) => t.error(e.to_string(), format!("{url}: {e:#}")),
+            Err(_) => t.error(
+                "timed out".to_owned(),
+                format!("{url}: timed out after {timeout:?}"),
+            ),
+        }
+    }
+}
+
+impl WorkerTally {
+    fn error(&mut self, kind: String, full: String) {
+        *self.errors.entry(kind).or_default() += 1;
+        self.first_error.get_or_insert(full);
+    }
+}
+
+/// Sends a close frame and waits (at most a second) for the node to close too.
+async fn close(ws: &mut Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_connection_figures_and_failures() {
+        let r = ConnectReport {
+            connections: 10_000,
+            ok: 10_000,
+            secs: 2.0,
+            nodes: vec![(1, Ok(0.5))],
+            generator_cpu_secs: Some(1.9),
+            runtime_threads: 1,
+            ..ConnectReport::default()
+        };
+        assert_eq!(r.rate(), 5000.0);
+        assert_eq!(r.node_cpu_us_per_connection(), Some(50.0));
+        assert_eq!(r.node_cores(), Some(0.25));
+        assert!(r.generator_bound());
+        assert!(r.failures().is_empty());
+        let text = r.render();
+        assert!(text.contains("5000 connections/s"), "{text}");
+        assert!(text.contains("the generator set the rate"), "{text}");
+        assert_eq!(r.json()["node_cpu_us_per_connection"], 50.0);
+
+        let bad = ConnectReport {
+            connections: 10,
+            ok: 7,
+            errors: vec![("connect".into(), 2), ("timed out".into(), 1)],
+            first_error: Some("ws://x: connect: refused".into()),
+            nodes: vec![(1, Err("gone".into()))],
+            ..ConnectReport::default()
+        };
+        assert_eq!(bad.error_count(), 3);
+        assert!(bad.failures()[0].contains("3 of 10 connections failed"));
+        assert_eq!(bad.node_cpu_us_per_connection(), None);
+        assert!(!bad.generator_bound());
+        assert_eq!(bad.json()["ok"], false);
+    }
+}

@@ -1,0 +1,469 @@
+//! The `idle` scenario: many subscribed connections held on one node, to measure what an idle
+//! connection costs it (memory) and what accepting one costs (CPU).
+//!
+//! N connections open to one node, `--connect-concurrency` at a time; each reads the welcome,
+//! subscribes to one channel and waits for `subscribed`. Connection `i` subscribes to channel
+//! `PREFIX-(i mod C)`, C = `--channels` (100 by default: a realistic mix of shared
+//! subscriptions; `--channels` equal to `--connections` gives each connection a channel of its
+//! own, which costs the node one channel entry per connection as well). Nothing is published.
+//! The connections are then held for `--hold` seconds while the generator keeps reading (it
+//! answers the node's heartbeat pings), and every connection that ends meanwhile is counted.
+//!
+//! From `/proc/PID` of `--node-pid`: RSS before the first connection, after the last one
+//! subscribed, and at the end of the hold; **RSS per connection** = (RSS at the end - RSS
+//! before) / connections; and the node's CPU time over the connect phase divided by the
+//! connections accepted (upgrade, welcome, subscribe and `subscribed` included).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::ensure;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::procstat;
+use crate::rooms::channel_names;
+use crate::setup::{self, Snapshot, Window};
+use crate::stats::{Latency, LatencySummary, MachineUsage, ShardedLatency, per_sec};
+use crate::subscriber::{self, Control, Outcome, Shared};
+
+/// Options of `switchboard-bench idle`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    /// WebSocket URL of the node.
+    #[arg(long = "ws", value_name = "URL")]
+    pub ws: String,
+    /// Pid of the node, to read its memory and CPU time.
+    #[arg(long = "node-pid", value_name = "PID")]
+    pub node_pid: Option<u32>,
+    /// Number of connections to open and hold.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Number of channels the connections subscribe to (round-robin).
+    #[arg(long, default_value_t = 100)]
+    pub channels: usize,
+    /// Channels are named PREFIX-0 .. PREFIX-(channels - 1).
+    #[arg(long, default_value = "idle")]
+    pub channel_prefix: String,
+    /// Seconds to hold every connection once all are subscribed.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Seconds allowed for one connection to connect and subscribe.
+    #[arg(long, default_value_t = 10.0)]
+    pub setup_timeout: f64,
+    /// Print the result as one JSON object too (the last line of stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The node's memory and CPU, when `--node-pid` was given.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFigures {
+    /// The pid.
+    pub pid: u32,
+    /// RSS before the first connection, KiB.
+    pub rss_before_kb: u64,
+    /// RSS once every connection was subscribed, KiB.
+    pub rss_connected_kb: u64,
+    /// RSS at the end of the hold, KiB.
+    pub rss_after_kb: u64,
+    /// Peak RSS at the end of the hold, KiB.
+    pub peak_rss_kb: u64,
+    /// CPU seconds over the connect phase.
+    pub connect_cpu_secs: f64,
+    /// CPU seconds over the hold.
+    pub hold_cpu_secs: f64,
+}
+
+/// Everything an idle run measured.
+#[derive(Debug, Clone, Default)]
+pub struct IdleReport {
+    /// The node's URL.
+    pub ws: String,
+    /// Connections asked for.
+    pub connections: usize,
+    /// Channels they subscribed to.
+    pub channels: usize,
+    /// Connections that subscribed.
+    pub connected: usize,
+    /// Connections whose setup failed.
+    pub failed: usize,
+    /// The first setup error.
+    pub first_error: Option<String>,
+    /// Seconds from the first connect to the last `subscribed`.
+    pub connect_secs: f64,
+    /// Connect + upgrade + welcome + subscribe + `subscribed`, per connection.
+    pub connect_latency: LatencySummary,
+    /// Seconds held.
+    pub hold_secs: f64,
+    /// Subscribed connections that ended before the generator closed them.
+    pub disconnects: usize,
+    /// A few of their reasons.
+    pub disconnect_reasons: Vec<String>,
+    /// Frames that were not expected on an idle connection.
+    pub unexpected_frames: u64,
+    /// The node, when its pid was given (or why it could not be read).
+    pub node: Option<Result<NodeFigures, String>>,
+    /// The generator's CPU seconds over the connect phase.
+    pub generator_connect_cpu_secs: Option<f64>,
+    /// The generator's RSS at the end of the hold, KiB.
+    pub generator_rss_kb: u64,
+    /// The machine over the connect phase.
+    pub machine: Option<MachineUsage>,
+}
+
+impl IdleReport {
+    /// Connections subscribed per second over the connect phase.
+    pub fn connect_rate(&self) -> f64 {
+        per_sec(self.connected as u64, self.connect_secs)
+    }
+
+    /// RSS per connection, KiB: (RSS at the end of the hold - RSS before) / connections.
+    pub fn rss_per_connection_kb(&self) -> Option<f64> {
+        match &self.node {
+            Some(Ok(n)) if self.connected > 0 => {
+                Some((n.rss_after_kb as f64 - n.rss_before_kb as f64) / self.connected as f64)
+            }
+            _ => None,
+        }
+    }
+
+    /// The node's CPU microseconds per connection accepted (and subscribed).
+    pub fn cpu_us_per_connection(&self) -> Option<f64> {
+        match &self.node {
+            Some(Ok(n)) if self.connected > 0 => {
+                Some(n.connect_cpu_secs * 1e6 / self.connected as f64)
+            }
+            _ => None,
+        }
+    }
+
+    /// What went wrong, one line each; empty for a clean run.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.failed > 0 {
+            f.push(format!(
+                "{} of {} connections failed to subscribe (first: {})",
+                self.failed,
+                self.connections,
+                self.first_error.as_deref().unwrap_or("-")
+            ));
+        }
+        if self.disconnects > 0 {
+            f.push(format!(
+                "{} connections ended during the hold (first: {})",
+                self.disconnects,
+                self.disconnect_reasons.first().map_or("-", String::as_str)
+            ));
+        }
+        f
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let l = &self.connect_latency;
+        let _ = writeln!(
+            s,
+            "idle: {} connections on {}, subscribed round-robin to {} channel(s), held {:.1} s",
+            self.connections, self.ws, self.channels, self.hold_secs
+        );
+        let _ = writeln!(
+            s,
+            "connect:     {} subscribed in {:.2} s = {:.0} connections/s; {} failed",
+            self.connected,
+            self.connect_secs,
+            self.connect_rate(),
+            self.failed
+        );
+        let _ = writeln!(
+            s,
+            "connect ms:  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (connect to subscribed)",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        let _ = writeln!(
+            s,
+            "hold:        {} disconnects, {} unexpected frames",
+            self.disconnects, self.unexpected_frames
+        );
+        for r in self.disconnect_reasons.iter().take(5) {
+            let _ = writeln!(s, "             disconnect: {r}");
+        }
+        let mib = |kb: u64| kb as f64 / 1024.0;
+        match &self.node {
+            Some(Ok(n)) => {
+                let _ = writeln!(
+                    s,
+                    "node pid {}: rss {:.1} MiB before, {:.1} MiB connected, {:.1} MiB after the hold \
+                     (peak {:.1}) = {:.2} KiB per connection",
+                    n.pid,
+                    mib(n.rss_before_kb),
+                    mib(n.rss_connected_kb),
+                    mib(n.rss_after_kb),
+                    mib(n.peak_rss_kb),
+                    self.rss_per_connection_kb().unwrap_or(0.0)
+                );
+                let _ = writeln!(
+                    s,
+                    "node cpu:    {:.2} s over the connect phase = {:.1} µs per connection; {:.3} s over the hold",
+                    n.connect_cpu_secs,
+                    self.cpu_us_per_connection().unwrap_or(0.0),
+                    n.hold_cpu_secs
+                );
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(s, "node: unreadable ({e})");
+            }
+            None => s.push_str("node: no --node-pid, no memory or CPU figures\n"),
+        }
+        let _ = writeln!(
+            s,
+            "generator:   cpu {} s over the connect phase, rss {:.1} MiB",
+            self.generator_connect_cpu_secs
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
+            mib(self.generator_rss_kb)
+        );
+        if let Some(m) = &self.machine {
+            let _ = writeln!(
+                s,
+                "machine:     {:.2} of {:.2} cores busy over the connect phase",
+                m.busy_cores(),
+                m.cores()
+            );
+        }
+        let failures = self.failures();
+        if failures.is_empty() {
+            s.push_str("result:      OK\n");
+        } else {
+            let _ = writeln!(s, "result:      FAILED: {}", failures.join("; "));
+        }
+        s
+    }
+
+    /// The report as one JSON object.
+    pub fn json(&self) -> Value {
+        let l = &self.connect_latency;
+        json!({
+            "scenario": "idle",
+            "ws": self.ws,
+            "connections": self.connections,
+            "channels": self.channels,
+            "connected": self.connected,
+            "failed": self.failed,
+            "first_error": self.first_error,
+            "connect_secs": self.connect_secs,
+            "connections_per_sec": self.connect_rate(),
+            "connect_latency_ms": {
+                "count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99,
+                "p99_9": l.p999, "max": l.max,
+            },
+            "hold_secs": self.hold_secs,
+            "disconnects": self.disconnects,
+            "disconnect_reasons": self.disconnect_reasons,
+            "unexpected_frames": self.unexpected_frames,
+            "node": self.node.as_ref().map(|n| match n {
+                Ok(n) => json!({
+                    "pid": n.pid,
+                    "rss_before_kb": n.rss_before_kb,
+                    "rss_connected_kb": n.rss_connected_kb,
+                    "rss_after_kb": n.rss_after_kb,
+                    "peak_rss_kb": n.peak_rss_kb,
+                    "connect_cpu_secs": n.connect_cpu_secs,
+                    "hold_cpu_secs": n.hold_cpu_secs,
+                }),
+                Err(e) => json!({"error": e}),
+            }),
+            "rss_per_connection_kb": self.rss_per_connection_kb(),
+            "cpu_us_per_connection": self.cpu_us_per_connection(),
+            "generator_connect_cpu_secs": self.generator_connect_cpu_secs,
+            "generator_rss_kb": self.generator_rss_kb,
+            "machine_busy_cores": self.machine.map(|m| m.busy_cores()),
+            "failures": self.failures(),
+            "ok": self.failures().is_empty(),
+        })
+    }
+}
+
+/// Runs the scenario; `Err` only when it could not be set up.
+pub async fn run(opts: &Opts) -> anyhow::Result<IdleReport> {
+    ensure!(opts.connections > 0, "--connections must be at least 1");
+    ensure!(opts.channels > 0, "--channels must be at least 1");
+    ensure!(
+        opts.connect_concurrency > 0,
+        "--connect-concurrency must be at least 1"
+    );
+    ensure!(
+        opts.hold >= 0.0 && opts.hold.is_finite(),
+        "--hold must be zero or more"
+    );
+    setup::check_positive(&[("--setup-timeout", opts.setup_timeout)])?;
+    let channels = channel_names(&opts.channel_prefix, opts.channels);
+    for c in &channels {
+        setup::check_channel("--channel-prefix", c)?;
+    }
+    setup::check_open_files(opts.connections, 0, "connections")?;
+    setup::check_pids(opts.node_pid)?;
+    let (clk_tck, _) = procstat::clock_ticks_per_sec();
+    let pids: Vec<u32> = opts.node_pid.into_iter().collect();
+
+    let shared = Arc::new(Shared {
+        channels,
+        publishers: 0,
+        warmup_end_us: AtomicU64::new(u64::MAX),
+        finished: AtomicUsize::new(0),
+        setup_timeout: Duration::from_secs_f64(opts.setup_timeout),
+        ws_config: WebSocketConfig::default().read_buffer_size(4096),
+        latency: ShardedLatency::new(1),
+    });
+    let url: Arc<str> = Arc::from(opts.ws.as_str());
+    let n_channels = opts.channels;
+
+    let before = Snapshot::take(&pids);
+    let started = Instant::now();
+    let spawned = setup::spawn_all(
+        opts.connections,
+        opts.connect_concurrency,
+        "connections",
+        false,
+        |start| {
+            let channel = start.0 % n_channels;
+            subscriber::run(start, 0, channel, url.clone(), shared.clone())
+        },
+    )
+    .await?;
+    let connect_secs = started.elapsed().as_secs_f64();
+    let connected_at = Snapshot::take(&pids);
+    eprintln!(
+        "{} of {} subscribed in {connect_secs:.2} s; holding {:.1} s",
+        opts.connections - spawned.failed,
+        opts.connections,
+        opts.hold
+    );
+
+    // Connections that end on their own count themselves in `finished`.
+    let hold_end = Instant::now() + Duration::from_secs_f64(opts.hold);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(hold_end) => break,
+            _ = tick.tick() => eprintln!(
+                "holding: {} connections ended so far",
+                shared.finished.load(Ordering::Acquire).saturating_sub(spawned.failed)
+            ),
+        }
+    }
+    let after = Snapshot::take(&pids);
+    let outcomes = setup::stop_all(spawned.handles, Control::Stop).await?;
+
+    let connect = Window::between(&before, &connected_at, clk_tck);
+    let hold = Window::between(&connected_at, &after, clk_tck);
+    let mut report = IdleReport {
+        ws: opts.ws.clone(),
+        connections: opts.connections,
+        channels: opts.channels,
+        failed: spawned.failed,
+        first_error: spawned.first_error,
+        connect_secs,
+        hold_secs: hold.secs,
+        generator_connect_cpu_secs: connect.my_cpu_secs(),
+        generator_rss_kb: hold.me.as_ref().map_or(0, |(_, s)| s.rss_kb),
+        machine: connect.machine,
+        node: node_figures(&before, &connect, &hold),
+        ..IdleReport::default()
+    };
+    add_outcomes(&mut report, &outcomes);
+    Ok(report)
+}
+
+fn node_figures(
+    before: &Snapshot,
+    connect: &Window,
+    hold: &Window,
+) -> Option<Result<NodeFigures, String>> {
+    let first = before.nodes().next()?;
+    let (Some((pid, c)), Some((_, h))) = (connect.nodes.first(), hold.nodes.first()) else {
+        return None;
+    };
+    Some(match (first, c, h) {
+        (Ok(b), Ok((connect_cpu, c)), Ok((hold_cpu, h))) => Ok(NodeFigures {
+            pid: *pid,
+            rss_before_kb: b.rss_kb,
+            rss_connected_kb: c.rss_kb,
+            rss_after_kb: h.rss_kb,
+            peak_rss_kb: h.peak_rss_kb,
+            connect_cpu_secs: *connect_cpu,
+            hold_cpu_secs: *hold_cpu,
+        }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
+    })
+}
+
+fn add_outcomes(r: &mut IdleReport, outcomes: &[Outcome]) {
+    let mut latency = Latency::new();
+    for o in outcomes.iter().filter(|o| o.ready) {
+        r.connected += 1;
+        latency.record(u64::try_from(o.setup.as_micros()).unwrap_or(u64::MAX));
+        r.unexpected_frames += o.unexpected;
+        if let Some(reason) = &o.ended {
+            r.disconnects += 1;
+            if r.disconnect_reasons.len() < 5 {
+                r.disconnect_reasons.push(reason.clone());
+            }
+        }
+    }
+    r.connect_latency = latency.summary();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_connection_figures() {
+        let r = IdleReport {
+            connections: 1000,
+            connected: 1000,
+            connect_secs: 0.5,
+            node: Some(Ok(NodeFigures {
+                pid: 1,
+                rss_before_kb: 10_000,
+                rss_after_kb: 14_000,
+                connect_cpu_secs: 0.05,
+                ..NodeFigures::default()
+            })),
+            ..IdleReport::default()
+        };
+        assert_eq!(r.rss_per_connection_kb(), Some(4.0));
+        assert_eq!(r.cpu_us_per_connection(), Some(50.0));
+        assert_eq!(r.connect_rate(), 2000.0);
+        assert!(r.failures().is_empty());
+        assert!(
+            r.render().contains("4.00 KiB per connection"),
+            "{}",
+            r.render()
+        );
+        assert_eq!(r.json()["rss_per_connection_kb"], 4.0);
+
+        let bad = IdleReport {
+            connections: 10,
+            connected: 8,
+            failed: 2,
+            disconnects: 1,
+            disconnect_reasons: vec!["closed by server".into()],
+            ..IdleReport::default()
+        };
+        let f = bad.failures().join("; ");
+        assert!(
+            f.contains("2 of 10 connections failed") && f.contains("1 connections ended"),
+            "{f}"
+        );
+        assert_eq!(bad.rss_per_connection_kb(), None);
+    }
+}

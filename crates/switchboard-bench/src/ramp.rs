@@ -1,0 +1,495 @@
+//! The `ramp` scenario: the `fanout` scenario at rising publish rates, until a step loses
+//! messages or its p99 latency passes a bound; reports every step and the highest clean one.
+//!
+//! Each step is a whole fanout run (subscribers connect, publish for `--step-duration` seconds
+//! of which `--step-warmup` are not measured, drain, count), against the same nodes, so a step
+//! is judged by the same rules as `fanout`. A step is **clean** when it found no problem (no
+//! loss, duplicate, out-of-order delivery, disconnect or publish error), its p99 is at most
+//! `--p99-bound-ms`, and the publishers kept to their schedule (no slot skipped and at least
+//! 95% of the target rate accepted: otherwise the offered load was not the one asked for). The
+//! ramp stops at the first step that is not clean, or after `--max-rate` / `--max-steps`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::fanout::{self, Common, Scenario};
+use crate::stats::Report;
+
+/// Options of `switchboard-bench ramp`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of subscriber connections (one channel, as in `fanout`).
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Channel every subscriber subscribes to.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Publisher tasks sharing the rate.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: u32,
+    /// Publishes per second of the first step.
+    #[arg(long, default_value_t = 50.0)]
+    pub start: f64,
+    /// Each step's rate is the previous one times this (unless `--step` is given).
+    #[arg(long, default_value_t = 2.0)]
+    pub factor: f64,
+    /// Each step's rate is the previous one plus this (instead of `--factor`).
+    #[arg(long)]
+    pub step: Option<f64>,
+    /// No step above this many publishes per second.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub max_rate: f64,
+    /// At most this many steps.
+    #[arg(long, default_value_t = 10)]
+    pub max_steps: usize,
+    /// Seconds of publishing per step, warm-up included.
+    #[arg(long, default_value_t = 10.0)]
+    pub step_duration: f64,
+    /// Seconds at the start of each step that are not measured.
+    #[arg(long, default_value_t = 2.0)]
+    pub step_warmup: f64,
+    /// A step whose p99 latency is above this many milliseconds is not clean.
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_bound_ms: f64,
+    /// Seconds of pause between steps (sockets of the last step close).
+    #[arg(long, default_value_t = 1.0)]
+    pub pause: f64,
+}
+
+/// How the rate rises from step to step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stepping {
+    /// Multiply by this.
+    Factor(f64),
+    /// Add this.
+    Add(f64),
+}
+
+impl Stepping {
+    /// The rate after `rate`.
+    pub fn next(self, rate: f64) -> f64 {
+        match self {
+            Stepping::Factor(f) => rate * f,
+            Stepping::Add(d) => rate + d,
+        }
+    }
+}
+
+/// The rates of every step the ramp may take: from `start`, rising by `stepping`, none above
+/// `max_rate`, at most `max_steps`.
+pub fn rates(start: f64, stepping: Stepping, max_rate: f64, max_steps: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut rate = start;
+    // A small tolerance, so that 50 × 2 × 2 ... lands on a `--max-rate` of 800.
+    while out.len() < max_steps && rate <= max_rate * (1.0 + 1e-9) {
+        out.push(rate);
+        rate = stepping.next(rate);
+    }
+    out
+}
+
+/// How a step went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Zero loss, p99 within the bound, the offered load reached.
+    Clean,
+    /// The run found problems (loss, duplicates, order, disconnects, publish errors).
+    Failed(Vec<String>),
+    /// p99 above the bound (ms).
+    SlowP99(f64),
+    /// The publishers did not keep to their schedule: accepted publishes per second, and
+    /// slots skipped.
+    Shortfall { achieved: f64, skipped: u64 },
+}
+
+impl Verdict {
+    /// Short text for the report.
+    pub fn describe(&self, bound_ms: f64) -> String {
+        match self {
+            Verdict::Clean => "clean".to_owned(),
+            Verdict::Failed(f) => format!("failed: {}", f.join("; ")),
+            Verdict::SlowP99(p99) => format!("p99 {p99:.1} ms > {bound_ms} ms"),
+            Verdict::Shortfall { achieved, skipped } => format!(
+                "offered load not reached: {achieved:.1} publishes/s accepted, {skipped} slots skipped"
+            ),
+        }
+    }
+}
+
+/// Judges one step's report.
+pub fn judge(r: &Report, p99_bound_ms: f64) -> Verdict {
+    let failures = r.failures();
+    if !failures.is_empty() {
+        return Verdict::Failed(failures);
+    }
+    if r.latency.p99 > p99_bound_ms {
+        return Verdict::SlowP99(r.latency.p99);
+    }
+    if r.publishes_skipped > 0 || r.publish_rate() < 0.95 * r.target_rate {
+        return Verdict::Shortfall {
+            achieved: r.publish_rate(),
+            skipped: r.publishes_skipped,
+        };
+    }
+    Verdict::Clean
+}
+
+/// One step of the ramp.
+#[derive(Debug, Clone)]
+pub struct RampStep {
+    /// Target publishes per second.
+    pub rate: f64,
+    /// The step's fanout report.
+    pub report: Report,
+    /// How it went.
+    pub verdict: Verdict,
+}
+
+/// Everything a ramp measured.
+#[derive(Debug, Clone, Default)]
+pub struct RampReport {
+    /// Subscribers per step.
+    pub subscribers: usize,
+    /// Number of `--ws` nodes.
+    pub ws_nodes: usize,
+    /// The p99 bound, ms.
+    pub p99_bound_ms: f64,
+    /// Every step taken, in order.
+    pub steps: Vec<RampStep>,
+    /// Why the ramp stopped.
+    pub stop_reason: String,
+}
+
+impl RampReport {
+    /// The highest clean step: the last step before the first one that was not clean.
+    pub fn highest_clean(&self) -> Option<&RampStep> {
+        self.steps
+            .iter()
+            .take_while(|s| s.verdict == Verdict::Clean)
+            .last()
+    }
+
+    /// The first step that was not clean, if any.
+    pub fn first_unclean(&self) -> Option<&RampStep> {
+        self.steps.iter().find(|s| s.verdict != Verdict::Clean)
+    }
+
+    /// What went wrong, one line each; empty for a clean run. Running into loss or the p99
+    /// bound is what a ramp is for, not a failure; a ramp fails when no step was clean, or
+    /// when any step delivered a duplicate or out of order (the channel contract does not
+    /// bend under load).
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.highest_clean().is_none() {
+            f.push(match self.steps.first() {
+                Some(s) => format!(
+                    "no step was clean (first step, {:.1}/s: {})",
+                    s.rate,
+                    s.verdict.describe(self.p99_bound_ms)
+                ),
+                None => format!("no step ran ({})", self.stop_reason),
+            });
+        }
+        for s in &self.steps {
+            let r = &s.report;
+            if r.duplicated > 0 || r.out_of_order > 0 {
+                f.push(format!(
+                    "step {:.1}/s: {} duplicate and {} out-of-order deliveries",
+                    s.rate, r.duplicated, r.out_of_order
+                ));
+            }
+        }
+        f
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "ramp: {} subscribers on {} node(s), one channel; a step is clean with zero loss and p99 <= {} ms",
+            self.subscribers, self.ws_nodes, self.p99_bound_ms
+        );
+        let _ = writeln!(
+            s,
+            "{:>9} {:>10} {:>12} {:>16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6}  verdict",
+            "target/s",
+            "publish/s",
+            "deliveries/s",
+            "lost/dup/ooo",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "node µs/d",
+            "nodes",
+            "gen"
+        );
+        for step in &self.steps {
+            let r = &step.report;
+            let l = &r.latency;
+            let opt = |v: Option<f64>, digits: usize| {
+                v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+            };
+            let _ = writeln!(
+                s,
+                "{:>9.1} {:>10.1} {:>12.0} {:>16} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>6} {:>6}  {}",
+                step.rate,
+                r.publish_rate(),
+                r.delivery_rate(),
+                format!("{}/{}/{}", r.lost, r.duplicated, r.out_of_order),
+                l.p50,
+                l.p99,
+                l.p999,
+                l.max,
+                opt(r.nodes_us_per_delivery(), 2),
+                opt(r.nodes_cores(), 2),
+                opt(r.generator_cores(), 2),
+                step.verdict.describe(self.p99_bound_ms)
+            );
+        }
+        let _ = writeln!(s, "(nodes, gen: cores used over the step's window)");
+        match self.highest_clean() {
+            Some(h) => {
+                let _ = writeln!(
+                    s,
+                    "highest clean step: {:.1} publishes/s = {:.0} deliveries/s, p99 {:.2} ms",
+                    h.rate,
+                    h.report.delivery_rate(),
+                    h.report.latency.p99
+                );
+            }
+            None => s.push_str("highest clean step: none\n"),
+        }
+        let _ = writeln!(s, "stopped: {}", self.stop_reason);
+        let failures = self.failures();
+        if failures.is_empty() {
+            s.push_str("result: OK\n");
+        } else {
+            let _ = writeln!(s, "result: FAILED: {}", failures.join("; "));
+        }
+        s
+    }
+
+    /// The report as one JSON object; each step carries its whole fanout report.
+    pub fn json(&self) -> Value {
+        let step_json = |s: &RampStep| {
+            let r = &s.report;
+            json!({
+                "rate": s.rate,
+                "clean": s.verdict == Verdict::Clean,
+                "verdict": s.verdict.describe(self.p99_bound_ms),
+                "publishes_per_sec": r.publish_rate(),
+                "deliveries_per_sec": r.delivery_rate(),
+                "lost": r.lost,
+                "duplicated": r.duplicated,
+                "out_of_order": r.out_of_order,
+                "p99_ms": r.latency.p99,
+                "nodes_cpu_us_per_delivery": r.nodes_us_per_delivery(),
+                "nodes_cores": r.nodes_cores(),
+                "generator_cores": r.generator_cores(),
+                "report": r.json(),
+            })
+        };
+        json!({
+            "scenario": "ramp",
+            "subscribers": self.subscribers,
+            "ws_nodes": self.ws_nodes,
+            "p99_bound_ms": self.p99_bound_ms,
+            "steps": self.steps.iter().map(step_json).collect::<Vec<_>>(),
+            "highest_clean": self.highest_clean().map(step_json),
+            "first_unclean": self.first_unclean().map(step_json),
+            "stop_reason": self.stop_reason,
+            "failures": self.failures(),
+            "ok": self.failures().is_empty(),
+        })
+    }
+}
+
+/// Runs the ramp; `Err` only when its first step could not be set up.
+pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<RampReport> {
+    let stepping = match opts.step {
+        Some(d) => {
+            anyhow::ensure!(d > 0.0 && d.is_finite(), "--step must be positive");
+            Stepping::Add(d)
+        }
+        None => {
+            anyhow::ensure!(
+                opts.factor > 1.0 && opts.factor.is_finite(),
+                "--factor must be above 1"
+            );
+            Stepping::Factor(opts.factor)
+        }
+    };
+    let mut report = RampReport {
+        subscribers: opts.subscribers,
+        ws_nodes: opts.common.ws.len(),
+        p99_bound_ms: opts.p99_bound_ms,
+        ..RampReport::default()
+    };
+    let rates = rates(opts.start, stepping, opts.max_rate, opts.max_steps);
+    anyhow::ensure!(
+        !rates.is_empty(),
+        "no step: --start is above --max-rate, or --max-steps is 0"
+    );
+    report.stop_reason = format!(
+        "every step was clean, up to --max-rate {} / --max-steps {}",
+        opts.max_rate, opts.max_steps
+    );
+    for (i, &rate) in rates.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(opts.pause)).await;
+        }
+        eprintln!("ramp step {}: {rate:.1} publishes/s", i + 1);
+        let sc = Scenario {
+            name: "fanout",
+            channels: vec![opts.channel.clone()],
+            per_channel: opts.subscribers,
+            rate,
+            duration: opts.step_duration,
+            warmup: opts.step_warmup,
+            publishers: opts.publishers,
+        };
+        let step = match fanout::measure(&opts.common, &sc, runtime_threads).await {
+            Ok(r) => r,
+            Err(e) if i > 0 => {
+                report.stop_reason = format!("step {} ({rate:.1}/s) could not run: {e:#}", i + 1);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let verdict = judge(&step, opts.p99_bound_ms);
+        let clean = verdict == Verdict::Clean;
+        eprint!("{}", step.render());
+        if !clean {
+            report.stop_reason = format!(
+                "step {} ({rate:.1}/s): {}",
+                i + 1,
+                verdict.describe(opts.p99_bound_ms)
+            );
+        }
+        report.steps.push(RampStep {
+            rate,
+            report: step,
+            verdict,
+        });
+        if !clean {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::LatencySummary;
+
+    #[test]
+    fn rates_rise_and_stop() {
+        assert_eq!(
+            rates(50.0, Stepping::Factor(2.0), 800.0, 10),
+            [50.0, 100.0, 200.0, 400.0, 800.0]
+        );
+        assert_eq!(
+            rates(100.0, Stepping::Add(50.0), 1000.0, 3),
+            [100.0, 150.0, 200.0]
+        );
+        assert!(rates(100.0, Stepping::Factor(2.0), 50.0, 5).is_empty());
+    }
+
+    fn step(rate: f64, p99: f64, lost: u64) -> Report {
+        Report {
+            target_rate: rate,
+            measure_secs: 10.0,
+            publishes_measured: (rate * 10.0) as u64,
+            lost,
+            latency: LatencySummary {
+                count: 1,
+                p99,
+                ..LatencySummary::default()
+            },
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn judging_a_step() {
+        assert_eq!(judge(&step(100.0, 5.0, 0), 100.0), Verdict::Clean);
+        assert_eq!(
+            judge(&step(100.0, 150.0, 0), 100.0),
+            Verdict::SlowP99(150.0)
+        );
+        assert!(matches!(
+            judge(&step(100.0, 150.0, 3), 100.0),
+            Verdict::Failed(f) if f[0].contains("3 deliveries lost")
+        ));
+        let mut short = step(100.0, 5.0, 0);
+        short.publishes_measured = 900; // 90/s of 100/s
+        assert!(matches!(judge(&short, 100.0), Verdict::Shortfall { .. }));
+        let mut skipped = step(100.0, 5.0, 0);
+        skipped.publishes_skipped = 1;
+        assert!(matches!(
+            judge(&skipped, 100.0),
+            Verdict::Shortfall { skipped: 1, .. }
+        ));
+    }
+
+    fn ramp(steps: &[(f64, Report)]) -> RampReport {
+        RampReport {
+            p99_bound_ms: 100.0,
+            steps: steps
+                .iter()
+                .map(|(rate, r)| RampStep {
+                    rate: *rate,
+                    verdict: judge(r, 100.0),
+                    report: r.clone(),
+                })
+                .collect(),
+            stop_reason: "test".into(),
+            ..RampReport::default()
+        }
+    }
+
+    #[test]
+    fn highest_clean_step_and_failures() {
+        let r = ramp(&[
+            (50.0, step(50.0, 5.0, 0)),
+            (100.0, step(100.0, 8.0, 0)),
+            (200.0, step(200.0, 300.0, 0)),
+        ]);
+        assert_eq!(r.highest_clean().map(|s| s.rate), Some(100.0));
+        assert_eq!(r.first_unclean().map(|s| s.rate), Some(200.0));
+        assert!(r.failures().is_empty(), "{:?}", r.failures());
+        let text = r.render();
+        assert!(
+            text.contains("highest clean step: 100.0 publishes/s"),
+            "{text}"
+        );
+        assert!(text.contains("p99 300.0 ms > 100 ms"), "{text}");
+        let j = r.json();
+        assert_eq!(j["highest_clean"]["rate"], 100.0);
+        assert_eq!(j["steps"].as_array().map(Vec::len), Some(3));
+        assert_eq!(j["ok"], true);
+
+        // Loss at the first step: nothing was clean.
+        let r = ramp(&[(50.0, step(50.0, 5.0, 7))]);
+        assert!(r.highest_clean().is_none());
+        assert!(r.failures()[0].contains("no step was clean"));
+
+        // A duplicate at any step fails the ramp, even past the highest clean one.
+        let mut dup = step(200.0, 5.0, 0);
+        dup.duplicated = 2;
+        let r = ramp(&[(100.0, step(100.0, 5.0, 0)), (200.0, dup)]);
+        assert_eq!(r.highest_clean().map(|s| s.rate), Some(100.0));
+        assert!(
+            r.failures()[0].contains("2 duplicate"),
+            "{:?}",
+            r.failures()
+        );
+    }
+}
