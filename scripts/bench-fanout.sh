@@ -11,11 +11,7 @@ source "$(dirname "$0")/bench-lib.sh"
 
 bench_init
 start_redis
-ws=() api=() node_pids=()
-for name in a b; do
-  start_node "$name"
-  ws+=(--ws "$NODE_WS"); api+=(--api "$NODE_API"); node_pids+=(--node-pid "$NODE_PID")
-done
+start_nodes a b
 
 machine_line
-target/release/switchboard-bench fanout "${ws[@]}" "${api[@]}" "${node_pids[@]}" "$@"
+"$BENCH_BIN" fanout "${WS_ARGS[@]}" "${API_ARGS[@]}" "${PID_ARGS[@]}" "$@"

@@ -31,11 +31,7 @@ history_ttl = $HISTORY_TTL
 TOML
 
 start_redis
-ws=() api=() node_pids=()
-for name in a b; do
-  start_node "$name" --config "$BENCH_WORK/switchboard.toml"
-  ws+=(--ws "$NODE_WS"); api+=(--api "$NODE_API"); node_pids+=(--node-pid "$NODE_PID")
-done
+start_nodes a b -- --config "$BENCH_WORK/switchboard.toml"
 
 machine_line
 echo "# history: [namespaces.hist] history_size = $HISTORY_SIZE, history_ttl = $HISTORY_TTL; rates: $RATES"
@@ -52,7 +48,7 @@ run_one() {
     wait_idle
     echo "## $channel at $rate publishes/s, try $try (load $(cut -d' ' -f1-3 /proc/loadavg))"
     rc=0
-    target/release/switchboard-bench fanout "${ws[@]}" "${api[@]}" "${node_pids[@]}" \
+    "$BENCH_BIN" fanout "${WS_ARGS[@]}" "${API_ARGS[@]}" "${PID_ARGS[@]}" \
       --redis-pid "$REDIS_PID" --subscribers 1000 --payload 64 --duration 20 --warmup 3 \
       --rate "$rate" --channel "$channel" --json "$@" >"$out" || rc=$?
     sed '$d' "$out"

@@ -3,14 +3,22 @@
 # release nodes on free ports, all stopped when the calling script exits.
 #
 #   source "$(dirname "$0")/bench-lib.sh"
-#   bench_init                      # build, temp dir, cleanup trap
+#   bench_init                      # build, temp dir, cleanup trap, fd limit raised
 #   start_redis                     # REDIS_PORT, REDIS_PID
 #   start_node a [node flags...]    # NODE_WS, NODE_API, NODE_PID of the node just started
+#   start_nodes a b                 # WS_ARGS, API_ARGS, PID_ARGS: --ws/--api/--node-pid of each
+#   "$BENCH_BIN" fanout ...         # the load generator
 #
 # NODE_PREFIX (optional) is put before the node's command line, e.g. `taskset -c 1`, or `env`
 # with an LD_PRELOAD for an experiment. SWITCHBOARD_BIN (optional) is the node binary to run
-# instead of building target/release/switchboard from this checkout (e.g. one built from a
-# clean export of a commit, when the working tree has somebody's uncommitted changes).
+# instead of building $CARGO_TARGET_DIR/release/switchboard (default target/) from this
+# checkout (e.g. one built from a clean export of a commit, when the working tree has
+# somebody's uncommitted changes); SWITCHBOARD_COMMIT (optional) says which commit it was built
+# from, for the reports. BENCH_BIN (optional) is the load generator to run instead of building
+# $CARGO_TARGET_DIR/release/switchboard-bench.
+#
+# The soft limit on open files is raised to the hard limit (the idle scenario holds 10,000
+# connections; this machine allows about 20,000 per process); nodes inherit it.
 #
 # Nodes get --ip-connect-rate 100000 (IP_CONNECT_RATE overrides it): every benchmark client
 # connects from 127.0.0.1, and the default of 50 new connections per second per IP
@@ -29,16 +37,20 @@ bench_cleanup() {
 }
 
 SWITCHBOARD_BIN=${SWITCHBOARD_BIN:-}
+BENCH_BIN=${BENCH_BIN:-}
+BENCH_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 bench_init() {
-  if [[ -n $SWITCHBOARD_BIN ]]; then
-    cargo build --release -q -p switchboard-bench
-    [[ -x $SWITCHBOARD_BIN ]] || { echo "SWITCHBOARD_BIN=$SWITCHBOARD_BIN is not executable" >&2; exit 2; }
-  else
-    cargo build --release -q -p switchboard -p switchboard-bench
-    SWITCHBOARD_BIN=target/release/switchboard
-  fi
+  local packages=()
+  [[ -z $SWITCHBOARD_BIN ]] && packages+=(-p switchboard)
+  [[ -z $BENCH_BIN ]] && packages+=(-p switchboard-bench)
+  if (( ${#packages[@]} > 0 )); then cargo build --release -q "${packages[@]}"; fi
+  SWITCHBOARD_BIN=${SWITCHBOARD_BIN:-$BENCH_TARGET_DIR/release/switchboard}
+  BENCH_BIN=${BENCH_BIN:-$BENCH_TARGET_DIR/release/switchboard-bench}
+  [[ -x $SWITCHBOARD_BIN ]] || { echo "SWITCHBOARD_BIN=$SWITCHBOARD_BIN is not executable" >&2; exit 2; }
+  [[ -x $BENCH_BIN ]] || { echo "BENCH_BIN=$BENCH_BIN is not executable" >&2; exit 2; }
   command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server" >&2; exit 2; }
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   BENCH_WORK=$(mktemp -d)
   trap bench_cleanup EXIT
 }
@@ -78,17 +90,37 @@ start_node() {
   echo "node $name is not ready:" >&2; cat "$BENCH_WORK/$name.err" >&2; exit 2
 }
 
-# Lines describing the machine, the moment and the node binary, for BENCHMARKS.md.
-machine_line() {
-  echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(uname -r), redis $(redis-server --version | grep -o 'v=[0-9.]*'), load $(cut -d' ' -f1-3 /proc/loadavg)"
-  if [[ $SWITCHBOARD_BIN == target/release/switchboard ]]; then
+# start_nodes NAME... [-- node flags...]: starts each node; WS_ARGS, API_ARGS and PID_ARGS hold
+# the generator's --ws, --api and --node-pid options for all of them, in order.
+start_nodes() {
+  local names=() name
+  while (( $# > 0 )) && [[ $1 != -- ]]; do names+=("$1"); shift; done
+  [[ ${1:-} == -- ]] && shift
+  WS_ARGS=() API_ARGS=() PID_ARGS=()
+  for name in "${names[@]}"; do
+    start_node "$name" "$@"
+    WS_ARGS+=(--ws "$NODE_WS"); API_ARGS+=(--api "$NODE_API"); PID_ARGS+=(--node-pid "$NODE_PID")
+  done
+}
+
+# Which commit the node binary was built from, as far as this script can tell.
+node_commit() {
+  if [[ -n ${SWITCHBOARD_COMMIT:-} ]]; then
+    echo "$SWITCHBOARD_COMMIT"
+  elif [[ $SWITCHBOARD_BIN == "$BENCH_TARGET_DIR/release/switchboard" ]]; then
     local dirty
     dirty=$(git status --porcelain -- Cargo.lock crates/switchboard crates/switchboard-gateway \
       crates/switchboard-backplane crates/switchboard-proto proto 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
-    echo "# node: $SWITCHBOARD_BIN built from $(git rev-parse --short HEAD 2>/dev/null)${dirty:+ plus uncommitted changes to: $dirty}"
+    echo "$(git rev-parse --short HEAD 2>/dev/null)${dirty:+ plus uncommitted changes to: $dirty}"
   else
-    echo "# node: $SWITCHBOARD_BIN"
+    echo "unknown (set SWITCHBOARD_COMMIT)"
   fi
+}
+
+# Lines describing the machine, the moment and the node binary, for BENCHMARKS.md.
+machine_line() {
+  echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(uname -r), redis $(redis-server --version | grep -o 'v=[0-9.]*'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "# node: $SWITCHBOARD_BIN built from $(node_commit)"
 }
 
 # Busy cores over the last $1 seconds (default 2), from /proc/stat.

@@ -37,5 +37,5 @@ ws_b=$NODE_WS api_b=$NODE_API pid_b=$NODE_PID
 wait_idle
 machine_line
 echo "# history: [namespaces.hist] history_size = $HISTORY_SIZE, history_ttl = $HISTORY_TTL; node A pid $pid_a (killed), node B pid $pid_b"
-target/release/switchboard-bench recover --ws "$ws_a" --ws "$ws_b" --api "$api_b" \
+"$BENCH_BIN" recover --ws "$ws_a" --ws "$ws_b" --api "$api_b" \
   --kill-pid "$pid_a" --node-pid "$pid_b" --channel hist:recover "$@"

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Writes the standard-set results table of `make bench` into BENCHMARKS.md.
+
+    scripts/bench_table.py RESULTS_DIR [--write BENCHMARKS.md]
+
+RESULTS_DIR is what scripts/bench.sh leaves: meta.json (date, machine, node commit) and, per
+scenario NAME (fanout, ramp, rooms, connect, idle), NAME.json (the generator's --json line),
+NAME.cmd (the command) and NAME.rc (its exit status). Prints the Markdown section; with
+--write, puts it between the `<!-- bench:standard:begin -->` and `<!-- bench:standard:end -->`
+markers of the file (creating the section before the first `## ` heading if the markers are
+missing). `python3 scripts/bench_table.py --self-test` checks the formatting rules.
+"""
+
+import json
+import os
+import sys
+
+BEGIN = "<!-- bench:standard:begin -->"
+END = "<!-- bench:standard:end -->"
+
+
+def load(results, name):
+    """(report or None, command, exit status) of one scenario."""
+    def read(ext):
+        try:
+            with open(os.path.join(results, f"{name}.{ext}"), encoding="utf-8") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+    text, cmd, rc = read("json"), read("cmd"), read("rc")
+    try:
+        report = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        report = None
+    return report, cmd or "-", int(rc) if rc not in (None, "") else None
+
+
+def num(v, digits=0):
+    """1234567.8 -> '1,234,568'; with digits, fixed decimals."""
+    return f"{v:,.{digits}f}"
+
+
+def problem(report, rc):
+    """Why a scenario's figures cannot count, or None."""
+    if report is None:
+        return "could not run" + (f" (exit {rc})" if rc is not None else "")
+    if not report.get("ok", False):
+        return "run failed: " + "; ".join(report.get("failures", [])[:2])
+    return None
+
+
+def row(measure, target, measured, met, cmd):
+    return f"| {measure} | {target} | {measured} | {met} | `{cmd}` |"
+
+
+def fanout_rows(report, cmd, rc):
+    measures = (
+        "node CPU per delivery: fanout, 1,000 subscribers over 2 nodes, 64-byte payloads",
+        "p99 latency, same fanout at 50,000 deliveries/s",
+    )
+    targets = ("≤ 2 µs", "≤ 5 ms")
+    bad = problem(report, rc)
+    if bad:
+        return [row(m, t, bad, "no", cmd) for m, t in zip(measures, targets)]
+    cpu = report.get("nodes_cpu_us_per_delivery")
+    lat = report["latency_ms"]
+    rate = f"{num(report['deliveries_per_sec'])} deliveries/s, 0 lost / dup / out of order"
+    cpu_text = f"{cpu:.2f} µs (both nodes; {rate})" if cpu is not None else "no --node-pid"
+    return [
+        row(measures[0], targets[0], cpu_text, yes(cpu is not None and cpu <= 2.0), cmd),
+        row(measures[1], targets[1],
+            f"{lat['p99']:.2f} ms (p50 {lat['p50']:.2f}, p99.9 {lat['p99_9']:.2f}, "
+            f"max {lat['max']:.2f} ms; {rate})",
+            yes(lat["p99"] <= 5.0), cmd),
+    ]
+
+
+def ramp_row(report, cmd, rc):
+    measure = "highest sustained deliveries/s with zero loss and p99 < 100 ms, same fanout"
+    target = "limited by the load generator, not the nodes"
+    if report is None or report.get("highest_clean") is None:
+        why = problem(report, rc) or "no clean step"
+        return row(measure, target, why, "no", cmd)
+    best = report["highest_clean"]
+    limit = report.get("first_unclean") or report["steps"][-1]
+    threads = limit["report"].get("runtime_threads", 1)
+    gen, nodes = limit.get("generator_cores"), limit.get("nodes_cores")
+    bound = gen is not None and gen >= 0.85 * threads
+    where = ("next step" if report.get("first_unclean") else "last step") + f" {num(limit['rate'])}/s"
+    measured = (
+        f"{num(best['deliveries_per_sec'])} deliveries/s ({num(best['rate'])} publishes/s, "
+        f"p99 {best['p99_ms']:.2f} ms); {where}: {limit['verdict']}; there the generator used "
+        f"{fmt(gen)} of {threads} core(s), the nodes {fmt(nodes)}"
+    )
+    if not report.get("ok", False):
+        return row(measure, target, measured + "; " + problem(report, rc), "no", cmd)
+    return row(measure, target, measured, yes(bound), cmd)
+
+
+def rooms_row(report, cmd, rc):
+    measure = "p99 latency, rooms: 1,000 channels × 5 subscribers, 2,000 publishes/s"
+    bad = problem(report, rc)
+    if bad:
+        return row(measure, "≤ 2 ms", bad, "no", cmd)
+    lat = report["latency_ms"]
+    cpu = report.get("nodes_cpu_us_per_delivery")
+    measured = (
+        f"{lat['p99']:.2f} ms (p50 {lat['p50']:.2f}, p99.9 {lat['p99_9']:.2f}, max {lat['max']:.2f} ms; "
+        f"{num(report['deliveries_per_sec'])} deliveries/s, node CPU {fmt(cpu)} µs per delivery)"
+    )
+    return row(measure, "≤ 2 ms", measured, yes(lat["p99"] <= 2.0), cmd)
+
+
+def idle_row(report, cmd, rc):
+    measure = "RSS per idle subscribed connection, 10,000 connections on one node"
+    bad = problem(report, rc)
+    if bad:
+        return row(measure, "≤ 4 KiB", bad, "no", cmd)
+    per = report.get("rss_per_connection_kb")
+    node = report.get("node") or {}
+    if per is None:
+        return row(measure, "≤ 4 KiB", "no node memory figures", "no", cmd)
+    measured = (
+        f"{per:.2f} KiB (RSS {node['rss_before_kb'] / 1024:.1f} → {node['rss_after_kb'] / 1024:.1f} MiB "
+        f"for {num(report['connected'])} connections on {report['channels']} channels, held "
+        f"{report['hold_secs']:.0f} s, {report['disconnects']} disconnects; opened at "
+        f"{num(report['connections_per_sec'])}/s, node CPU {fmt(report.get('cpu_us_per_connection'), 1)} µs each)"
+    )
+    return row(measure, "≤ 4 KiB", measured, yes(per <= 4.0), cmd)
+
+
+def connect_row(report, cmd, rc):
+    measure = "new connections per second on one node"
+    target = "≥ 10,000, or the load generator's limit; node CPU per accepted connection reported"
+    bad = problem(report, rc)
+    if bad:
+        return row(measure, target, bad, "no", cmd)
+    rate = report["connections_per_sec"]
+    measured = (
+        f"{num(rate)}/s ({num(report['connected'])} connections, upgrade + welcome + close; "
+        f"handshake p50 {report['handshake_ms']['p50']:.2f} / p99 {report['handshake_ms']['p99']:.2f} ms); "
+        f"node CPU {fmt(report.get('node_cpu_us_per_connection'), 1)} µs per accepted connection; "
+        f"generator {fmt(report.get('generator_cores'))} of {report.get('runtime_threads', 1)} core(s)"
+    )
+    return row(measure, target, measured, yes(rate >= 10_000 or report.get("generator_bound")), cmd)
+
+
+def fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def yes(ok):
+    return "yes" if ok else "no"
+
+
+def section(results):
+    with open(os.path.join(results, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    fanout = load(results, "fanout")
+    lines = [
+        BEGIN,
+        "",
+        f"{meta['date']}: {meta['nproc']} cores, kernel {meta['kernel']}, redis-server "
+        f"{meta['redis']}; node binary built from commit {meta['node_commit']}. Written by "
+        "`make bench` (`scripts/bench.sh`, then `scripts/bench_table.py`); do not edit between "
+        "the markers.",
+        "",
+        "| measure | target | measured | met? | command |",
+        "|---|---|---|---|---|",
+        *fanout_rows(*fanout),
+        ramp_row(*load(results, "ramp")),
+        rooms_row(*load(results, "rooms")),
+        idle_row(*load(results, "idle")),
+        connect_row(*load(results, "connect")),
+        "",
+        "A figure counts only from a clean run (no loss, duplicate, out-of-order delivery, "
+        "disconnect or error). The highest sustained rate is met when, at the step that ended "
+        "the ramp, the generator used at least 0.85 of each of its runtime threads (then it, "
+        "not the nodes, was the limit); new connections per second likewise. CPU figures are "
+        "read from `/proc/PID/stat` for the nodes' pids, in 10 ms ticks.",
+        "",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(path, text):
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    if BEGIN in doc and END in doc:
+        head, rest = doc.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        doc = head + text.rstrip("\n") + tail
+    else:
+        block = "## Standard set (make bench)\n\n" + text + "\n"
+        at = doc.find("\n## ")
+        doc = doc + "\n" + block if at < 0 else doc[: at + 1] + block + doc[at + 1:]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(doc)
+
+
+def self_test():
+    assert num(1234567.8) == "1,234,568"
+    assert "could not run (exit 2)" in fanout_rows(None, "c", 2)[0]
+    good = {"ok": True, "nodes_cpu_us_per_delivery": 1.5, "deliveries_per_sec": 50000.0,
+            "latency_ms": {"p50": 1, "p99": 6.0, "p99_9": 8, "max": 9}}
+    rows = fanout_rows(good, "c", 0)
+    assert rows[0].endswith("| yes | `c` |") and rows[1].endswith("| no | `c` |"), rows
+    step = {"rate": 400.0, "deliveries_per_sec": 4e5, "p99_ms": 9.0, "verdict": "p99 120 ms > 100 ms",
+            "generator_cores": 0.95, "nodes_cores": 0.7, "report": {"runtime_threads": 1}}
+    ramp = {"ok": True, "highest_clean": dict(step, rate=200.0), "first_unclean": step, "steps": [step]}
+    assert "| yes |" in ramp_row(ramp, "c", 0)
+    assert "| no |" in ramp_row(dict(ramp, first_unclean=dict(step, generator_cores=0.5)), "c", 0)
+    assert "no clean step" in ramp_row(dict(ramp, highest_clean=None), "c", 1)
+    doc = "# B\n\nintro\n\n## Old\n\ntext\n"
+    import tempfile
+    with tempfile.NamedTemporaryFile("w+", suffix=".md", delete=False) as f:
+        f.write(doc)
+    write(f.name, f"{BEGIN}\none\n{END}\n")
+    write(f.name, f"{BEGIN}\ntwo\n{END}\n")
+    with open(f.name, encoding="utf-8") as g:
+        out = g.read()
+    os.unlink(f.name)
+    assert out == f"# B\n\nintro\n\n## Standard set (make bench)\n\n{BEGIN}\ntwo\n{END}\n\n## Old\n\ntext\n", out
+    print("bench_table.py: self-test OK")
+
+
+def main(argv):
+    if argv[1:] == ["--self-test"]:
+        self_test()
+        return 0
+    if len(argv) not in (2, 4) or (len(argv) == 4 and argv[2] != "--write"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    text = section(argv[1])
+    print(text, end="")
+    if len(argv) == 4:
+        write(argv[3], text)
+        print(f"written into {argv[3]}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
