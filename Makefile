@@ -24,7 +24,7 @@ SHELL := bash
 .ONESHELL:
 .DEFAULT_GOAL := help
 
-.PHONY: help run build test lint fmt cluster cluster-stop bench loadtest image
+.PHONY: help run build test lint fmt cluster cluster-stop bench bench-fanout loadtest image
 
 help:
 	@cat <<'TEXT'
@@ -35,7 +35,8 @@ help:
 	make build         build every crate in release mode
 	make cluster       start Redis on :$(CLUSTER_REDIS_PORT) and three nodes on :8081-8083 (API :9091-9093)
 	make cluster-stop  stop that cluster
-	make bench         fan-out benchmark: Redis + 2 nodes + 1,000 subscribers (BENCH_ARGS=...)
+	make bench         the standard benchmark set (fanout, ramp, rooms, connect, idle); writes its table into BENCHMARKS.md
+	make bench-fanout  one fan-out benchmark: Redis + 2 nodes + 1,000 subscribers (BENCH_ARGS=...)
 	make loadtest      the k6 load tests: Redis + 2 nodes, loadtest/*.js at this machine's size (LOADTEST_ARGS=--smoke)
 	make image         build the container image from deploy/Dockerfile (IMAGE=switchboard, needs docker)
 	TEXT
@@ -167,10 +168,17 @@ cluster-stop:
 	stop_cluster
 	echo "cluster stopped"
 
-# The fan-out benchmark: a private redis-server, two release nodes, 1,000 subscribers.
+# The standard benchmark set of issue 4 (scripts/bench.sh): each scenario on its own private
+# redis-server and release nodes, then the results table written into BENCHMARKS.md between
+# the bench:standard markers. BENCH_SET_ARGS: --no-write (print the table only), --smoke.
+BENCH_SET_ARGS ?=
+bench:
+	scripts/bench.sh $(BENCH_SET_ARGS)
+
+# One fan-out benchmark: a private redis-server, two release nodes, 1,000 subscribers.
 # BENCH_ARGS overrides the scenario (see crates/switchboard-bench/README.md).
 BENCH_ARGS ?= --subscribers 1000 --rate 100 --duration 20 --warmup 3 --payload 64
-bench:
+bench-fanout:
 	scripts/bench-fanout.sh $(BENCH_ARGS)
 
 # The k6 load tests (loadtest/README.md): a private redis-server and two release nodes on free
