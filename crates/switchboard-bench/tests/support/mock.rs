@@ -1,5 +1,6 @@
 //! A tiny in-process stand-in for a Switchboard node: `/ws` with the JSON subprotocol
-//! (welcome, subscribe, messages) and `POST /api/v1/publish`, one channel bus for everyone.
+//! (welcome, subscribe, messages) and `POST /api/v1/publish`, one bus for everyone, from which
+//! each connection forwards the messages of the channel it subscribed to.
 //! Channels named `hist:...` behave as if their namespace kept history: every publish gets the
 //! next offset (one counter for all of them), messages carry `offset` and `epoch`, and
 //! `subscribed` names the newest offset (no history is kept, so `recover` is not supported).
@@ -103,14 +104,15 @@ async fn serve_ws(
     if ws.send(Message::text(welcome)).await.is_err() {
         return;
     }
-    let mut subscribed = false;
+    // `"channel":"NAME",` as it appears in a message frame of the subscribed channel.
+    let mut subscribed: Option<String> = None;
     loop {
         tokio::select! {
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                     assert_eq!(v["type"], "subscribe");
-                    subscribed = true;
+                    subscribed = Some(format!(r#""channel":{},"#, v["channel"]));
                     let history = if v["channel"].as_str().unwrap().starts_with("hist:") {
                         format!(r#","epoch":"e1","offset":{},"recovered":false"#, count.load(Ordering::Relaxed))
                     } else {
@@ -125,7 +127,7 @@ async fn serve_ws(
                 _ => return,
             },
             m = bus.recv() => match m {
-                Ok(frame) if subscribed => {
+                Ok(frame) if subscribed.as_ref().is_some_and(|c| frame.contains(c.as_str())) => {
                     if ws.send(Message::text(frame.to_string())).await.is_err() {
                         return;
                     }
