@@ -77,7 +77,7 @@ run() {
   echo
   echo "## $name: $*"
   wait_idle
-  "$@" --json 2>"$results/$name.err" | tee "$results/$name.out" || rc=$?
+  "$@" --json 2> >(tee "$results/$name.err" >&2) | tee "$results/$name.out" || rc=$?
   echo "$*" >"$results/$name.cmd"
   echo "$rc" >"$results/$name.rc"
   if tail -n 1 "$results/$name.out" | grep -q '^{'; then
