@@ -168,7 +168,7 @@ pub async fn measure(
     });
 
     let setup_started = Instant::now();
-    let subscribers = spawn_subscribers(opts, sc, &shared, true).await?.handles;
+    let subscribers = spawn_subscribers(opts, sc, &shared).await?.handles;
     let setup_secs = setup_started.elapsed().as_secs_f64();
     eprintln!(
         "{} subscribers ready in {setup_secs:.2} s",
@@ -346,13 +346,12 @@ pub fn read_buffer_size(payload: usize) -> usize {
     (payload + 512).next_power_of_two().clamp(4096, 128 * 1024)
 }
 
-/// Spawns every subscriber of `sc` and waits until all are subscribed (see
-/// [`setup::spawn_all`]).
-pub async fn spawn_subscribers(
+/// Spawns every subscriber of `sc` and waits until all are subscribed; the first failure
+/// fails the run (see [`setup::spawn_all`]).
+async fn spawn_subscribers(
     opts: &Common,
     sc: &Scenario,
     shared: &Arc<Shared>,
-    fail_fast: bool,
 ) -> anyhow::Result<Spawned<Control, Outcome>> {
     let urls: Vec<Arc<str>> = opts.ws.iter().map(|u| Arc::from(u.as_str())).collect();
     let per_channel = sc.per_channel.max(1);
@@ -360,7 +359,7 @@ pub async fn spawn_subscribers(
         sc.subscribers(),
         opts.connect_concurrency,
         "subscribers",
-        fail_fast,
+        true,
         |start| {
             let i = start.0;
             let node = i % urls.len();
