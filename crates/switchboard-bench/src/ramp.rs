@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fanout::{self, Common, Scenario};
+use crate::setup;
 use crate::stats::Report;
 
 /// Options of `switchboard-bench ramp`.
@@ -28,9 +29,15 @@ pub struct Opts {
     /// Channel every subscriber subscribes to.
     #[arg(long, default_value = "bench")]
     pub channel: String,
-    /// Publisher tasks sharing the rate.
+    /// Publisher tasks sharing the rate, at least (see `--publisher-rate`).
     #[arg(long, default_value_t = 4)]
     pub publishers: u32,
+    /// Most publishes per second one publisher task is given: a step at a higher rate gets
+    /// more publishers. A publisher waits for each answer, so under load a few publishers
+    /// cannot offer a high rate, and the ramp would stop on the generator's publishing rather
+    /// than on the nodes.
+    #[arg(long, default_value_t = 50.0)]
+    pub publisher_rate: f64,
     /// Publishes per second of the first step.
     #[arg(long, default_value_t = 50.0)]
     pub start: f64,
@@ -90,6 +97,17 @@ pub fn rates(start: f64, stepping: Stepping, max_rate: f64, max_steps: usize) ->
         rate = stepping.next(rate);
     }
     out
+}
+
+/// Publisher tasks for a step at `rate`: at least `min`, and enough that none is given more
+/// than `per_publisher` publishes per second.
+pub fn publishers_for(rate: f64, min: u32, per_publisher: f64) -> u32 {
+    let needed = (rate / per_publisher).ceil();
+    if needed.is_finite() && needed > f64::from(min) {
+        needed.min(f64::from(u16::MAX)) as u32
+    } else {
+        min.max(1)
+    }
 }
 
 /// How a step went.
@@ -216,8 +234,9 @@ impl RampReport {
         );
         let _ = writeln!(
             s,
-            "{:>9} {:>10} {:>12} {:>16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6}  verdict",
+            "{:>9} {:>4} {:>10} {:>12} {:>16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6}  verdict",
             "target/s",
+            "pubs",
             "publish/s",
             "deliveries/s",
             "lost/dup/ooo",
@@ -237,8 +256,9 @@ impl RampReport {
             };
             let _ = writeln!(
                 s,
-                "{:>9.1} {:>10.1} {:>12.0} {:>16} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>6} {:>6}  {}",
+                "{:>9.1} {:>4} {:>10.1} {:>12.0} {:>16} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>6} {:>6}  {}",
                 step.rate,
+                r.publishers,
                 r.publish_rate(),
                 r.delivery_rate(),
                 format!("{}/{}/{}", r.lost, r.duplicated, r.out_of_order),
@@ -281,6 +301,7 @@ impl RampReport {
             let r = &s.report;
             json!({
                 "rate": s.rate,
+                "publishers": r.publishers,
                 "clean": s.verdict == Verdict::Clean,
                 "verdict": s.verdict.describe(self.p99_bound_ms),
                 "publishes_per_sec": r.publish_rate(),
@@ -332,6 +353,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<RampRepo
         ..RampReport::default()
     };
     let rates = rates(opts.start, stepping, opts.max_rate, opts.max_steps);
+    setup::check_positive(&[("--publisher-rate", opts.publisher_rate)])?;
     anyhow::ensure!(
         !rates.is_empty(),
         "no step: --start is above --max-rate, or --max-steps is 0"
@@ -352,7 +374,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<RampRepo
             rate,
             duration: opts.step_duration,
             warmup: opts.step_warmup,
-            publishers: opts.publishers,
+            publishers: publishers_for(rate, opts.publishers, opts.publisher_rate),
         };
         let step = match fanout::measure(&opts.common, &sc, runtime_threads).await {
             Ok(r) => r,
@@ -400,6 +422,15 @@ mod tests {
             [100.0, 150.0, 200.0]
         );
         assert!(rates(100.0, Stepping::Factor(2.0), 50.0, 5).is_empty());
+    }
+
+    #[test]
+    fn publishers_grow_with_the_rate() {
+        assert_eq!(publishers_for(50.0, 4, 50.0), 4);
+        assert_eq!(publishers_for(200.0, 4, 50.0), 4);
+        assert_eq!(publishers_for(400.0, 4, 50.0), 8);
+        assert_eq!(publishers_for(410.0, 4, 50.0), 9);
+        assert_eq!(publishers_for(10.0, 0, 50.0), 1);
     }
 
     fn step(rate: f64, p99: f64, lost: u64) -> Report {
