@@ -4,8 +4,6 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard_backplane::envelope::now_us;
 
-use crate::session::Outbound;
-
 /// Installs the process-wide Prometheus recorder; call once, before the node starts
 /// (handles taken earlier record nothing).
 pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
@@ -155,19 +153,16 @@ impl HotMetrics {
         }
     }
 
-    /// Accounts a written batch: deliveries, bytes, and each message's latency.
-    pub(crate) fn record_written(&self, batch: &[Outbound], bytes: usize) {
+    /// Bytes of frames written to a client socket.
+    pub(crate) fn sent(&self, bytes: usize) {
         self.bytes_sent.increment(bytes as u64);
-        let now = now_us();
-        let mut delivered = 0;
-        for item in batch {
-            if let Outbound::Message { published_us, .. } = item {
-                delivered += 1;
-                self.latency
-                    .record(now.saturating_sub(*published_us) as f64 / 1e6);
-            }
-        }
-        self.delivered.increment(delivered);
+    }
+
+    /// A message written whole to a client: one delivery, and its latency.
+    pub(crate) fn delivered(&self, published_us: u64) {
+        self.delivered.increment(1);
+        self.latency
+            .record(now_us().saturating_sub(published_us) as f64 / 1e6);
     }
 
     pub(crate) fn message_received(&self, bytes: usize) {

@@ -155,7 +155,7 @@ pub(crate) struct NodeInner {
     pub(crate) config: NodeConfig,
     pub(crate) backplane: Backplane,
     pub(crate) hub: Hub,
-    pub(crate) metrics: HotMetrics,
+    pub(crate) metrics: Arc<HotMetrics>,
     pub(crate) prometheus: Option<PrometheusHandle>,
     /// Cancelled when the drain starts.
     pub(crate) shutdown: CancellationToken,
@@ -244,7 +244,7 @@ impl Node {
         let inner = Arc::new(NodeInner {
             hub: Hub::new(backplane.clone(), subscriptions, config.outbound_queue),
             backplane,
-            metrics: HotMetrics::new(),
+            metrics: Arc::new(HotMetrics::new()),
             prometheus,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),

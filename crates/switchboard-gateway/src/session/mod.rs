@@ -1,38 +1,44 @@
-//! One client connection: a reader task, a writer task, and the handle the
-//! rest of the node uses to reach it.
+//! One client connection: one task, and the handle the rest of the node uses
+//! to reach it.
 //!
 //! ```text
-//!   socket --> reader (frames, commands) ----------------+
-//!                 |  control frames (pong, close echo)   | replies
-//!                 v                                       v
-//!   socket <-- writer <-- bounded outbound queue <-- hub fan-out
+//!   socket --> task: parse frames, run one command at a time ---+ replies
+//!                                                                |
+//!   hub fan-out --> Outbox::push --> socket (direct write) <-----+
+//!                        | socket full
+//!                        v
+//!                  bounded queue --> task writes it as the socket drains
 //! ```
 //!
-//! fastwebsockets' frame read is not cancel-safe, so the reader is never raced
-//! in a `select!`; the writer owns the write half and does all writing.
+//! The task waits on the socket's readiness (never inside a frame read), the
+//! outbox's "queued" signal, the session's end, the node's drain and a single
+//! timer (heartbeat, token expiry, drain moment, write stall). A command in
+//! progress is a boxed future polled beside all of these, so an idle
+//! connection carries neither a command's state nor a read buffer.
 
 pub(crate) mod commands;
+mod conn;
 pub(crate) mod frames;
 mod guard;
-mod reader;
-mod writer;
+mod outbox;
+mod parse;
+mod signal;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::Poll;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
+use crate::metrics::HotMetrics;
 use crate::node::NodeInner;
 use crate::protocol::{Disconnect, Protocol, Reply, encode_reply};
+use outbox::{Outbox, Pushed};
+use signal::Signal;
 
-/// What a session's writer sends, in order.
+/// What a session sends, in order.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A push (channel or user message, join, leave), shared by every
@@ -45,6 +51,8 @@ pub(crate) enum Outbound {
     },
     /// A reply to this client's command.
     Reply(Bytes),
+    /// A whole control frame, header included (ping, pong, close).
+    Control(Bytes),
 }
 
 impl Outbound {
@@ -52,7 +60,7 @@ impl Outbound {
     pub(crate) fn offset(&self) -> u64 {
         match self {
             Outbound::Message { offset, .. } => *offset,
-            Outbound::Reply(_) => 0,
+            Outbound::Reply(_) | Outbound::Control(_) => 0,
         }
     }
 }
@@ -77,7 +85,7 @@ impl End {
             End::Disconnect(d) => match d.code {
                 4008 => "slow_consumer",
                 1009 => "too_large",
-                1002 => "protocol_error",
+                1002 | 1007 => "protocol_error",
                 4100 => "api",
                 4001 => "token_expired",
                 4029 => "rate_limit",
@@ -94,6 +102,8 @@ pub(crate) const SLOW_CONSUMER: Disconnect =
 pub(crate) const TOO_LARGE: Disconnect = Disconnect::fixed(1009, "message too large", false);
 pub(crate) const PROTOCOL_ERROR: Disconnect =
     Disconnect::fixed(1002, "websocket protocol error", false);
+pub(crate) const INVALID_UTF8: Disconnect =
+    Disconnect::fixed(1007, "text message is not valid UTF-8", false);
 pub(crate) const SHUTDOWN: Disconnect = Disconnect::fixed(1001, "node shutting down", true);
 pub(crate) const API_DISCONNECT: Disconnect =
     Disconnect::fixed(4100, "disconnected by the server API", false);
@@ -113,31 +123,34 @@ pub(crate) struct SessionHandle {
     /// Who the client is and what its token allows.
     pub(crate) identity: Identity,
     pub(crate) protocol: Protocol,
-    outbound: mpsc::Sender<Outbound>,
+    /// The client's socket: read by the session's task, written through `outbox`.
+    socket: TcpStream,
+    outbox: Outbox,
+    metrics: Arc<HotMetrics>,
     end: OnceLock<End>,
-    ending: EndSignal,
-    /// Milliseconds since the node started, at the last frame from the client.
+    ending: Signal,
+    /// Milliseconds since the node started, at the last bytes from the client.
     last_seen_ms: AtomicU64,
     /// Channels this session is subscribed to (touched by commands only).
     pub(crate) channels: Mutex<HashSet<Arc<str>>>,
-    /// Cancelled by the writer when it stops: the reader stops reading (a
-    /// cancelled frame read is harmless once the socket is being dropped) but
-    /// always finishes the command it is executing.
-    stop_reading: CancellationToken,
     /// The command rate limit (`limits::CommandLimiter`).
     pub(crate) limiter: Mutex<crate::limits::CommandLimiter>,
 }
 
 impl SessionHandle {
-    /// Queues a channel message without waiting. On overflow the session is
-    /// ended as a slow consumer: its queue is not allowed to grow, and the
-    /// publisher is never made to wait for it.
+    /// Sends a frame without waiting: written now when the socket takes it,
+    /// else queued. When the queue is full the session is ended as a slow
+    /// consumer: its queue is not allowed to grow, and the publisher is never
+    /// made to wait for it.
     pub(crate) fn push(&self, item: Outbound) {
-        match self.outbound.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.overflowed(),
-            // The writer is gone; the session is being torn down.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        match self.outbox.push(&self.socket, item, &self.metrics) {
+            Pushed::Written | Pushed::Queued => {}
+            Pushed::Full => self.overflowed(),
+            // The session is closing: its last frames are already decided.
+            Pushed::Sealed => {}
+            Pushed::Failed => {
+                self.end_with(End::Io);
+            }
         }
     }
 
@@ -149,13 +162,13 @@ impl SessionHandle {
         }
     }
 
-    /// Queues a reply to one of this client's commands.
+    /// Sends a reply to one of this client's commands.
     pub(crate) fn reply(&self, id: Option<u64>, reply: &Reply<'_>) {
         self.push(Outbound::Reply(encode_reply(self.protocol, id, reply)));
     }
 
-    /// Asks the writer to end the session; the first reason given wins.
-    /// Returns whether this call set it.
+    /// Asks the session's task to end the session; the first reason given
+    /// wins. Returns whether this call set it.
     pub(crate) fn end_with(&self, end: End) -> bool {
         let first = self.end.set(end).is_ok();
         if first {
@@ -177,38 +190,6 @@ impl SessionHandle {
     }
 }
 
-/// Wakes the writer when the session must end: raised once, never lowered.
-///
-/// Unlike `Notify`, polling it takes no lock, and the writer polls it on every
-/// wake-up, that is, on every delivery.
-#[derive(Default)]
-struct EndSignal {
-    raised: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl EndSignal {
-    fn raise(&self) {
-        self.raised.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Resolves once raised (and again on every poll after). Cancel-safe.
-    fn raised(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.raised.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.raised.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    }
-}
-
 /// Runs a connection from the end of the handshake until it closes, then
 /// removes it from every channel.
 pub(crate) async fn run(
@@ -218,21 +199,23 @@ pub(crate) async fn run(
     protocol: Protocol,
     identity: Identity,
 ) {
-    let (read_half, write_half) = stream.into_split();
-    let (outbound, outbound_rx) = mpsc::channel(node.config.outbound_queue);
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let data_opcode = match protocol {
+        Protocol::Json => frames::OpCode::Text,
+        Protocol::Proto => frames::OpCode::Binary,
+    };
     let session = Arc::new(SessionHandle {
         id: node.next_session_id(),
         conn: format!("c_{}", ulid::Ulid::new()).into(),
         user: identity.user.clone(),
         identity,
         protocol,
-        outbound,
+        socket: stream,
+        outbox: Outbox::new(node.config.outbound_queue, data_opcode),
+        metrics: node.metrics.clone(),
         end: OnceLock::new(),
-        ending: EndSignal::default(),
+        ending: Signal::default(),
         last_seen_ms: AtomicU64::new(node.uptime_ms()),
         channels: Mutex::new(HashSet::new()),
-        stop_reading: CancellationToken::new(),
         limiter: Mutex::new(crate::limits::CommandLimiter::new(
             &node.config.limits,
             tokio::time::Instant::now(),
@@ -250,34 +233,29 @@ pub(crate) async fn run(
     );
 
     node.register(&session);
-    // A user's connections receive the messages sent to that user.
+    // A user's connections receive the messages sent to that user. Boxed, as
+    // is every rare, large future here: the task's own size is paid by every
+    // idle connection.
     let user_topic = (!session.user.is_empty()).then(|| crate::hub::user_key(&session.user));
     if let Some(key) = &user_topic
-        && let Err(e) = node.hub.subscribe(key, &session, false, || {}).await
+        && let Err(e) = Box::pin(node.hub.subscribe(key, &session, false, || {})).await
     {
         tracing::warn!(conn = %session.conn, error = %e, "cannot receive user messages: closing");
         session.end_with(End::Disconnect(INTERNAL));
     }
 
-    let reader = tokio::spawn(reader::run(
-        node.clone(),
-        session.clone(),
-        reader::Prefixed::new(read_ahead, read_half),
-        control,
-    ));
-    let end = writer::run(&node, &session, write_half, outbound_rx, control_rx).await;
-    session.stop_reading.cancel();
-    if let Err(e) = reader.await {
-        tracing::error!(conn = %session.conn, error = %e, "session reader failed");
-    }
+    let end = conn::run(&node, &session, read_ahead).await;
 
-    let channels: Vec<Arc<str>> = crate::lock(&session.channels).drain().collect();
-    for channel in channels {
-        commands::leave(&node, &session, &channel).await;
-    }
-    if let Some(key) = &user_topic {
-        node.hub.unsubscribe(key, session.id).await;
-    }
+    Box::pin(async {
+        let channels: Vec<Arc<str>> = crate::lock(&session.channels).drain().collect();
+        for channel in channels {
+            commands::leave(&node, &session, &channel).await;
+        }
+        if let Some(key) = &user_topic {
+            node.hub.unsubscribe(key, session.id).await;
+        }
+    })
+    .await;
     node.unregister(&session);
     if end == End::Disconnect(TOO_LARGE) {
         node.gate.rejections.message_size.increment(1);
@@ -285,6 +263,3 @@ pub(crate) async fn run(
     node.session_closed(&end);
     tracing::debug!(conn = %session.conn, reason = end.label(), "session ended");
 }
-
-/// Control frames waiting for the writer (pongs, the close echo).
-const CONTROL_QUEUE: usize = 4;

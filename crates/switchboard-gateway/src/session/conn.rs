@@ -1,0 +1,299 @@
+//! The session's task: reads and parses client frames, runs commands one at a
+//! time, writes what the outbox had to queue, keeps the heartbeat, and closes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::frames::{self, OpCode};
+use super::outbox::Flushed;
+use super::parse::{Event, Parser, Violation};
+use super::{
+    End, HEARTBEAT_TIMEOUT, INVALID_UTF8, Outbound, PROTOCOL_ERROR, SHUTDOWN, SLOW_CONSUMER,
+    SessionHandle, TOKEN_EXPIRED, TOO_LARGE, commands,
+};
+use crate::node::NodeInner;
+use crate::protocol::{Reply, encode_reply};
+
+/// How long a full socket may take no bytes before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the final `disconnect` and close frame may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Share of the drain timeout over which drain disconnects are spread.
+const DRAIN_SPREAD: f64 = 0.8;
+/// Bytes read per `read` call (on the stack, not kept per connection).
+const READ_CHUNK: usize = 8192;
+
+type Command<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// The moments the task's one timer stands for.
+struct Deadlines {
+    /// Next heartbeat ping (and silence check).
+    ping: Instant,
+    /// The token's expiry.
+    expires: Option<Instant>,
+    /// When this session leaves a draining node.
+    drain: Option<Instant>,
+    /// When a full socket that takes nothing counts as a slow consumer.
+    stall: Option<Instant>,
+}
+
+impl Deadlines {
+    fn next(&self) -> Instant {
+        [self.expires, self.drain, self.stall]
+            .into_iter()
+            .flatten()
+            .fold(self.ping, Instant::min)
+    }
+}
+
+/// Runs the session until it ends, says goodbye, and returns why it ended.
+pub(super) async fn run(
+    node: &Arc<NodeInner>,
+    session: &Arc<SessionHandle>,
+    read_ahead: Bytes,
+) -> End {
+    let mut parser = Parser::new(node.config.max_message_size);
+    parser.feed(&read_ahead);
+    drop(read_ahead);
+    let mut command: Option<Command<'_>> = None;
+    let end = serve(node, session, &mut parser, &mut command).await;
+    drop(parser);
+    goodbye(session, &end).await;
+    // A command in progress always finishes (its reply goes nowhere now): a
+    // subscription half made would leave the hub and the backplane disagreeing.
+    if let Some(command) = command {
+        command.await;
+    }
+    end
+}
+
+async fn serve<'a>(
+    node: &'a Arc<NodeInner>,
+    session: &'a Arc<SessionHandle>,
+    parser: &mut Parser,
+    command: &mut Option<Command<'a>>,
+) -> End {
+    let heartbeat = node.config.heartbeat;
+    let mut at = Deadlines {
+        ping: Instant::now() + heartbeat,
+        expires: session
+            .identity
+            .expires_at
+            .and_then(crate::auth::expiry_deadline),
+        drain: None,
+        stall: None,
+    };
+    let timer = tokio::time::sleep_until(at.next());
+    tokio::pin!(timer);
+    let ending = session.ending.raised();
+    tokio::pin!(ending);
+    let queued = session.outbox.queued.taken();
+    tokio::pin!(queued);
+    let shutdown = node.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let mut blocked = false;
+
+    loop {
+        if let Some(end) = session.ended() {
+            return end.clone();
+        }
+        // Act on what was read: control frames at once, messages one at a time.
+        while command.is_none() {
+            match parser.next() {
+                Ok(Some(Event::Message { text, data })) => {
+                    *command = Some(Box::pin(commands::handle(node, session, text, data)));
+                }
+                Ok(Some(Event::Ping(payload))) => {
+                    session.push(Outbound::Control(frames::control(OpCode::Pong, &payload)));
+                }
+                Ok(Some(Event::Pong)) => {}
+                Ok(Some(Event::Close(code))) => {
+                    let echo = code.map(u16::to_be_bytes);
+                    let payload: &[u8] = echo.as_ref().map_or(&[], |c| c);
+                    session
+                        .outbox
+                        .close(None, frames::control(OpCode::Close, payload), false);
+                    return End::ClientClosed;
+                }
+                Ok(None) => break,
+                Err(violation) => {
+                    if let Violation::Protocol(what) = violation {
+                        tracing::debug!(conn = %session.conn, what, "websocket protocol violation");
+                    }
+                    session.end_with(End::Disconnect(match violation {
+                        Violation::TooLarge => TOO_LARGE,
+                        Violation::InvalidUtf8 => INVALID_UTF8,
+                        Violation::Protocol(_) => PROTOCOL_ERROR,
+                    }));
+                    break;
+                }
+            }
+            if session.ended().is_some() {
+                break;
+            }
+        }
+        if let Some(end) = session.ended() {
+            return end.clone();
+        }
+
+        tokio::select! {
+            biased;
+            _ = &mut ending => {}
+            _ = &mut timer => {
+                let now = Instant::now();
+                if at.expires.is_some_and(|t| t <= now) {
+                    session.end_with(End::Disconnect(TOKEN_EXPIRED));
+                } else if at.stall.is_some_and(|t| t <= now) {
+                    session.overflowed();
+                } else if at.drain.is_some_and(|t| t <= now) {
+                    session.end_with(End::Disconnect(SHUTDOWN));
+                } else if at.ping <= now {
+                    let silent_ms = node.uptime_ms().saturating_sub(session.last_seen_ms());
+                    if silent_ms > 2 * heartbeat.as_millis() as u64 {
+                        session.end_with(End::Disconnect(HEARTBEAT_TIMEOUT));
+                    } else {
+                        session.push(Outbound::Control(frames::PING));
+                    }
+                    at.ping = now + heartbeat;
+                }
+                timer.as_mut().reset(at.next());
+            }
+            () = poll_command(command), if command.is_some() => {
+                *command = None;
+            }
+            _ = &mut queued, if !blocked => {
+                match session.outbox.flush(&session.socket, &session.metrics) {
+                    Ok(Flushed::Drained) => {}
+                    Ok(Flushed::Blocked { .. }) => {
+                        blocked = true;
+                        at.stall = Some(Instant::now() + WRITE_TIMEOUT);
+                        timer.as_mut().reset(at.next());
+                    }
+                    Err(_) => return End::Io,
+                }
+            }
+            ready = session.socket.writable(), if blocked => {
+                if ready.is_err() {
+                    return End::Io;
+                }
+                match session.outbox.flush(&session.socket, &session.metrics) {
+                    Ok(Flushed::Drained) => {
+                        blocked = false;
+                        at.stall = None;
+                    }
+                    Ok(Flushed::Blocked { progress }) => {
+                        if progress {
+                            at.stall = Some(Instant::now() + WRITE_TIMEOUT);
+                        }
+                    }
+                    Err(_) => return End::Io,
+                }
+                timer.as_mut().reset(at.next());
+            }
+            ready = session.socket.readable(), if command.is_none() => {
+                if ready.is_err() {
+                    return End::Io;
+                }
+                match read(session, parser) {
+                    Ok(Read::Data) => session.touch(node.uptime_ms()),
+                    Ok(Read::Nothing) => {}
+                    Ok(Read::Eof) => return End::ClientClosed,
+                    Err(_) => return End::Io,
+                }
+            }
+            _ = &mut shutdown, if at.drain.is_none() => {
+                let window = node.config.drain_timeout.mul_f64(DRAIN_SPREAD);
+                let delay = rand::rng().random_range(Duration::ZERO..=window);
+                at.drain = Some(Instant::now() + delay);
+                timer.as_mut().reset(at.next());
+            }
+        }
+    }
+}
+
+/// Polls the command in progress (never called without one).
+fn poll_command<'c>(command: &'c mut Option<Command<'_>>) -> impl Future<Output = ()> + 'c {
+    std::future::poll_fn(move |cx| match command.as_mut() {
+        Some(c) => c.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+}
+
+enum Read {
+    Data,
+    Nothing,
+    Eof,
+}
+
+/// Reads what the socket has (up to a few chunks) into the parser.
+fn read(session: &SessionHandle, parser: &mut Parser) -> io::Result<Read> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut got = Read::Nothing;
+    // A few chunks at most per wake-up: a client streaming data cannot starve
+    // the rest of the task (the parser is consulted between wake-ups).
+    for _ in 0..4 {
+        match session.socket.try_read(&mut chunk) {
+            Ok(0) => return Ok(Read::Eof),
+            Ok(n) => {
+                parser.feed(&chunk[..n]);
+                got = Read::Data;
+                if n < chunk.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Queues the goodbye (for a node-decided end), writes what is owed within
+/// `CLOSE_TIMEOUT` (a slow consumer: only what its socket takes at once), and
+/// shuts the socket's write side.
+async fn goodbye(session: &SessionHandle, end: &End) {
+    // A slow consumer gets its goodbye only if its socket takes it now: waiting
+    // on the client whose backlog is the problem would hold its memory longer.
+    let wait = *end != End::Disconnect(SLOW_CONSUMER);
+    match end {
+        End::Disconnect(d) => {
+            let last = encode_reply(session.protocol, None, &Reply::Disconnect(d));
+            let close = frames::control(OpCode::Close, &frames::close_payload(d.code, &d.reason));
+            // What was queued before the decision to close still goes out (the
+            // last replies, the messages of a draining node), except to a slow
+            // consumer, whose queue is the problem.
+            session
+                .outbox
+                .close(Some(last), close, d.code == SLOW_CONSUMER.code);
+        }
+        // The close echo, if the client sent a close frame, is queued already.
+        End::ClientClosed => session.outbox.seal(),
+        End::Io => {
+            session.outbox.seal();
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        loop {
+            match session.outbox.flush(&session.socket, &session.metrics) {
+                Ok(Flushed::Drained) | Err(_) => return,
+                Ok(Flushed::Blocked { .. }) => {
+                    if !wait || session.socket.writable().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let _ = socket2::SockRef::from(&session.socket).shutdown(std::net::Shutdown::Write);
+}
