@@ -27,7 +27,7 @@ use crate::procstat;
 use crate::publisher::{self, Plan, Tally};
 use crate::scrape::{self, COUNTERS};
 use crate::setup::{self, Snapshot, Spawned, Window};
-use crate::stats::{NodeCounters, Report, ShardedLatency};
+use crate::stats::{Latency, NodeCounters, Report, ShardedLatency};
 use crate::subscriber::{self, Control, Outcome, Shared};
 
 /// Options shared by the scenarios that publish through the server API (`fanout`, `rooms`,
@@ -377,7 +377,9 @@ async fn spawn_subscribers(
 
 fn add_publishers(report: &mut Report, tallies: &[Tally]) {
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    let mut answers = Latency::new();
     for t in tallies {
+        answers.merge(&t.answer_latency);
         report.publishes_attempted += t.attempted;
         report.publishes_measured += t.accepted_measured;
         report.publish_transport_errors += t.transport_errors;
@@ -390,6 +392,7 @@ fn add_publishers(report: &mut Report, tallies: &[Tally]) {
         }
     }
     report.publish_status_errors = statuses.into_iter().collect();
+    report.publish_latency = answers.summary();
 }
 
 /// Adds up the subscribers' outcomes; returns deliveries per `--ws` node. A subscriber should

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::http::{ApiClient, Outcome};
 use crate::payload::{self, BodyBuilder, Stamp};
+use crate::stats::Latency;
 
 /// How far behind its schedule a publisher may fall before it skips slots.
 pub const MAX_LAG: Duration = Duration::from_millis(100);
@@ -78,6 +79,9 @@ pub struct Tally {
     pub skipped: u64,
     /// The same, per channel (index as in [`Plan::bodies`]).
     pub by_channel: Vec<ChannelTally>,
+    /// Time to the answer of each accepted publish in the measure window (the API's latency
+    /// as the publisher sees it).
+    pub answer_latency: Latency,
 }
 
 /// Publishes from `plan.start` to `plan.end` through `clients` (one per `--api` node).
@@ -124,6 +128,7 @@ pub async fn run(plan: Plan, mut clients: Vec<ApiClient>) -> Tally {
             sent_us: payload::now_us(),
         };
         let node = (tally.attempted as usize + plan.id as usize) % clients.len();
+        let sent = Instant::now();
         match clients[node]
             .publish(plan.bodies[channel].body(stamp))
             .await
@@ -135,6 +140,8 @@ pub async fn run(plan: Plan, mut clients: Vec<ApiClient>) -> Tally {
                 if stamp.sent_us >= plan.warmup_end_us {
                     tally.accepted_measured += 1;
                     on_channel.accepted_measured += 1;
+                    let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    tally.answer_latency.record(us);
                 }
             }
             Outcome::Status(s) => {

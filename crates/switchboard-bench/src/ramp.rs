@@ -119,9 +119,14 @@ pub enum Verdict {
     Failed(Vec<String>),
     /// p99 above the bound (ms).
     SlowP99(f64),
-    /// The publishers did not keep to their schedule: accepted publishes per second, and
-    /// slots skipped.
-    Shortfall { achieved: f64, skipped: u64 },
+    /// The publishers did not keep to their schedule: accepted publishes per second, slots
+    /// skipped, and the p99 of the API's answers (ms), which says whether the node answered
+    /// slowly.
+    Shortfall {
+        achieved: f64,
+        skipped: u64,
+        api_p99: f64,
+    },
 }
 
 impl Verdict {
@@ -131,8 +136,13 @@ impl Verdict {
             Verdict::Clean => "clean".to_owned(),
             Verdict::Failed(f) => format!("failed: {}", f.join("; ")),
             Verdict::SlowP99(p99) => format!("p99 {p99:.1} ms > {bound_ms} ms"),
-            Verdict::Shortfall { achieved, skipped } => format!(
-                "offered load not reached: {achieved:.1} publishes/s accepted, {skipped} slots skipped"
+            Verdict::Shortfall {
+                achieved,
+                skipped,
+                api_p99,
+            } => format!(
+                "offered load not reached: {achieved:.1} publishes/s accepted, {skipped} slots \
+                 skipped (API answers p99 {api_p99:.1} ms)"
             ),
         }
     }
@@ -151,6 +161,7 @@ pub fn judge(r: &Report, p99_bound_ms: f64) -> Verdict {
         return Verdict::Shortfall {
             achieved: r.publish_rate(),
             skipped: r.publishes_skipped,
+            api_p99: r.publish_latency.p99,
         };
     }
     Verdict::Clean

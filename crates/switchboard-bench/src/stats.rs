@@ -148,6 +148,8 @@ pub struct Report {
     pub first_publish_error: Option<String>,
     /// Scheduled publishes skipped because a publisher was more than 100 ms behind.
     pub publishes_skipped: u64,
+    /// Time from sending a measured publish to its 2xx answer.
+    pub publish_latency: LatencySummary,
     /// Deliveries of measured messages, all subscribers together.
     pub deliveries: u64,
     /// Deliveries that the measured publishes should have produced.
@@ -223,6 +225,12 @@ impl Latency {
             p999: ms(self.0.value_at_quantile(0.999)),
             max: ms(self.0.max()),
         }
+    }
+}
+
+impl std::fmt::Debug for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Latency({:?})", self.summary())
     }
 }
 
@@ -431,6 +439,12 @@ impl Report {
             self.publish_errors(),
             self.publishes_skipped
         );
+        let p = &self.publish_latency;
+        let _ = writeln!(
+            s,
+            "publish ms:  p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  (API call to its answer)",
+            p.p50, p.p90, p.p99, p.max
+        );
         if self.publish_errors() > 0 {
             let statuses: Vec<String> = self
                 .publish_status_errors
@@ -624,6 +638,10 @@ impl Report {
             ("nodes_cores", json!(self.nodes_cores())),
             ("window_secs", json!(self.window_secs)),
             ("generator_cores", json!(self.generator_cores())),
+            ("publish_latency_ms", {
+                let p = &self.publish_latency;
+                json!({"count": p.count, "p50": p.p50, "p90": p.p90, "p99": p.p99, "max": p.max})
+            }),
         ] {
             v[key] = value;
         }
