@@ -157,8 +157,6 @@ pub(crate) struct NodeInner {
     pub(crate) hub: Hub,
     pub(crate) metrics: Arc<HotMetrics>,
     pub(crate) prometheus: Option<PrometheusHandle>,
-    /// Cancelled when the drain starts.
-    pub(crate) shutdown: CancellationToken,
     pub(crate) sessions: TaskTracker,
     draining: AtomicBool,
     started: Instant,
@@ -246,7 +244,6 @@ impl Node {
             backplane,
             metrics: Arc::new(HotMetrics::new()),
             prometheus,
-            shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             draining: AtomicBool::new(false),
             started: Instant::now(),
@@ -331,7 +328,10 @@ impl Node {
         let open = inner.connections.load(Ordering::Relaxed);
         tracing::info!(connections = open, timeout = ?inner.config.drain_timeout, "draining");
         inner.draining.store(true, Ordering::Release);
-        inner.shutdown.cancel();
+        // Each session picks its own moment to leave within the drain window.
+        for session in crate::lock(&inner.conns).values() {
+            session.wake();
+        }
         inner.sessions.close();
         if tokio::time::timeout(inner.config.drain_timeout, inner.sessions.wait())
             .await

@@ -1,7 +1,7 @@
 //! The session's task: reads and parses client frames, runs commands one at a
 //! time, writes what the outbox had to queue, keeps the heartbeat, and closes.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -93,12 +93,8 @@ async fn serve<'a>(
     };
     let timer = tokio::time::sleep_until(at.next());
     tokio::pin!(timer);
-    let ending = session.ending.raised();
-    tokio::pin!(ending);
-    let queued = session.outbox.queued.taken();
-    tokio::pin!(queued);
-    let shutdown = node.shutdown.cancelled();
-    tokio::pin!(shutdown);
+    let attention = session.attention.taken();
+    tokio::pin!(attention);
     let mut blocked = false;
 
     loop {
@@ -143,11 +139,31 @@ async fn serve<'a>(
         if let Some(end) = session.ended() {
             return end.clone();
         }
+        if at.drain.is_none() && node.is_draining() {
+            let window = node.config.drain_timeout.mul_f64(DRAIN_SPREAD);
+            let delay = rand::rng().random_range(Duration::ZERO..=window);
+            at.drain = Some(Instant::now() + delay);
+            timer.as_mut().reset(at.next());
+        }
 
         tokio::select! {
             biased;
-            _ = &mut ending => {}
-            _ = &mut timer => {
+            // The session must end, frames were queued, or the node drains:
+            // the first two are handled here, the others at the top of the loop.
+            () = &mut attention => {
+                if !blocked && session.outbox.is_queued() {
+                    match session.outbox.flush(&session.socket, &session.metrics) {
+                        Ok(Flushed::Drained) => {}
+                        Ok(Flushed::Blocked { .. }) => {
+                            blocked = true;
+                            at.stall = Some(Instant::now() + WRITE_TIMEOUT);
+                            timer.as_mut().reset(at.next());
+                        }
+                        Err(_) => return End::Io,
+                    }
+                }
+            }
+            () = &mut timer => {
                 let now = Instant::now();
                 if at.expires.is_some_and(|t| t <= now) {
                     session.end_with(End::Disconnect(TOKEN_EXPIRED));
@@ -169,18 +185,9 @@ async fn serve<'a>(
             () = poll_command(command), if command.is_some() => {
                 *command = None;
             }
-            _ = &mut queued, if !blocked => {
-                match session.outbox.flush(&session.socket, &session.metrics) {
-                    Ok(Flushed::Drained) => {}
-                    Ok(Flushed::Blocked { .. }) => {
-                        blocked = true;
-                        at.stall = Some(Instant::now() + WRITE_TIMEOUT);
-                        timer.as_mut().reset(at.next());
-                    }
-                    Err(_) => return End::Io,
-                }
-            }
-            ready = session.socket.writable(), if blocked => {
+            // Readiness is polled, not awaited through a future: the socket
+            // keeps the waker, and the task stores nothing for it.
+            ready = poll_fn(|cx| session.socket.poll_write_ready(cx)), if blocked => {
                 if ready.is_err() {
                     return End::Io;
                 }
@@ -198,7 +205,7 @@ async fn serve<'a>(
                 }
                 timer.as_mut().reset(at.next());
             }
-            ready = session.socket.readable(), if command.is_none() => {
+            ready = poll_fn(|cx| session.socket.poll_read_ready(cx)), if command.is_none() => {
                 if ready.is_err() {
                     return End::Io;
                 }
@@ -208,12 +215,6 @@ async fn serve<'a>(
                     Ok(Read::Eof) => return End::ClientClosed,
                     Err(_) => return End::Io,
                 }
-            }
-            _ = &mut shutdown, if at.drain.is_none() => {
-                let window = node.config.drain_timeout.mul_f64(DRAIN_SPREAD);
-                let delay = rand::rng().random_range(Duration::ZERO..=window);
-                at.drain = Some(Instant::now() + delay);
-                timer.as_mut().reset(at.next());
             }
         }
     }

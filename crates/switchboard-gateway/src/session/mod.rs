@@ -10,11 +10,12 @@
 //!                  bounded queue --> task writes it as the socket drains
 //! ```
 //!
-//! The task waits on the socket's readiness (never inside a frame read), the
-//! outbox's "queued" signal, the session's end, the node's drain and a single
-//! timer (heartbeat, token expiry, drain moment, write stall). A command in
-//! progress is a boxed future polled beside all of these, so an idle
-//! connection carries neither a command's state nor a read buffer.
+//! The task waits on the socket's readiness (polled, never inside a frame
+//! read), one wake-up signal (the session must end, frames were queued, the
+//! node drains) and one timer (heartbeat, token expiry, drain moment, write
+//! stall). A command in progress is a boxed future polled beside these, so an
+//! idle connection carries neither a command's state nor a read buffer, and
+//! the task's whole state is a few hundred bytes.
 
 pub(crate) mod commands;
 mod conn;
@@ -128,7 +129,10 @@ pub(crate) struct SessionHandle {
     outbox: Outbox,
     metrics: Arc<HotMetrics>,
     end: OnceLock<End>,
-    ending: Signal,
+    /// Wakes the session's task: the session must end, frames were queued
+    /// behind a full socket, or the node started draining. The task looks at
+    /// all three on every wake-up, so one waker per connection serves them.
+    attention: Signal,
     /// Milliseconds since the node started, at the last bytes from the client.
     last_seen_ms: AtomicU64,
     /// Channels this session is subscribed to (touched by commands only).
@@ -143,7 +147,10 @@ impl SessionHandle {
     /// consumer: its queue is not allowed to grow, and the publisher is never
     /// made to wait for it.
     pub(crate) fn push(&self, item: Outbound) {
-        match self.outbox.push(&self.socket, item, &self.metrics) {
+        match self
+            .outbox
+            .push(&self.socket, item, &self.metrics, &self.attention)
+        {
             Pushed::Written | Pushed::Queued => {}
             Pushed::Full => self.overflowed(),
             // The session is closing: its last frames are already decided.
@@ -172,9 +179,14 @@ impl SessionHandle {
     pub(crate) fn end_with(&self, end: End) -> bool {
         let first = self.end.set(end).is_ok();
         if first {
-            self.ending.raise();
+            self.attention.raise();
         }
         first
+    }
+
+    /// Makes the session's task look at its state (the node is draining).
+    pub(crate) fn wake(&self) {
+        self.attention.raise();
     }
 
     fn ended(&self) -> Option<&End> {
@@ -213,7 +225,7 @@ pub(crate) async fn run(
         outbox: Outbox::new(node.config.outbound_queue, data_opcode),
         metrics: node.metrics.clone(),
         end: OnceLock::new(),
-        ending: Signal::default(),
+        attention: Signal::default(),
         last_seen_ms: AtomicU64::new(node.uptime_ms()),
         channels: Mutex::new(HashSet::new()),
         limiter: Mutex::new(crate::limits::CommandLimiter::new(

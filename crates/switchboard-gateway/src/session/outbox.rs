@@ -51,8 +51,6 @@ pub(crate) enum Flushed {
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    /// Raised when frames were queued: the session's task must write them.
-    pub(crate) queued: Signal,
     /// Most frames queued at once.
     capacity: usize,
     /// The opcode of messages and replies (text for JSON, binary for protobuf).
@@ -76,14 +74,21 @@ impl Outbox {
     pub(crate) fn new(capacity: usize, data: OpCode) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            queued: Signal::default(),
             capacity: capacity.max(1),
             data,
         }
     }
 
-    /// Sends a frame now if nothing is queued, else queues it.
-    pub(crate) fn push(&self, socket: &TcpStream, item: Outbound, metrics: &HotMetrics) -> Pushed {
+    /// Sends a frame now if nothing is queued, else queues it. `queued` is
+    /// raised when this push started the queue: the session's task must then
+    /// write it as the socket drains.
+    pub(crate) fn push(
+        &self,
+        socket: &TcpStream,
+        item: Outbound,
+        metrics: &HotMetrics,
+        queued: &Signal,
+    ) -> Pushed {
         let mut state = crate::lock(&self.state);
         if state.sealed {
             return Pushed::Sealed;
@@ -108,12 +113,12 @@ impl Outbox {
                 metrics.sent(n);
                 state.written = n;
                 state.queue.push_back(item);
-                self.queued.raise();
+                queued.raise();
                 Pushed::Queued
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 state.queue.push_back(item);
-                self.queued.raise();
+                queued.raise();
                 Pushed::Queued
             }
             Err(_) => {
@@ -199,6 +204,11 @@ impl Outbox {
         }
         state.queue.push_back(Outbound::Control(close));
         state.sealed = true;
+    }
+
+    /// Whether frames are waiting for the socket.
+    pub(crate) fn is_queued(&self) -> bool {
+        !crate::lock(&self.state).queue.is_empty()
     }
 
     /// Seals the outbox without a close frame (the connection is being dropped).

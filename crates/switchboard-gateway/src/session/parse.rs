@@ -120,10 +120,11 @@ impl Parser {
         }
     }
 
-    /// Drops the buffer's allocation once everything in it was parsed, so an
-    /// idle connection holds none (a message handed out keeps its own bytes).
+    /// Lets go of the buffer once everything in it was parsed, so an idle
+    /// connection holds none: even when empty, it may share the allocation of
+    /// the message split off last (a fresh `BytesMut` allocates nothing).
     fn release_idle(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
+        if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
     }

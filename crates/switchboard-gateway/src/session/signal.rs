@@ -18,25 +18,10 @@ impl Signal {
         self.waker.wake();
     }
 
-    /// Resolves while the flag is up, leaving it up. Cancel-safe.
-    pub(crate) fn raised(&self) -> impl Future<Output = ()> + '_ {
-        self.wait(false)
-    }
-
     /// Resolves once the flag is up, and lowers it. Cancel-safe: a wake-up is
     /// consumed only by the poll that returns `Ready`.
     pub(crate) fn taken(&self) -> impl Future<Output = ()> + '_ {
-        self.wait(true)
-    }
-
-    fn wait(&self, lower: bool) -> impl Future<Output = ()> + '_ {
-        let check = move || {
-            if lower {
-                self.raised.swap(false, Ordering::AcqRel)
-            } else {
-                self.raised.load(Ordering::Acquire)
-            }
-        };
+        let check = move || self.raised.swap(false, Ordering::AcqRel);
         std::future::poll_fn(move |cx| {
             if check() {
                 return Poll::Ready(());
