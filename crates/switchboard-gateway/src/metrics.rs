@@ -33,6 +33,7 @@ fn register_at_zero() {
         "switchboard_backplane_reconnects_total",
         "switchboard_backplane_resubscribed_total",
         "switchboard_slow_consumer_disconnects_total",
+        "switchboard_frames_queued_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -116,6 +117,10 @@ fn describe() {
         "1 while the backplane is connected and receiving."
     );
     describe_counter!(
+        "switchboard_frames_queued_total",
+        "Frames that waited in a session's outbound queue because the client's socket was full (most are written at once)."
+    );
+    describe_counter!(
         "switchboard_slow_consumer_disconnects_total",
         "Connections closed because their outbound queue overflowed or a write stalled."
     );
@@ -136,6 +141,7 @@ fn describe() {
 /// Handles used per message and per delivery, taken once.
 pub(crate) struct HotMetrics {
     delivered: Counter,
+    queued: Counter,
     bytes_sent: Counter,
     latency: Histogram,
     received: Counter,
@@ -146,6 +152,7 @@ impl HotMetrics {
     pub(crate) fn new() -> Self {
         HotMetrics {
             delivered: metrics::counter!("switchboard_messages_delivered_total"),
+            queued: metrics::counter!("switchboard_frames_queued_total"),
             bytes_sent: metrics::counter!("switchboard_bytes_sent_total"),
             latency: metrics::histogram!("switchboard_delivery_latency_seconds"),
             received: metrics::counter!("switchboard_messages_received_total"),
@@ -156,6 +163,11 @@ impl HotMetrics {
     /// Bytes of frames written to a client socket.
     pub(crate) fn sent(&self, bytes: usize) {
         self.bytes_sent.increment(bytes as u64);
+    }
+
+    /// A frame that had to wait for the client's socket.
+    pub(crate) fn queued(&self) {
+        self.queued.increment(1);
     }
 
     /// A message written whole to a client: one delivery, and its latency.

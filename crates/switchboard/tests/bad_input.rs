@@ -5,7 +5,7 @@ mod support;
 
 use prost::Message as _;
 use serde_json::{Value, json};
-use support::raw_ws::{RawRead, opcode};
+use support::raw_ws::{RawRead, encode_frame, opcode};
 use support::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
 use support::{Node, RawWs, WsClient};
 use switchboard_proto::client::{
@@ -712,5 +712,56 @@ async fn expect_closed(raw: &mut RawWs, what: &str) {
             RawRead::Eof | RawRead::Error(_) => return,
             RawRead::Frame(f) => panic!("{what}: unexpected opcode {}", f.opcode),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_break_rfc_6455_close_the_connection_only() {
+    let mut fx = Fixture::start("node-bad-frames", &[]).await;
+    let addr = fx.node.public_addr();
+    let with_rsv1 = {
+        let mut f = encode_frame(true, opcode::TEXT, br#"{"type":"ping"}"#);
+        f[0] |= 0x40;
+        f
+    };
+    let unmasked = vec![0x81, 0x02, b'{', b'}'];
+    let top_length_bit = {
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f
+    };
+    let cases: [(&str, Vec<u8>); 7] = [
+        ("unmasked frame", unmasked),
+        ("reserved bit without an extension", with_rsv1),
+        ("fragmented ping", encode_frame(false, opcode::PING, b"x")),
+        (
+            "ping over 125 bytes",
+            encode_frame(true, opcode::PING, &[0; 126]),
+        ),
+        (
+            "close with a 1-byte payload",
+            encode_frame(true, opcode::CLOSE, &[3]),
+        ),
+        (
+            "close with a reserved code",
+            encode_frame(true, opcode::CLOSE, &1005u16.to_be_bytes()),
+        ),
+        ("length with its top bit set", top_length_bit),
+    ];
+    for (what, wire) in cases {
+        let mut raw = RawWs::connect(addr, Some(JSON_PROTOCOL)).await;
+        raw.recv_type("welcome").await;
+        raw.send_raw(&wire, wire.len()).await;
+        // `disconnect` 1002, then close 1002.
+        let disconnect = raw.recv_type("disconnect").await;
+        assert_eq!(disconnect["code"], 1002, "{what}: {disconnect}");
+        match raw.read(std::time::Duration::from_secs(10)).await {
+            RawRead::Frame(f) if f.opcode == opcode::CLOSE => {
+                assert_eq!(f.close_code(), 1002, "{what}");
+            }
+            other => panic!("{what}: want close 1002, got {other:?}"),
+        }
+        fx.assert_healthy(what).await;
     }
 }

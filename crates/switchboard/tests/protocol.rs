@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::raw_ws::{RawRead, opcode};
+use support::raw_ws::{RawRead, encode_frame, opcode};
 use support::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
 use support::{Node, RawWs, WsClient, decode_base64, now_ms};
 use switchboard_proto::client::{
@@ -717,4 +717,84 @@ async fn a_publish_right_after_subscribed_is_delivered() {
 
 fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cut_anywhere_and_commands_sent_together() {
+    let node = Node::start("node-framing", &[]).await;
+    let mut raw = RawWs::connect(node.public_addr(), Some(JSON_PROTOCOL)).await;
+    raw.recv_type("welcome").await;
+
+    // Three commands in one write are answered in order.
+    let mut burst = Vec::new();
+    for id in 1..=3 {
+        let ping = json!({"type": "ping", "id": id}).to_string();
+        burst.extend(encode_frame(true, opcode::TEXT, ping.as_bytes()));
+    }
+    raw.send_raw(&burst, burst.len()).await;
+    for id in 1..=3 {
+        assert_eq!(raw.recv_json().await, json!({"type": "pong", "id": id}));
+    }
+
+    // A frame written one byte at a time (header included) is still one command.
+    let subscribe = json!({"type": "subscribe", "id": 4, "channel": "cut"}).to_string();
+    raw.send_raw(&encode_frame(true, opcode::TEXT, subscribe.as_bytes()), 1)
+        .await;
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"type": "subscribed", "id": 4, "channel": "cut"})
+    );
+
+    // A large publish with a 16-bit length, cut into 7-byte writes, arrives whole.
+    let text = "x".repeat(3000);
+    let publish = json!({"type": "publish", "id": 5, "channel": "cut", "data": text}).to_string();
+    raw.send_raw(&encode_frame(true, opcode::TEXT, publish.as_bytes()), 7)
+        .await;
+    let mut published = false;
+    let mut message = None;
+    while !(published && message.is_some()) {
+        let v = raw.recv_json().await;
+        match v["type"].as_str() {
+            Some("published") => published = true,
+            Some("message") => message = Some(v),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(message.unwrap()["data"], json!(text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_reading_gets_everything_in_order() {
+    // More than the kernel's socket buffers hold: the node must queue frames behind the
+    // full socket and write them as the client reads again, losing and reordering nothing.
+    const MESSAGES: usize = 2000;
+    let node = Node::start("node-pause", &["--outbound-queue", "4096"]).await;
+    let mut raw =
+        RawWs::connect_with_recv_buffer(node.public_addr(), Some(JSON_PROTOCOL), Some(4096)).await;
+    raw.recv_type("welcome").await;
+    raw.send_text(&json!({"type": "subscribe", "id": 1, "channel": "pause"}).to_string())
+        .await;
+    raw.recv_type("subscribed").await;
+
+    let pad = "p".repeat(4096);
+    for i in 0..MESSAGES {
+        node.publish("pause", json!({"i": i, "pad": pad})).await;
+    }
+    for i in 0..MESSAGES {
+        let v = raw.recv_json().await;
+        assert_eq!(v["type"], "message", "{v}");
+        assert_eq!(v["data"]["i"], i, "message {i} missing or out of order");
+    }
+    assert_eq!(
+        node.metric("switchboard_slow_consumer_disconnects_total")
+            .await,
+        0.0
+    );
+    assert!(
+        node.metric("switchboard_frames_queued_total").await > 0.0,
+        "the socket never filled: the test did not exercise the queue"
+    );
+    // Still a working connection.
+    raw.send_text(r#"{"type":"ping","id":9}"#).await;
+    assert_eq!(raw.recv_json().await, json!({"type": "pong", "id": 9}));
 }

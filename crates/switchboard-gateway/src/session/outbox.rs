@@ -99,6 +99,7 @@ impl Outbox {
             }
             // The task was told when the queue became non-empty.
             state.queue.push_back(item);
+            metrics.queued();
             return Pushed::Queued;
         }
         let mut header = [0u8; MAX_HEADER];
@@ -113,11 +114,13 @@ impl Outbox {
                 metrics.sent(n);
                 state.written = n;
                 state.queue.push_back(item);
+                metrics.queued();
                 queued.raise();
                 Pushed::Queued
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 state.queue.push_back(item);
+                metrics.queued();
                 queued.raise();
                 Pushed::Queued
             }

@@ -146,6 +146,20 @@ impl RawWs {
         )
     }
 
+    /// Writes bytes as they are (several frames at once, a frame cut anywhere, or
+    /// a frame that breaks the rules), one `write` call per chunk of `chunk` bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8], chunk: usize) {
+        for part in bytes.chunks(chunk.max(1)) {
+            tokio::time::timeout(RECV_TIMEOUT, async {
+                self.stream.write_all(part).await?;
+                self.stream.flush().await
+            })
+            .await
+            .expect("raw write timed out")
+            .expect("raw write failed");
+        }
+    }
+
     /// Sends a complete text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.send_frame(true, opcode::TEXT, text.as_bytes()).await;
@@ -217,7 +231,8 @@ impl RawWs {
     }
 }
 
-fn encode_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+/// One masked client frame.
+pub fn encode_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
     let mut out = Vec::with_capacity(payload.len() + 14);
     out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0f));
