@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::procstat;
 use crate::setup::{self, Snapshot, Window};
-use crate::stats::{Latency, LatencySummary, MachineUsage, per_sec};
+use crate::stats::{CpuTime, Latency, LatencySummary, MachineUsage, per_sec};
 use crate::subscriber::{self, Ws};
 
 /// Options of `switchboard-bench connect`.
@@ -90,8 +90,8 @@ pub struct ConnectReport {
     pub handshake: LatencySummary,
     /// The TCP connect alone.
     pub tcp: LatencySummary,
-    /// Each node's pid and CPU seconds over the phase (or why not).
-    pub nodes: Vec<(u32, Result<f64, String>)>,
+    /// Each node's pid and CPU time over the phase (or why not).
+    pub nodes: Vec<(u32, Result<CpuTime, String>)>,
     /// RSS of the first node at the end, KiB.
     pub node_rss_kb: Option<u64>,
     /// The generator's CPU seconds over the phase.
@@ -113,18 +113,43 @@ impl ConnectReport {
         self.errors.iter().map(|(_, n)| n).sum()
     }
 
+    /// The nodes' CPU seconds together (total and user), when all were read.
+    fn node_cpu(&self) -> Option<CpuTime> {
+        let mut sum = CpuTime::default();
+        for (_, c) in &self.nodes {
+            let c = c.as_ref().ok()?;
+            sum.total += c.total;
+            sum.user += c.user;
+        }
+        (!self.nodes.is_empty()).then_some(sum)
+    }
+
     /// The nodes' CPU microseconds per accepted connection, all nodes together.
     pub fn node_cpu_us_per_connection(&self) -> Option<f64> {
-        let cpu: Option<f64> = self.nodes.iter().map(|(_, c)| c.as_ref().ok()).sum();
-        cpu.filter(|_| self.ok > 0 && !self.nodes.is_empty())
-            .map(|c| c * 1e6 / self.ok as f64)
+        self.node_cpu()
+            .filter(|_| self.ok > 0)
+            .map(|c| c.total * 1e6 / self.ok as f64)
+    }
+
+    /// The user-mode part of [`Self::node_cpu_us_per_connection`].
+    pub fn node_user_us_per_connection(&self) -> Option<f64> {
+        self.node_cpu()
+            .filter(|_| self.ok > 0)
+            .map(|c| c.user * 1e6 / self.ok as f64)
+    }
+
+    /// The kernel-mode part of [`Self::node_cpu_us_per_connection`].
+    pub fn node_kernel_us_per_connection(&self) -> Option<f64> {
+        self.node_cpu()
+            .filter(|_| self.ok > 0)
+            .map(|c| c.kernel() * 1e6 / self.ok as f64)
     }
 
     /// Cores the nodes used over the phase.
     pub fn node_cores(&self) -> Option<f64> {
-        let cpu: Option<f64> = self.nodes.iter().map(|(_, c)| c.as_ref().ok()).sum();
-        cpu.filter(|_| self.secs > 0.0 && !self.nodes.is_empty())
-            .map(|c| c / self.secs)
+        self.node_cpu()
+            .filter(|_| self.secs > 0.0)
+            .map(|c| c.total / self.secs)
     }
 
     /// Cores the generator used over the phase.
@@ -197,14 +222,26 @@ impl ConnectReport {
         let _ = writeln!(s, "tcp connect: {}", q(&self.tcp));
         for (pid, cpu) in &self.nodes {
             let _ = match cpu {
-                Ok(cpu) => writeln!(s, "node pid {pid}: cpu {cpu:.2} s over the phase"),
+                Ok(cpu) => writeln!(
+                    s,
+                    "node pid {pid}: cpu {:.2} s over the phase (user {:.2}, kernel {:.2})",
+                    cpu.total,
+                    cpu.user,
+                    cpu.kernel()
+                ),
                 Err(e) => writeln!(s, "node pid {pid}: unreadable ({e})"),
             };
         }
-        if let (Some(per), Some(cores)) = (self.node_cpu_us_per_connection(), self.node_cores()) {
+        if let (Some(per), Some(user), Some(kernel), Some(cores)) = (
+            self.node_cpu_us_per_connection(),
+            self.node_user_us_per_connection(),
+            self.node_kernel_us_per_connection(),
+            self.node_cores(),
+        ) {
             let _ = writeln!(
                 s,
-                "node cpu:    {per:.1} µs per accepted connection ({cores:.2} cores){}",
+                "node cpu:    {per:.1} µs per accepted connection (user {user:.1}, kernel \
+                 {kernel:.1}; {cores:.2} cores){}",
                 self.node_rss_kb
                     .map(|kb| format!(", rss {:.1} MiB at the end", kb as f64 / 1024.0))
                     .unwrap_or_default()
@@ -258,11 +295,13 @@ impl ConnectReport {
             "handshake_ms": q(&self.handshake),
             "tcp_connect_ms": q(&self.tcp),
             "nodes": self.nodes.iter().map(|(pid, c)| match c {
-                Ok(cpu) => json!({"pid": pid, "cpu_secs": cpu}),
+                Ok(cpu) => json!({"pid": pid, "cpu_secs": cpu.total, "user_secs": cpu.user}),
                 Err(e) => json!({"pid": pid, "error": e}),
             }).collect::<Vec<_>>(),
             "node_rss_kb": self.node_rss_kb,
             "node_cpu_us_per_connection": self.node_cpu_us_per_connection(),
+            "node_user_us_per_connection": self.node_user_us_per_connection(),
+            "node_kernel_us_per_connection": self.node_kernel_us_per_connection(),
             "node_cores": self.node_cores(),
             "generator_cpu_secs": self.generator_cpu_secs,
             "generator_cores": self.generator_cores(),
@@ -434,20 +473,33 @@ mod tests {
             connections: 10_000,
             ok: 10_000,
             secs: 2.0,
-            nodes: vec![(1, Ok(0.5))],
+            nodes: vec![(
+                1,
+                Ok(CpuTime {
+                    total: 0.5,
+                    user: 0.125,
+                }),
+            )],
             generator_cpu_secs: Some(1.9),
             runtime_threads: 1,
             ..ConnectReport::default()
         };
         assert_eq!(r.rate(), 5000.0);
         assert_eq!(r.node_cpu_us_per_connection(), Some(50.0));
+        assert_eq!(r.node_user_us_per_connection(), Some(12.5));
+        assert_eq!(r.node_kernel_us_per_connection(), Some(37.5));
         assert_eq!(r.node_cores(), Some(0.25));
         assert!(r.generator_bound());
         assert!(r.failures().is_empty());
         let text = r.render();
         assert!(text.contains("5000 connections/s"), "{text}");
+        assert!(
+            text.contains("50.0 µs per accepted connection (user 12.5, kernel 37.5; 0.25 cores)"),
+            "{text}"
+        );
         assert!(text.contains("the generator set the rate"), "{text}");
         assert_eq!(r.json()["node_cpu_us_per_connection"], 50.0);
+        assert_eq!(r.json()["node_kernel_us_per_connection"], 37.5);
 
         let bad = ConnectReport {
             connections: 10,
@@ -460,6 +512,7 @@ mod tests {
         assert_eq!(bad.error_count(), 3);
         assert!(bad.failures()[0].contains("3 of 10 connections failed"));
         assert_eq!(bad.node_cpu_us_per_connection(), None);
+        assert_eq!(bad.node_user_us_per_connection(), None);
         assert!(!bad.generator_bound());
         assert_eq!(bad.json()["ok"], false);
     }

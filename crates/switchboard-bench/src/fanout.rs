@@ -27,7 +27,7 @@ use crate::procstat;
 use crate::publisher::{self, Plan, Tally};
 use crate::scrape::{self, COUNTERS};
 use crate::setup::{self, Snapshot, Spawned, Window};
-use crate::stats::{Latency, NodeCounters, Report, ShardedLatency};
+use crate::stats::{Latency, NodeCounters, NodeLatency, Report, ShardedLatency};
 use crate::subscriber::{self, Control, Outcome, Shared};
 
 /// Options shared by the scenarios that publish through the server API (`fanout`, `rooms`,
@@ -287,7 +287,7 @@ pub async fn measure(
                 (Some(b), Some(a)) => Some(
                     COUNTERS
                         .iter()
-                        .zip(b.iter().zip(a))
+                        .zip(b.counters.iter().zip(&a.counters))
                         .map(|(name, (b, a))| (*name, a - b))
                         .collect(),
                 ),
@@ -295,7 +295,21 @@ pub async fn measure(
             },
         })
         .collect();
+    report.node_latency = Some(node_latency(&counters_before, &counters_after));
     Ok(report)
+}
+
+/// The nodes' delivery latency over the window, from their histograms' increase.
+fn node_latency(before: &[scrape::Reading], after: &[scrape::Reading]) -> NodeLatency {
+    let (buckets, nodes_read) = scrape::latency_since(before, after);
+    let buckets = buckets.unwrap_or_default();
+    NodeLatency {
+        nodes: before.len(),
+        nodes_read,
+        count: buckets.count() as u64,
+        p50: buckets.quantile(0.5),
+        p99: buckets.quantile(0.99),
+    }
 }
 
 /// For each channel, the last accepted seq of each publisher on it: what a subscriber of

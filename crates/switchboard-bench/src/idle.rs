@@ -77,6 +77,8 @@ pub struct NodeFigures {
     pub peak_rss_kb: u64,
     /// CPU seconds over the connect phase.
     pub connect_cpu_secs: f64,
+    /// The user-mode part of `connect_cpu_secs`.
+    pub connect_user_secs: f64,
     /// CPU seconds over the hold.
     pub hold_cpu_secs: f64,
 }
@@ -142,6 +144,21 @@ impl IdleReport {
             }
             _ => None,
         }
+    }
+
+    /// The user-mode part of [`Self::cpu_us_per_connection`].
+    pub fn user_us_per_connection(&self) -> Option<f64> {
+        match &self.node {
+            Some(Ok(n)) if self.connected > 0 => {
+                Some(n.connect_user_secs * 1e6 / self.connected as f64)
+            }
+            _ => None,
+        }
+    }
+
+    /// The kernel-mode part of [`Self::cpu_us_per_connection`].
+    pub fn kernel_us_per_connection(&self) -> Option<f64> {
+        Some((self.cpu_us_per_connection()? - self.user_us_per_connection()?).max(0.0))
     }
 
     /// What went wrong, one line each; empty for a clean run.
@@ -211,9 +228,12 @@ impl IdleReport {
                 );
                 let _ = writeln!(
                     s,
-                    "node cpu:    {:.2} s over the connect phase = {:.1} µs per connection; {:.3} s over the hold",
+                    "node cpu:    {:.2} s over the connect phase = {:.1} µs per connection \
+                     (user {:.1}, kernel {:.1}); {:.3} s over the hold",
                     n.connect_cpu_secs,
                     self.cpu_us_per_connection().unwrap_or(0.0),
+                    self.user_us_per_connection().unwrap_or(0.0),
+                    self.kernel_us_per_connection().unwrap_or(0.0),
                     n.hold_cpu_secs
                 );
             }
@@ -275,12 +295,15 @@ impl IdleReport {
                     "rss_after_kb": n.rss_after_kb,
                     "peak_rss_kb": n.peak_rss_kb,
                     "connect_cpu_secs": n.connect_cpu_secs,
+                    "connect_user_secs": n.connect_user_secs,
                     "hold_cpu_secs": n.hold_cpu_secs,
                 }),
                 Err(e) => json!({"error": e}),
             }),
             "rss_per_connection_kb": self.rss_per_connection_kb(),
             "cpu_us_per_connection": self.cpu_us_per_connection(),
+            "user_us_per_connection": self.user_us_per_connection(),
+            "kernel_us_per_connection": self.kernel_us_per_connection(),
             "generator_connect_cpu_secs": self.generator_connect_cpu_secs,
             "generator_rss_kb": self.generator_rss_kb,
             "machine_busy_cores": self.machine.map(|m| m.busy_cores()),
@@ -399,8 +422,9 @@ fn node_figures(
             rss_connected_kb: c.rss_kb,
             rss_after_kb: h.rss_kb,
             peak_rss_kb: h.peak_rss_kb,
-            connect_cpu_secs: *connect_cpu,
-            hold_cpu_secs: *hold_cpu,
+            connect_cpu_secs: connect_cpu.total,
+            connect_user_secs: connect_cpu.user,
+            hold_cpu_secs: hold_cpu.total,
         }),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
     })
@@ -437,12 +461,21 @@ mod tests {
                 rss_before_kb: 10_000,
                 rss_after_kb: 14_000,
                 connect_cpu_secs: 0.05,
+                connect_user_secs: 0.015625,
                 ..NodeFigures::default()
             })),
             ..IdleReport::default()
         };
         assert_eq!(r.rss_per_connection_kb(), Some(4.0));
         assert_eq!(r.cpu_us_per_connection(), Some(50.0));
+        assert_eq!(r.user_us_per_connection(), Some(15.625));
+        assert!((r.kernel_us_per_connection().unwrap() - 34.375).abs() < 1e-9);
+        assert!(
+            r.render()
+                .contains("= 50.0 µs per connection (user 15.6, kernel 34.4)"),
+            "{}",
+            r.render()
+        );
         assert_eq!(r.connect_rate(), 2000.0);
         assert!(r.failures().is_empty());
         assert!(
@@ -466,5 +499,6 @@ mod tests {
             "{f}"
         );
         assert_eq!(bad.rss_per_connection_kb(), None);
+        assert_eq!(bad.kernel_us_per_connection(), None);
     }
 }

@@ -4,7 +4,9 @@
 //! connections a core can carry is CPU time per delivery. We read it from `/proc/PID/stat`
 //! (utime + stime, in clock ticks) at the start and the end of the measure window, for each
 //! node and for the generator itself, so a run also shows when the generator, not the node,
-//! was the bottleneck.
+//! was the bottleneck. utime is kept apart too: on loopback the kernel part includes the
+//! receiving side's TCP work (see the README), so the user part is the cleaner figure of what
+//! the process's own code costs.
 
 use std::fs;
 use std::io;
@@ -23,6 +25,8 @@ pub enum Proc {
 pub struct Sample {
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
+    /// utime alone, in clock ticks (so stime = `cpu_ticks - user_ticks`).
+    pub user_ticks: u64,
     /// Resident set size, KiB (`VmRSS`).
     pub rss_kb: u64,
     /// Peak resident set size, KiB (`VmHWM`).
@@ -48,8 +52,10 @@ impl Proc {
         let stat = fs::read_to_string(format!("{dir}/stat"))?;
         let status = fs::read_to_string(format!("{dir}/status"))?;
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{dir}/{what}"));
+        let (utime, stime) = parse_stat_times(&stat).ok_or_else(|| bad("stat"))?;
         Ok(Sample {
-            cpu_ticks: parse_stat_cpu_ticks(&stat).ok_or_else(|| bad("stat"))?,
+            cpu_ticks: utime + stime,
+            user_ticks: utime,
             rss_kb: parse_status_kb(&status, "VmRSS").ok_or_else(|| bad("status VmRSS"))?,
             peak_rss_kb: parse_status_kb(&status, "VmHWM").unwrap_or(0),
         })
@@ -118,16 +124,16 @@ pub fn open_files_limit() -> Option<u64> {
         .ok()
 }
 
-/// utime + stime from the text of `/proc/PID/stat`.
+/// (utime, stime) in clock ticks from the text of `/proc/PID/stat`.
 ///
 /// The command name (field 2) is in parentheses and may itself contain spaces and `)`, so
 /// fields are counted from the last `)`: after it come state (field 3) ... utime (14), stime (15).
-fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+fn parse_stat_times(stat: &str) -> Option<(u64, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
     let mut fields = after.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A `kB` value such as `VmRSS:     1234 kB` from the text of `/proc/PID/status`.
@@ -156,8 +162,13 @@ mod tests {
     fn stat_cpu_ticks_survive_odd_command_names() {
         let stat = "4242 (sw (b) x) S 1 4242 4242 0 -1 4194560 1200 0 0 0 731 269 0 0 20 0 5 0 \
                     99 123456 789 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(1000));
-        assert_eq!(parse_stat_cpu_ticks("12 (x) S 1"), None);
+        assert_eq!(parse_stat_times(stat), Some((731, 269)));
+        assert_eq!(parse_stat_times("12 (x) S 1"), None);
+        // Fields 14 and 15 only: the children's times (16, 17) are not ours.
+        let stat = "7 (a) R 1 7 7 0 -1 0 0 0 0 0 5 9 100 200 20 0 1 0 1 1 1";
+        assert_eq!(parse_stat_times(stat), Some((5, 9)));
+        assert_eq!(parse_stat_times("7 (a) R 1 7 7 0 -1 0 0 0 0 0 5 x"), None);
+        assert_eq!(parse_stat_times("7 (a) R 1 7 7 0 -1 0 0 0 0 0 5"), None);
     }
 
     #[test]
@@ -198,6 +209,7 @@ mod tests {
     fn reads_this_process() {
         let me = Proc::Me.sample().unwrap();
         assert!(me.rss_kb > 0);
+        assert!(me.user_ticks <= me.cpu_ticks);
         assert!(clock_ticks_per_sec().0 > 0);
     }
 }

@@ -15,8 +15,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fanout::{self, Common, Scenario};
+use crate::scrape::Bound;
 use crate::setup;
-use crate::stats::Report;
+use crate::stats::{NodeLatency, Report, bound_ms};
 
 /// Options of `switchboard-bench ramp`.
 #[derive(Debug, Clone, clap::Args)]
@@ -245,7 +246,7 @@ impl RampReport {
         );
         let _ = writeln!(
             s,
-            "{:>9} {:>4} {:>10} {:>12} {:>16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6}  verdict",
+            "{:>9} {:>4} {:>10} {:>12} {:>16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>11} {:>6} {:>6}  verdict",
             "target/s",
             "pubs",
             "publish/s",
@@ -255,7 +256,9 @@ impl RampReport {
             "p99 ms",
             "p99.9 ms",
             "max ms",
+            "node p99",
             "node µs/d",
+            "user/kernel",
             "nodes",
             "gen"
         );
@@ -267,7 +270,7 @@ impl RampReport {
             };
             let _ = writeln!(
                 s,
-                "{:>9.1} {:>4} {:>10.1} {:>12.0} {:>16} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>6} {:>6}  {}",
+                "{:>9.1} {:>4} {:>10.1} {:>12.0} {:>16} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>9} {:>11} {:>6} {:>6}  {}",
                 step.rate,
                 r.publishers,
                 r.publish_rate(),
@@ -277,13 +280,26 @@ impl RampReport {
                 l.p99,
                 l.p999,
                 l.max,
+                node_p99_text(r),
                 opt(r.nodes_us_per_delivery(), 2),
+                match (
+                    r.nodes_user_us_per_delivery(),
+                    r.nodes_kernel_us_per_delivery()
+                ) {
+                    (Some(u), Some(k)) => format!("{u:.2}/{k:.2}"),
+                    _ => "-".to_owned(),
+                },
                 opt(r.nodes_cores(), 2),
                 opt(r.generator_cores(), 2),
                 step.verdict.describe(self.p99_bound_ms)
             );
         }
-        let _ = writeln!(s, "(nodes, gen: cores used over the step's window)");
+        let _ = writeln!(
+            s,
+            "(node p99: upper bound of the nodes' histogram bucket holding their p99, in ms; \
+             node µs/d: node CPU per delivery, split user/kernel; nodes, gen: cores used over \
+             the step's window)"
+        );
         match self.highest_clean() {
             Some(h) => {
                 let _ = writeln!(
@@ -322,6 +338,9 @@ impl RampReport {
                 "out_of_order": r.out_of_order,
                 "p99_ms": r.latency.p99,
                 "nodes_cpu_us_per_delivery": r.nodes_us_per_delivery(),
+                "nodes_user_us_per_delivery": r.nodes_user_us_per_delivery(),
+                "nodes_kernel_us_per_delivery": r.nodes_kernel_us_per_delivery(),
+                "node_latency": r.node_latency.as_ref().map(NodeLatency::json),
                 "nodes_cores": r.nodes_cores(),
                 "generator_cores": r.generator_cores(),
                 "report": r.json(),
@@ -415,6 +434,15 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<RampRepo
         }
     }
     Ok(report)
+}
+
+/// The nodes' p99 bound for the table: `<=5`, `>10000` (ms), `-` when unknown.
+fn node_p99_text(r: &Report) -> String {
+    match r.node_latency.as_ref().and_then(|n| n.p99) {
+        Some(Bound::AtMost(s)) => format!("<={}", bound_ms(s)),
+        Some(Bound::Above(s)) => format!(">{}", bound_ms(s)),
+        None => "-".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -517,6 +545,35 @@ mod tests {
         assert_eq!(j["highest_clean"]["rate"], 100.0);
         assert_eq!(j["steps"].as_array().map(Vec::len), Some(3));
         assert_eq!(j["ok"], true);
+        assert!(j["steps"][0]["node_latency"].is_null());
+
+        // The nodes' p99 bound and the user/kernel split, when known.
+        let mut known = step(100.0, 8.0, 0);
+        known.deliveries = 1_000_000;
+        known.nodes = vec![crate::stats::ProcUsage {
+            cpu_secs: Some(3.0),
+            user_secs: Some(1.0),
+            ..Default::default()
+        }];
+        known.node_latency = Some(NodeLatency {
+            nodes: 1,
+            nodes_read: 1,
+            count: 10,
+            p50: Some(Bound::AtMost(0.001)),
+            p99: Some(Bound::AtMost(0.0025)),
+        });
+        let mut slow = known.clone();
+        slow.node_latency = Some(NodeLatency {
+            p99: Some(Bound::Above(10.0)),
+            ..slow.node_latency.unwrap()
+        });
+        let r = ramp(&[(100.0, known), (200.0, slow)]);
+        let text = r.render();
+        assert!(text.contains("<=2.5      3.00   1.00/2.00"), "{text}");
+        assert!(text.contains(">10000"), "{text}");
+        let j = r.json();
+        assert_eq!(j["steps"][0]["node_latency"]["p99_le_ms"], 2.5);
+        assert_eq!(j["steps"][0]["nodes_kernel_us_per_delivery"], 2.0);
 
         // Loss at the first step: nothing was clean.
         let r = ramp(&[(50.0, step(50.0, 5.0, 7))]);

@@ -849,7 +849,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
                 (
                     *pid,
                     u.as_ref()
-                        .map(|(cpu, s)| (*cpu, s.rss_kb))
+                        .map(|(cpu, s)| (cpu.total, s.rss_kb))
                         .map_err(Clone::clone),
                 )
             })

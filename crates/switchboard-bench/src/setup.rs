@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::http::{ApiClient, ApiEndpoint};
 use crate::procstat::{self, MachineTicks, Proc, Sample};
-use crate::stats::{MachineUsage, ProcUsage};
+use crate::stats::{CpuTime, MachineUsage, ProcUsage};
 
 /// Parses every `--api` URL.
 pub fn endpoints(api: &[String], api_key: Option<&str>) -> anyhow::Result<Vec<ApiEndpoint>> {
@@ -230,18 +230,18 @@ impl Snapshot {
     }
 }
 
-/// A process's CPU seconds over a window and its memory at the end, or why it could not be
+/// A process's CPU time over a window and its memory at the end, or why it could not be
 /// read.
-pub type Usage = Result<(f64, Sample), String>;
+pub type Usage = Result<(CpuTime, Sample), String>;
 
 /// What happened between two [`Snapshot`]s.
 #[derive(Debug, Clone)]
 pub struct Window {
     /// Wall-clock seconds between them.
     pub secs: f64,
-    /// Each node's pid and CPU seconds and memory at the end (or why it could not be read).
+    /// Each node's pid and CPU time and memory at the end (or why it could not be read).
     pub nodes: Vec<(u32, Usage)>,
-    /// The generator's CPU seconds and memory at the end.
+    /// The generator's CPU time and memory at the end.
     pub me: Usage,
     /// The whole machine.
     pub machine: Option<MachineUsage>,
@@ -252,7 +252,13 @@ impl Window {
     pub fn between(before: &Snapshot, after: &Snapshot, clk_tck: u64) -> Self {
         let tck = clk_tck.max(1) as f64;
         let usage = |b: &Result<Sample, String>, a: &Result<Sample, String>| match (b, a) {
-            (Ok(b), Ok(a)) => Ok((a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / tck, *a)),
+            (Ok(b), Ok(a)) => {
+                let total = a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / tck;
+                let user = a.user_ticks.saturating_sub(b.user_ticks) as f64 / tck;
+                // utime and stime are sampled together, but keep user <= total regardless.
+                let user = user.min(total);
+                Ok((CpuTime { total, user }, *a))
+            }
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
         };
         let secs = after.at.saturating_duration_since(before.at).as_secs_f64();
@@ -278,7 +284,7 @@ impl Window {
 
     /// The generator's CPU seconds, if readable.
     pub fn my_cpu_secs(&self) -> Option<f64> {
-        self.me.as_ref().ok().map(|(cpu, _)| *cpu)
+        self.me.as_ref().ok().map(|(cpu, _)| cpu.total)
     }
 
     /// Node `i` as a [`ProcUsage`] whose CPU is divided by `deliveries`.
@@ -302,7 +308,8 @@ fn proc_usage(label: String, pid: Option<u32>, deliveries: u64, u: &Usage) -> Pr
     };
     match u {
         Ok((cpu, s)) => {
-            p.cpu_secs = Some(*cpu);
+            p.cpu_secs = Some(cpu.total);
+            p.user_secs = Some(cpu.user);
             p.rss_kb = s.rss_kb;
             p.peak_rss_kb = s.peak_rss_kb;
         }
@@ -330,6 +337,7 @@ mod tests {
     fn windows_subtract_and_convert() {
         let sample = |cpu_ticks, rss_kb| Sample {
             cpu_ticks,
+            user_ticks: cpu_ticks / 5,
             rss_kb,
             peak_rss_kb: rss_kb,
         };
@@ -354,13 +362,17 @@ mod tests {
         };
         let w = Window::between(&before, &after, 100);
         assert_eq!(w.secs, 2.0);
-        assert_eq!(w.nodes[0].1.as_ref().unwrap().0, 2.5);
+        let cpu = w.nodes[0].1.as_ref().unwrap().0;
+        assert_eq!((cpu.total, cpu.user), (2.5, 0.5));
+        assert_eq!(cpu.kernel(), 2.0);
         assert!(w.nodes[1].1.is_err());
         assert_eq!(w.my_cpu_secs(), Some(0.5));
         let m = w.machine.unwrap();
         assert_eq!((m.busy_cores(), m.cores()), (1.0, 2.0));
         let u = w.node_usage(0, "n".into(), 1_000_000);
         assert_eq!((u.us_per_delivery(), u.rss_kb), (Some(2.5), 20));
+        assert_eq!(u.user_us_per_delivery(), Some(0.5));
+        assert_eq!(u.kernel_us_per_delivery(), Some(2.0));
         assert!(w.node_usage(1, "n".into(), 1).error.is_some());
     }
 }

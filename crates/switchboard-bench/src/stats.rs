@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::offsets::OffsetCheck;
+use crate::scrape::Bound;
 
 /// End-to-end latency in microseconds: publisher's send time to subscriber's receive time.
 pub struct Latency(Histogram<u64>);
@@ -40,6 +41,25 @@ pub struct LatencySummary {
     pub max: f64,
 }
 
+/// CPU time of a process over a window, seconds: all of it, and the part in user mode.
+///
+/// The rest is kernel time (system calls, and softirq work the kernel charged to the process:
+/// on loopback that includes the receiving side's TCP processing, see the README).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// utime + stime.
+    pub total: f64,
+    /// utime.
+    pub user: f64,
+}
+
+impl CpuTime {
+    /// stime: total - user.
+    pub fn kernel(&self) -> f64 {
+        (self.total - self.user).max(0.0)
+    }
+}
+
 /// CPU and memory of one process over the measure window.
 #[derive(Debug, Clone, Default)]
 pub struct ProcUsage {
@@ -51,6 +71,8 @@ pub struct ProcUsage {
     pub deliveries: u64,
     /// CPU seconds (user + system) in the measure window; `None` if it could not be read.
     pub cpu_secs: Option<f64>,
+    /// The user-mode part of `cpu_secs`.
+    pub user_secs: Option<f64>,
     /// Resident set size at the end of the window, KiB.
     pub rss_kb: u64,
     /// Peak resident set size, KiB.
@@ -107,6 +129,89 @@ pub struct NodeCounters {
     /// Counter name and increase, in [`crate::scrape::COUNTERS`] order; `None` if the node's
     /// `/metrics` could not be read.
     pub deltas: Option<Vec<(&'static str, f64)>>,
+}
+
+/// The nodes' own delivery latency over the measure window, from the increase of their
+/// `switchboard_delivery_latency_seconds` histograms (see [`crate::scrape`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeLatency {
+    /// `--api` nodes asked.
+    pub nodes: usize,
+    /// Nodes whose histogram was read at both ends of the window.
+    pub nodes_read: usize,
+    /// Deliveries the histograms counted over the window.
+    pub count: u64,
+    /// The bucket holding the median; `None` without deliveries.
+    pub p50: Option<Bound>,
+    /// The bucket holding the 99th percentile.
+    pub p99: Option<Bound>,
+}
+
+impl NodeLatency {
+    /// The report line (without its `node-side latency:` label).
+    pub fn describe(&self) -> String {
+        if self.nodes_read == 0 {
+            return format!(
+                "no switchboard_delivery_latency_seconds histogram read from the {} node(s)' \
+                 /metrics (missing, or /metrics unreadable)",
+                self.nodes
+            );
+        }
+        let from = if self.nodes_read == self.nodes {
+            "from the nodes' histograms".to_owned()
+        } else {
+            format!(
+                "from the histograms of {} of {} nodes",
+                self.nodes_read, self.nodes
+            )
+        };
+        match (self.p50, self.p99) {
+            (Some(p50), Some(p99)) => format!(
+                "p50 {}, p99 {} (n={}, {from})",
+                bound_text(p50),
+                bound_text(p99),
+                self.count
+            ),
+            _ => format!("no deliveries counted (n=0, {from})"),
+        }
+    }
+
+    /// The JSON object: `p50_le_ms` / `p99_le_ms` are the upper bounds of the buckets
+    /// holding the quantiles, in ms; when a quantile is in the `+Inf` bucket its `_le_ms` is
+    /// null and `_above_ms` names the largest finite bound.
+    pub fn json(&self) -> Value {
+        let le = |b: Option<Bound>| match b {
+            Some(Bound::AtMost(s)) => Some(s * 1e3),
+            _ => None,
+        };
+        let above = |b: Option<Bound>| match b {
+            Some(Bound::Above(s)) => Some(s * 1e3),
+            _ => None,
+        };
+        json!({
+            "nodes": self.nodes,
+            "nodes_read": self.nodes_read,
+            "count": self.count,
+            "p50_le_ms": le(self.p50),
+            "p99_le_ms": le(self.p99),
+            "p50_above_ms": above(self.p50),
+            "p99_above_ms": above(self.p99),
+        })
+    }
+}
+
+/// `<= 2.5 ms`, `> 10000 ms`.
+fn bound_text(b: Bound) -> String {
+    match b {
+        Bound::AtMost(s) => format!("<= {} ms", bound_ms(s)),
+        Bound::Above(s) => format!("> {} ms", bound_ms(s)),
+    }
+}
+
+/// A bucket bound in seconds as milliseconds without trailing zeros: 0.00025 -> `0.25`.
+pub fn bound_ms(secs: f64) -> String {
+    let t = format!("{:.3}", secs * 1e3);
+    t.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Everything a fan-out (or rooms) run measured.
@@ -176,6 +281,8 @@ pub struct Report {
     pub drained: bool,
     /// Latency of measured deliveries.
     pub latency: LatencySummary,
+    /// The nodes' own delivery latency over the window, when their `/metrics` were read.
+    pub node_latency: Option<NodeLatency>,
     /// The nodes given with `--node-pid`.
     pub nodes: Vec<ProcUsage>,
     /// The generator itself.
@@ -274,6 +381,25 @@ impl ProcUsage {
         (self.deliveries > 0).then(|| cpu * 1e6 / self.deliveries as f64)
     }
 
+    /// User-mode CPU microseconds per delivery.
+    pub fn user_us_per_delivery(&self) -> Option<f64> {
+        let user = self.user_secs?;
+        (self.deliveries > 0).then(|| user * 1e6 / self.deliveries as f64)
+    }
+
+    /// Kernel-mode CPU microseconds per delivery: total - user.
+    pub fn kernel_us_per_delivery(&self) -> Option<f64> {
+        Some((self.us_per_delivery()? - self.user_us_per_delivery()?).max(0.0))
+    }
+
+    /// ` (user 0.71, kernel 6.31` when the split is known: the caller closes it.
+    fn split(&self) -> String {
+        match (self.user_us_per_delivery(), self.kernel_us_per_delivery()) {
+            (Some(u), Some(k)) => format!(" (user {u:.2}, kernel {k:.2}; "),
+            _ => " (".to_owned(),
+        }
+    }
+
     fn line(&self) -> String {
         let mut s = format!("{}: ", self.label);
         if let Some(e) = &self.error {
@@ -284,7 +410,8 @@ impl ProcUsage {
             (Some(cpu), Some(per)) => {
                 let _ = write!(
                     s,
-                    "cpu {cpu:.2} s = {per:.2} µs/delivery ({} deliveries)",
+                    "cpu {cpu:.2} s = {per:.2} µs/delivery{}{} deliveries)",
+                    self.split(),
                     self.deliveries
                 );
             }
@@ -309,6 +436,9 @@ impl ProcUsage {
             "deliveries": self.deliveries,
             "cpu_secs": self.cpu_secs,
             "cpu_us_per_delivery": self.us_per_delivery(),
+            "user_secs": self.user_secs,
+            "user_us_per_delivery": self.user_us_per_delivery(),
+            "kernel_us_per_delivery": self.kernel_us_per_delivery(),
             "rss_kb": self.rss_kb,
             "peak_rss_kb": self.peak_rss_kb,
             "error": self.error,
@@ -352,6 +482,18 @@ impl Report {
         let cpu: Option<f64> = self.nodes.iter().map(|n| n.cpu_secs).sum();
         cpu.filter(|_| self.deliveries > 0 && !self.nodes.is_empty())
             .map(|cpu| cpu * 1e6 / self.deliveries as f64)
+    }
+
+    /// User-mode CPU microseconds per delivery of all `--node-pid` nodes together.
+    pub fn nodes_user_us_per_delivery(&self) -> Option<f64> {
+        let user: Option<f64> = self.nodes.iter().map(|n| n.user_secs).sum();
+        user.filter(|_| self.deliveries > 0 && !self.nodes.is_empty())
+            .map(|user| user * 1e6 / self.deliveries as f64)
+    }
+
+    /// Kernel-mode CPU microseconds per delivery of all `--node-pid` nodes together.
+    pub fn nodes_kernel_us_per_delivery(&self) -> Option<f64> {
+        Some((self.nodes_us_per_delivery()? - self.nodes_user_us_per_delivery()?).max(0.0))
     }
 
     /// Cores the nodes together used over the CPU window.
@@ -494,15 +636,25 @@ impl Report {
             "latency ms:  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.count
         );
+        if let Some(n) = &self.node_latency {
+            let _ = writeln!(s, "node-side latency: {}", n.describe());
+        }
         for n in &self.nodes {
             let _ = writeln!(s, "{}", n.line());
         }
         if self.nodes.len() > 1
             && let (Some(per), Some(cores)) = (self.nodes_us_per_delivery(), self.nodes_cores())
         {
+            let split = match (
+                self.nodes_user_us_per_delivery(),
+                self.nodes_kernel_us_per_delivery(),
+            ) {
+                (Some(u), Some(k)) => format!(" (user {u:.2} µs, kernel {k:.2} µs)"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "nodes total: {per:.2} µs/delivery, {cores:.2} cores over the {:.2} s window",
+                "nodes total: {per:.2} µs/delivery{split}, {cores:.2} cores over the {:.2} s window",
                 self.window_secs
             );
         }
@@ -635,6 +787,18 @@ impl Report {
                 "nodes_cpu_us_per_delivery",
                 json!(self.nodes_us_per_delivery()),
             ),
+            (
+                "nodes_user_us_per_delivery",
+                json!(self.nodes_user_us_per_delivery()),
+            ),
+            (
+                "nodes_kernel_us_per_delivery",
+                json!(self.nodes_kernel_us_per_delivery()),
+            ),
+            (
+                "node_latency",
+                json!(self.node_latency.as_ref().map(NodeLatency::json)),
+            ),
             ("nodes_cores", json!(self.nodes_cores())),
             ("window_secs", json!(self.window_secs)),
             ("generator_cores", json!(self.generator_cores())),
@@ -764,5 +928,107 @@ mod tests {
         };
         assert_eq!(u.us_per_delivery(), Some(2.5));
         assert!(u.json()["cpu_us_per_delivery"].as_f64().is_some());
+        assert_eq!(u.user_us_per_delivery(), None);
+        assert!(u.line().contains("2.50 µs/delivery (1000000 deliveries)"));
+        let split = ProcUsage {
+            user_secs: Some(0.5),
+            ..u
+        };
+        assert_eq!(split.user_us_per_delivery(), Some(0.5));
+        assert_eq!(split.kernel_us_per_delivery(), Some(2.0));
+        assert!(
+            split
+                .line()
+                .contains("2.50 µs/delivery (user 0.50, kernel 2.00; 1000000 deliveries)"),
+            "{}",
+            split.line()
+        );
+        assert_eq!(split.json()["kernel_us_per_delivery"], 2.0);
+        let node = |user| ProcUsage {
+            deliveries: 500_000,
+            cpu_secs: Some(1.0),
+            user_secs: user,
+            ..ProcUsage::default()
+        };
+        let r = Report {
+            deliveries: 1_000_000,
+            window_secs: 2.0,
+            nodes: vec![node(Some(0.25)), node(Some(0.5))],
+            ..Report::default()
+        };
+        assert_eq!(r.nodes_us_per_delivery(), Some(2.0));
+        assert_eq!(r.nodes_user_us_per_delivery(), Some(0.75));
+        assert_eq!(r.nodes_kernel_us_per_delivery(), Some(1.25));
+        assert!(
+            r.render().contains(
+                "nodes total: 2.00 µs/delivery (user 0.75 µs, kernel 1.25 µs), 1.00 cores"
+            ),
+            "{}",
+            r.render()
+        );
+        assert_eq!(r.json()["nodes_kernel_us_per_delivery"], 1.25);
+        let partial = Report {
+            nodes: vec![node(Some(0.25)), node(None)],
+            ..r
+        };
+        assert_eq!(partial.nodes_user_us_per_delivery(), None);
+        assert_eq!(partial.nodes_kernel_us_per_delivery(), None);
+    }
+
+    #[test]
+    fn node_latency_lines() {
+        let n = NodeLatency {
+            nodes: 2,
+            nodes_read: 2,
+            count: 450_000,
+            p50: Some(Bound::AtMost(0.0025)),
+            p99: Some(Bound::AtMost(0.005)),
+        };
+        assert_eq!(
+            n.describe(),
+            "p50 <= 2.5 ms, p99 <= 5 ms (n=450000, from the nodes' histograms)"
+        );
+        assert_eq!(n.json()["p99_le_ms"], 5.0);
+        assert!(n.json()["p99_above_ms"].is_null());
+        let slow = NodeLatency {
+            nodes_read: 1,
+            p50: Some(Bound::AtMost(0.00025)),
+            p99: Some(Bound::Above(10.0)),
+            ..n
+        };
+        assert_eq!(
+            slow.describe(),
+            "p50 <= 0.25 ms, p99 > 10000 ms (n=450000, from the histograms of 1 of 2 nodes)"
+        );
+        assert!(slow.json()["p99_le_ms"].is_null());
+        assert_eq!(slow.json()["p99_above_ms"], 10000.0);
+        let empty = NodeLatency {
+            count: 0,
+            p50: None,
+            p99: None,
+            ..n
+        };
+        assert!(empty.describe().starts_with("no deliveries counted (n=0"));
+        let missing = NodeLatency {
+            nodes: 2,
+            ..NodeLatency::default()
+        };
+        assert!(
+            missing
+                .describe()
+                .contains("no switchboard_delivery_latency_seconds")
+        );
+        let r = Report {
+            publishes_measured: 1,
+            node_latency: Some(missing),
+            ..Report::default()
+        };
+        assert!(
+            r.render()
+                .contains("node-side latency: no switchboard_delivery_latency_seconds")
+        );
+        assert!(r.failures().is_empty());
+        assert_eq!(r.json()["node_latency"]["nodes_read"], 0);
+        assert!(Report::default().json()["node_latency"].is_null());
     }
 }

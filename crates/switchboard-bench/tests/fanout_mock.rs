@@ -64,6 +64,20 @@ fn a_faithful_node_gives_a_clean_report() {
     assert_eq!(r["lost"], 0);
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(r["nodes"][0]["cpu_secs"].as_f64().is_some(), "{r:#}");
+    let user = r["nodes"][0]["user_secs"].as_f64().unwrap();
+    assert!(user <= r["nodes"][0]["cpu_secs"].as_f64().unwrap(), "{r:#}");
+    let (total, user, kernel) = (
+        r["nodes_cpu_us_per_delivery"].as_f64().unwrap(),
+        r["nodes_user_us_per_delivery"].as_f64().unwrap(),
+        r["nodes_kernel_us_per_delivery"].as_f64().unwrap(),
+    );
+    assert!((user + kernel - total).abs() < 1e-6, "{r:#}");
+    // The stand-in counts every publish in its 1 ms bucket.
+    let n = &r["node_latency"];
+    assert_eq!(n["nodes_read"], 1, "{r:#}");
+    assert!(n["count"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(n["p50_le_ms"], 1.0, "{r:#}");
+    assert_eq!(n["p99_le_ms"], 1.0, "{r:#}");
 }
 
 #[test]
@@ -73,6 +87,10 @@ fn loss_is_caught() {
     assert!(r["lost"].as_u64().unwrap() > 0, "{r:#}");
     assert_eq!(r["duplicated"], 0, "{r:#}");
     assert_eq!(r["out_of_order"], 0, "{r:#}");
+    // This stand-in has no /metrics: said so, and not a failure of its own.
+    assert_eq!(r["node_latency"]["nodes_read"], 0, "{r:#}");
+    assert!(r["node_latency"]["p99_le_ms"].is_null(), "{r:#}");
+    assert!(!r["failures"].to_string().contains("histogram"), "{r:#}");
 }
 
 #[test]

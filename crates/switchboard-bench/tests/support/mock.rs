@@ -4,6 +4,8 @@
 //! Channels named `hist:...` behave as if their namespace kept history: every publish gets the
 //! next offset (one counter for all of them), messages carry `offset` and `epoch`, and
 //! `subscribed` names the newest offset (no history is kept, so `recover` is not supported).
+//! A faithful stand-in (`Fault::None`) answers `GET /metrics` with a delivery latency histogram
+//! that puts every publish in the 1 ms bucket; the faulty ones have no `/metrics`.
 //! Enough to check the generator's own accounting, and to measure the generator's cost
 //! without a real node (`cargo run --release -p switchboard-bench --example mock_node`).
 
@@ -146,6 +148,15 @@ async fn publish(
     count: Arc<AtomicU64>,
     fault: Fault,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/metrics" && fault == Fault::None {
+        let n = count.load(Ordering::Relaxed);
+        let h = "switchboard_delivery_latency_seconds";
+        let text = format!(
+            "# TYPE {h} histogram\n{h}_bucket{{le=\"0.0005\"}} 0\n{h}_bucket{{le=\"0.001\"}} {n}\n\
+             {h}_bucket{{le=\"+Inf\"}} {n}\n{h}_sum 0\n{h}_count {n}\n"
+        );
+        return Ok(Response::new(Full::new(Bytes::from(text))));
+    }
     if req.uri().path() != "/api/v1/publish" {
         let mut not_found = Response::new(Full::new(Bytes::from_static(b"{}")));
         *not_found.status_mut() = hyper::StatusCode::NOT_FOUND;
