@@ -65,14 +65,39 @@ def fanout_rows(report, cmd, rc):
     cpu = report.get("nodes_cpu_us_per_delivery")
     lat = report["latency_ms"]
     rate = f"{num(report['deliveries_per_sec'])} deliveries/s, 0 lost / dup / out of order"
-    cpu_text = f"{cpu:.2f} µs (both nodes; {rate})" if cpu is not None else "no --node-pid"
+    cpu_text = (f"{cpu:.2f} µs{cpu_split(report)} (both nodes; {rate})" if cpu is not None
+                else "no --node-pid")
     return [
         row(measures[0], targets[0], cpu_text, yes(cpu is not None and cpu <= 2.0), cmd),
         row(measures[1], targets[1],
             f"{lat['p99']:.2f} ms (p50 {lat['p50']:.2f}, p99.9 {lat['p99_9']:.2f}, "
-            f"max {lat['max']:.2f} ms; {rate})",
+            f"max {lat['max']:.2f} ms{node_p99(report.get('node_latency'))}; {rate})",
             yes(lat["p99"] <= 5.0), cmd),
     ]
+
+
+def cpu_split(report, user="nodes_user_us_per_delivery", kernel="nodes_kernel_us_per_delivery",
+              digits=2):
+    """' = user 0.71 + kernel 6.31' when the report has the split, else ''."""
+    u, k = report.get(user), report.get(kernel)
+    if u is None or k is None:
+        return ""
+    return f" = user {u:.{digits}f} + kernel {k:.{digits}f}"
+
+
+def bound_ms(v):
+    """2.5 -> '2.5', 10000.0 -> '10000', 0.25 -> '0.25'."""
+    return f"{v:.3f}".rstrip("0").rstrip(".")
+
+
+def node_p99(node_latency):
+    """'; node-side p99 ≤ 5 ms' from the nodes' histograms, when the report has it."""
+    n = node_latency or {}
+    if n.get("p99_le_ms") is not None:
+        return f"; node-side p99 ≤ {bound_ms(n['p99_le_ms'])} ms"
+    if n.get("p99_above_ms") is not None:
+        return f"; node-side p99 > {bound_ms(n['p99_above_ms'])} ms"
+    return ""
 
 
 def ramp_row(report, cmd, rc):
@@ -89,7 +114,7 @@ def ramp_row(report, cmd, rc):
     where = ("next step" if report.get("first_unclean") else "last step") + f" {num(limit['rate'])}/s"
     measured = (
         f"{num(best['deliveries_per_sec'])} deliveries/s ({num(best['rate'])} publishes/s, "
-        f"p99 {best['p99_ms']:.2f} ms); {where}: {limit['verdict']}; there the generator used "
+        f"p99 {best['p99_ms']:.2f} ms{node_p99(best.get('node_latency'))}); {where}: {limit['verdict']}; there the generator used "
         f"{fmt(gen)} of {threads} core(s), the nodes {fmt(nodes)}"
     )
     if not report.get("ok", False):
@@ -105,8 +130,9 @@ def rooms_row(report, cmd, rc):
     lat = report["latency_ms"]
     cpu = report.get("nodes_cpu_us_per_delivery")
     measured = (
-        f"{lat['p99']:.2f} ms (p50 {lat['p50']:.2f}, p99.9 {lat['p99_9']:.2f}, max {lat['max']:.2f} ms; "
-        f"{num(report['deliveries_per_sec'])} deliveries/s, node CPU {fmt(cpu)} µs per delivery)"
+        f"{lat['p99']:.2f} ms (p50 {lat['p50']:.2f}, p99.9 {lat['p99_9']:.2f}, max {lat['max']:.2f} ms"
+        f"{node_p99(report.get('node_latency'))}; {num(report['deliveries_per_sec'])} deliveries/s, "
+        f"node CPU {fmt(cpu)} µs{cpu_split(report)} per delivery)"
     )
     return row(measure, "≤ 2 ms", measured, yes(lat["p99"] <= 2.0), cmd)
 
@@ -124,7 +150,8 @@ def idle_row(report, cmd, rc):
         f"{per:.2f} KiB (RSS {node['rss_before_kb'] / 1024:.1f} → {node['rss_after_kb'] / 1024:.1f} MiB "
         f"for {num(report['connected'])} connections on {report['channels']} channels, held "
         f"{report['hold_secs']:.0f} s, {report['disconnects']} disconnects; opened at "
-        f"{num(report['connections_per_sec'])}/s, node CPU {fmt(report.get('cpu_us_per_connection'), 1)} µs each)"
+        f"{num(report['connections_per_sec'])}/s, node CPU {fmt(report.get('cpu_us_per_connection'), 1)} µs"
+        f"{cpu_split(report, 'user_us_per_connection', 'kernel_us_per_connection', 1)} each)"
     )
     return row(measure, "≤ 4 KiB", measured, yes(per <= 4.0), cmd)
 
@@ -139,7 +166,9 @@ def connect_row(report, cmd, rc):
     measured = (
         f"{num(rate)}/s ({num(report['connected'])} connections, upgrade + welcome + close; "
         f"handshake p50 {report['handshake_ms']['p50']:.2f} / p99 {report['handshake_ms']['p99']:.2f} ms); "
-        f"node CPU {fmt(report.get('node_cpu_us_per_connection'), 1)} µs per accepted connection; "
+        f"node CPU {fmt(report.get('node_cpu_us_per_connection'), 1)} µs"
+        f"{cpu_split(report, 'node_user_us_per_connection', 'node_kernel_us_per_connection', 1)} "
+        "per accepted connection; "
         f"generator {fmt(report.get('generator_cores'))} of {report.get('runtime_threads', 1)} core(s)"
     )
     return row(measure, target, measured, yes(rate >= 10_000 or report.get("generator_bound")), cmd)
@@ -177,7 +206,11 @@ def section(results):
         "disconnect or error). The highest sustained rate is met when, at the step that ended "
         "the ramp, the generator used at least 0.85 of each of its runtime threads (then it, "
         "not the nodes, was the limit); new connections per second likewise. CPU figures are "
-        "read from `/proc/PID/stat` for the nodes' pids, in 10 ms ticks.",
+        "read from `/proc/PID/stat` for the nodes' pids, in 10 ms ticks, split into user and "
+        "kernel time (on loopback the kernel part includes the clients' side of TCP, which a "
+        "real network would put on other hosts). The node-side p99 is the upper bound of the "
+        "bucket of the nodes' `switchboard_delivery_latency_seconds` histograms that holds it "
+        "(publish to socket write, without the generator's own queueing).",
         "",
         END,
     ]
@@ -206,10 +239,38 @@ def self_test():
             "latency_ms": {"p50": 1, "p99": 6.0, "p99_9": 8, "max": 9}}
     rows = fanout_rows(good, "c", 0)
     assert rows[0].endswith("| yes | `c` |") and rows[1].endswith("| no | `c` |"), rows
+    assert "user" not in rows[0] and "node-side" not in rows[1], rows
+    split = dict(good, nodes_user_us_per_delivery=0.5, nodes_kernel_us_per_delivery=1.0,
+                 node_latency={"p99_le_ms": 2.5, "p99_above_ms": None, "count": 10})
+    rows = fanout_rows(split, "c", 0)
+    assert "| 1.50 µs = user 0.50 + kernel 1.00 (both nodes;" in rows[0], rows
+    assert "max 9.00 ms; node-side p99 ≤ 2.5 ms; 50,000" in rows[1], rows
+    assert rows[0].endswith("| yes | `c` |") and rows[1].endswith("| no | `c` |"), rows
+    over = dict(split, node_latency={"p99_le_ms": None, "p99_above_ms": 10000.0})
+    assert "node-side p99 > 10000 ms;" in fanout_rows(over, "c", 0)[1]
+    missing = dict(split, node_latency={"p99_le_ms": None, "p99_above_ms": None, "nodes_read": 0})
+    assert "node-side" not in fanout_rows(missing, "c", 0)[1]
+    rooms = dict(split, latency_ms={"p50": 0.5, "p99": 1.5, "p99_9": 3, "max": 4})
+    r = rooms_row(rooms, "c", 0)
+    assert "max 4.00 ms; node-side p99 ≤ 2.5 ms;" in r and "1.50 µs = user 0.50 + kernel 1.00 per" in r, r
+    assert r.endswith("| yes | `c` |"), r
+    conn = {"ok": True, "connections_per_sec": 12000.0, "connected": 20000,
+            "handshake_ms": {"p50": 1.0, "p99": 2.0}, "node_cpu_us_per_connection": 50.0,
+            "node_user_us_per_connection": 12.5, "node_kernel_us_per_connection": 37.5}
+    assert "50.0 µs = user 12.5 + kernel 37.5 per accepted" in connect_row(conn, "c", 0)
+    assert "50.0 µs per accepted" in connect_row(dict(conn, node_user_us_per_connection=None), "c", 0)
+    idle = {"ok": True, "rss_per_connection_kb": 3.5, "connected": 10000, "channels": 100,
+            "hold_secs": 30.0, "disconnects": 0, "connections_per_sec": 5000.0,
+            "node": {"rss_before_kb": 8192, "rss_after_kb": 43000}, "cpu_us_per_connection": 40.0,
+            "user_us_per_connection": 10.0, "kernel_us_per_connection": 30.0}
+    assert "node CPU 40.0 µs = user 10.0 + kernel 30.0 each)" in idle_row(idle, "c", 0)
     step = {"rate": 400.0, "deliveries_per_sec": 4e5, "p99_ms": 9.0, "verdict": "p99 120 ms > 100 ms",
             "generator_cores": 0.95, "nodes_cores": 0.7, "report": {"runtime_threads": 1}}
     ramp = {"ok": True, "highest_clean": dict(step, rate=200.0), "first_unclean": step, "steps": [step]}
     assert "| yes |" in ramp_row(ramp, "c", 0)
+    assert "node-side" not in ramp_row(ramp, "c", 0)
+    best = dict(step, rate=200.0, node_latency={"p99_le_ms": 5.0})
+    assert "p99 9.00 ms; node-side p99 ≤ 5 ms)" in ramp_row(dict(ramp, highest_clean=best), "c", 0)
     assert "| no |" in ramp_row(dict(ramp, first_unclean=dict(step, generator_cores=0.5)), "c", 0)
     assert "no clean step" in ramp_row(dict(ramp, highest_clean=None), "c", 1)
     doc = "# B\n\nintro\n\n## Old\n\ntext\n"
