@@ -21,7 +21,6 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use switchboard_backplane::envelope::Kind;
 use switchboard_backplane::{Backplane, BackplaneError, Envelope, Topic};
 use switchboard_proto::backplane::envelope::Control;
@@ -91,6 +90,37 @@ impl Subscription {
         }
     }
 
+    /// Delivers a run of messages of this topic, in order: in one write when
+    /// the session can take them all now.
+    fn deliver_run(&self, items: &[Outbound], capacity: usize) {
+        let mut state = crate::lock(&self.state);
+        if state.closed {
+            return;
+        }
+        if let Some(buffer) = state.buffer.as_mut() {
+            if buffer.len() + items.len() > capacity {
+                self.session.overflowed();
+            } else {
+                buffer.extend(items.iter().cloned());
+            }
+            return;
+        }
+        let floor = state.floor;
+        let above = |item: &Outbound| item.offset() == 0 || item.offset() > floor;
+        // Offsets rise along a run, so what recovery already gave is a prefix.
+        let start = items.iter().position(above).unwrap_or(items.len());
+        let rest = &items[start..];
+        match rest {
+            [] => {}
+            [one] => self.session.push(one.clone()),
+            _ if rest.iter().all(above) => self.session.push_run(rest),
+            _ => rest
+                .iter()
+                .filter(|item| above(item))
+                .for_each(|item| self.session.push(item.clone())),
+        }
+    }
+
     /// Stops every delivery through this subscription.
     fn close(&self) {
         crate::lock(&self.state).closed = true;
@@ -118,6 +148,23 @@ impl Subscription {
 }
 
 type Subscribers = Arc<Vec<Arc<Subscription>>>;
+
+/// The topic an envelope is fanned out to; envelopes with equal keys can be
+/// fanned out together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunKey<'a> {
+    Channel(&'a str),
+    User(&'a str),
+}
+
+/// The topic of a channel or user envelope; `None` for connection targets.
+pub(crate) fn run_key(envelope: &Envelope) -> Option<RunKey<'_>> {
+    match envelope.target.as_ref()?.kind.as_ref()? {
+        Kind::Channel(c) => Some(RunKey::Channel(c)),
+        Kind::User(u) => Some(RunKey::User(u)),
+        _ => None,
+    }
+}
 
 pub(crate) struct Hub {
     shards: Box<[Shard]>,
@@ -237,48 +284,58 @@ impl Hub {
         }
     }
 
-    /// Delivers an envelope to the local sessions it targets; returns how many.
+    /// Delivers a run of envelopes for one topic (same [`run_key`], no
+    /// disconnect among them) to the local sessions it targets, in order;
+    /// returns how many sessions.
     ///
-    /// The outgoing frame is encoded at most once per subprotocol and shared.
-    pub(crate) fn fanout(&self, envelope: &Envelope) -> usize {
+    /// Each envelope is encoded at most once per subprotocol and shared; each
+    /// subscriber gets the whole run in one write when its socket takes it.
+    pub(crate) fn fanout_run(&self, envelopes: &[Envelope]) -> usize {
+        let Some(first) = envelopes.first() else {
+            return 0;
+        };
         // Borrowed for channels: the lookup needs no allocation per message.
-        let key: Cow<'_, str> = match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
-            Some(Kind::Channel(c)) => Cow::Borrowed(c),
-            Some(Kind::User(u)) => Cow::Owned(format!("{USER_PREFIX}{u}")),
+        let key: Cow<'_, str> = match run_key(first) {
+            Some(RunKey::Channel(c)) => Cow::Borrowed(c),
+            Some(RunKey::User(u)) => Cow::Owned(format!("{USER_PREFIX}{u}")),
             // Connection targets are resolved by the node (it knows its connections).
-            _ => return 0,
+            None => return 0,
         };
         let Some(subscribers) = self.subscribers(&key) else {
             return 0;
         };
-        if let Some(Control::Disconnect(d)) = &envelope.control {
+        if let Some(Control::Disconnect(d)) = &first.control {
             let disconnect = Disconnect::from_envelope(d);
             for s in subscribers.iter() {
                 s.session.end_with(End::Disconnect(disconnect.clone()));
             }
             return subscribers.len();
         }
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        // The run's frames, encoded on first use for each subprotocol.
+        let mut runs: [Option<Vec<Outbound>>; 2] = [None, None];
         for s in subscribers.iter() {
-            let slot = match s.session.protocol {
+            let protocol = s.session.protocol;
+            let slot = match protocol {
                 Protocol::Json => 0,
                 Protocol::Proto => 1,
             };
-            let frame = match &frames[slot] {
-                Some(f) => f.clone(),
-                None => match encode_push(s.session.protocol, envelope) {
-                    Some(f) => frames[slot].insert(f).clone(),
-                    None => return 0,
-                },
-            };
-            s.deliver(
-                Outbound::Message {
-                    frame,
-                    published_us: envelope.published_us,
-                    offset: envelope.offset,
-                },
-                self.buffer_capacity,
-            );
+            let items = runs[slot].get_or_insert_with(|| {
+                envelopes
+                    .iter()
+                    .filter_map(|e| {
+                        Some(Outbound::Message {
+                            frame: encode_push(protocol, e)?,
+                            published_us: e.published_us,
+                            offset: e.offset,
+                        })
+                    })
+                    .collect()
+            });
+            match items.as_slice() {
+                [] => {}
+                [one] => s.deliver(one.clone(), self.buffer_capacity),
+                run => s.deliver_run(run, self.buffer_capacity),
+            }
         }
         subscribers.len()
     }

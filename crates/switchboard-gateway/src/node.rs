@@ -292,8 +292,12 @@ impl Node {
         for mut lane in lanes {
             let node = inner.clone();
             background.spawn(async move {
-                while let Some(envelope) = lane.recv().await {
-                    node.dispatch(&envelope);
+                // What has piled up in the lane is taken at once: a subscriber
+                // then gets consecutive messages of a channel in one write.
+                let mut batch = Vec::with_capacity(crate::session::MAX_RUN);
+                while lane.recv_many(&mut batch, crate::session::MAX_RUN).await > 0 {
+                    node.dispatch(&batch);
+                    batch.clear();
                 }
             });
         }
@@ -373,19 +377,45 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 impl NodeInner {
-    /// Hands a received envelope to the sessions it is for.
-    fn dispatch(&self, envelope: &Envelope) {
-        if let Some(Kind::Conn(conn)) = envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
-            if let Some(Control::Disconnect(d)) = &envelope.control {
-                let session = crate::lock(&self.conns).get(conn.as_str()).cloned();
-                if let Some(session) = session {
-                    session.end_with(End::Disconnect(Disconnect::from_envelope(d)));
-                }
-            }
-            return;
+    /// Hands received envelopes to the sessions they are for, in order:
+    /// consecutive envelopes of one topic go out together.
+    fn dispatch(&self, envelopes: &[Envelope]) {
+        let mut rest = envelopes;
+        while let Some(first) = rest.first() {
+            let Some(key) = crate::hub::run_key(first) else {
+                self.dispatch_to_conn(first);
+                rest = &rest[1..];
+                continue;
+            };
+            let alone = matches!(first.control, Some(Control::Disconnect(_)));
+            let len = if alone {
+                1
+            } else {
+                1 + rest[1..]
+                    .iter()
+                    .take_while(|e| {
+                        crate::hub::run_key(e) == Some(key)
+                            && !matches!(e.control, Some(Control::Disconnect(_)))
+                    })
+                    .count()
+            };
+            let (run, tail) = rest.split_at(len);
+            self.envelopes_in.fetch_add(len as u64, Ordering::Relaxed);
+            self.hub.fanout_run(run);
+            rest = tail;
         }
-        self.envelopes_in.fetch_add(1, Ordering::Relaxed);
-        self.hub.fanout(envelope);
+    }
+
+    /// An envelope for one connection (a disconnect by the server API).
+    fn dispatch_to_conn(&self, envelope: &Envelope) {
+        if let Some(Kind::Conn(conn)) = envelope.target.as_ref().and_then(|t| t.kind.as_ref())
+            && let Some(Control::Disconnect(d)) = &envelope.control
+        {
+            let session = crate::lock(&self.conns).get(conn.as_str()).cloned();
+            if let Some(session) = session {
+                session.end_with(End::Disconnect(Disconnect::from_envelope(d)));
+            }
+        }
     }
 
     pub(crate) fn register(&self, session: &Arc<SessionHandle>) {

@@ -20,6 +20,7 @@
 pub(crate) mod commands;
 mod conn;
 pub(crate) mod frames;
+pub(crate) use outbox::MAX_RUN;
 mod guard;
 mod outbox;
 mod parse;
@@ -40,7 +41,7 @@ use outbox::{Outbox, Pushed};
 use signal::Signal;
 
 /// What a session sends, in order.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Outbound {
     /// A push (channel or user message, join, leave), shared by every
     /// recipient; `published_us` feeds the delivery-latency histogram and
@@ -155,6 +156,21 @@ impl SessionHandle {
             Pushed::Full => self.overflowed(),
             // The session is closing: its last frames are already decided.
             Pushed::Sealed => {}
+            Pushed::Failed => {
+                self.end_with(End::Io);
+            }
+        }
+    }
+
+    /// Sends a run of frames (consecutive messages of one channel) in one
+    /// write when the socket takes them; otherwise as [`SessionHandle::push`].
+    pub(crate) fn push_run(&self, items: &[Outbound]) {
+        match self
+            .outbox
+            .push_run(&self.socket, items, &self.metrics, &self.attention)
+        {
+            Pushed::Written | Pushed::Queued | Pushed::Sealed => {}
+            Pushed::Full => self.overflowed(),
             Pushed::Failed => {
                 self.end_with(End::Io);
             }
