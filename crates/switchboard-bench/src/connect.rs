@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::procstat;
 use crate::setup::{self, Snapshot, Window};
-use crate::stats::{CpuTime, Latency, LatencySummary, MachineUsage, per_sec};
+use crate::stats::{self, CpuTime, Latency, LatencySummary, MachineUsage, per_sec};
 use crate::subscriber::{self, Ws};
 
 /// Options of `switchboard-bench connect`.
@@ -260,25 +260,14 @@ impl ConnectReport {
             );
         }
         if let Some(m) = &self.machine {
-            let _ = writeln!(
-                s,
-                "machine:     {:.2} of {:.2} cores busy over the phase",
-                m.busy_cores(),
-                m.cores()
-            );
+            let _ = writeln!(s, "machine:     {} over the phase", m.busy_text());
         }
-        let failures = self.failures();
-        if failures.is_empty() {
-            s.push_str("result:      OK\n");
-        } else {
-            let _ = writeln!(s, "result:      FAILED: {}", failures.join("; "));
-        }
+        stats::write_result(&mut s, 13, &self.failures());
         s
     }
 
     /// The report as one JSON object.
     pub fn json(&self) -> Value {
-        let q = |l: &LatencySummary| json!({"count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99, "p99_9": l.p999, "max": l.max});
         json!({
             "scenario": "connect",
             "ws": self.ws,
@@ -292,8 +281,8 @@ impl ConnectReport {
             "first_error": self.first_error,
             "secs": self.secs,
             "connections_per_sec": self.rate(),
-            "handshake_ms": q(&self.handshake),
-            "tcp_connect_ms": q(&self.tcp),
+            "handshake_ms": self.handshake.json(),
+            "tcp_connect_ms": self.tcp.json(),
             "nodes": self.nodes.iter().map(|(pid, c)| match c {
                 Ok(cpu) => json!({"pid": pid, "cpu_secs": cpu.total, "user_secs": cpu.user}),
                 Err(e) => json!({"pid": pid, "error": e}),

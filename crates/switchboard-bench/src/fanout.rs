@@ -71,17 +71,24 @@ pub struct Common {
     pub json: bool,
 }
 
-/// Options of `switchboard-bench fanout`.
+/// The one channel of `fanout` and `ramp`, and how many subscribe to it.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Opts {
-    #[command(flatten)]
-    pub common: Common,
+pub struct OneChannel {
     /// Number of subscriber connections.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
     /// Channel every subscriber subscribes to.
     #[arg(long, default_value = "bench")]
     pub channel: String,
+}
+
+/// Options of `switchboard-bench fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub target: OneChannel,
     /// Publishes per second, all publishers together.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
@@ -119,14 +126,32 @@ pub struct Scenario {
 impl Scenario {
     /// The `fanout` scenario of `opts` (one channel).
     pub fn fanout(opts: &Opts) -> Self {
+        Self::one_channel(
+            &opts.target,
+            opts.rate,
+            opts.duration,
+            opts.warmup,
+            opts.publishers,
+        )
+    }
+
+    /// A `fanout` run on `target`'s channel: `rate` publishes/s for `duration` seconds, the
+    /// first `warmup` of them unmeasured, by `publishers` tasks.
+    pub fn one_channel(
+        target: &OneChannel,
+        rate: f64,
+        duration: f64,
+        warmup: f64,
+        publishers: u32,
+    ) -> Self {
         Self {
             name: "fanout",
-            channels: vec![opts.channel.clone()],
-            per_channel: opts.subscribers,
-            rate: opts.rate,
-            duration: opts.duration,
-            warmup: opts.warmup,
-            publishers: opts.publishers,
+            channels: vec![target.channel.clone()],
+            per_channel: target.subscribers,
+            rate,
+            duration,
+            warmup,
+            publishers,
         }
     }
 

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::procstat;
 use crate::rooms::channel_names;
 use crate::setup::{self, Snapshot, Window};
-use crate::stats::{Latency, LatencySummary, MachineUsage, ShardedLatency, per_sec};
+use crate::stats::{self, Latency, LatencySummary, MachineUsage, ShardedLatency, per_sec};
 use crate::subscriber::{self, Control, Outcome, Shared};
 
 /// Options of `switchboard-bench idle`.
@@ -250,25 +250,14 @@ impl IdleReport {
             mib(self.generator_rss_kb)
         );
         if let Some(m) = &self.machine {
-            let _ = writeln!(
-                s,
-                "machine:     {:.2} of {:.2} cores busy over the connect phase",
-                m.busy_cores(),
-                m.cores()
-            );
+            let _ = writeln!(s, "machine:     {} over the connect phase", m.busy_text());
         }
-        let failures = self.failures();
-        if failures.is_empty() {
-            s.push_str("result:      OK\n");
-        } else {
-            let _ = writeln!(s, "result:      FAILED: {}", failures.join("; "));
-        }
+        stats::write_result(&mut s, 13, &self.failures());
         s
     }
 
     /// The report as one JSON object.
     pub fn json(&self) -> Value {
-        let l = &self.connect_latency;
         json!({
             "scenario": "idle",
             "ws": self.ws,
@@ -279,10 +268,7 @@ impl IdleReport {
             "first_error": self.first_error,
             "connect_secs": self.connect_secs,
             "connections_per_sec": self.connect_rate(),
-            "connect_latency_ms": {
-                "count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99,
-                "p99_9": l.p999, "max": l.max,
-            },
+            "connect_latency_ms": self.connect_latency.json(),
             "hold_secs": self.hold_secs,
             "disconnects": self.disconnects,
             "disconnect_reasons": self.disconnect_reasons,

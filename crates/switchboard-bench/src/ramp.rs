@@ -14,22 +14,19 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::fanout::{self, Common, Scenario};
+use crate::fanout::{self, Common, OneChannel, Scenario};
 use crate::scrape::Bound;
 use crate::setup;
-use crate::stats::{NodeLatency, Report, bound_ms};
+use crate::stats::{self, NodeLatency, Report, bound_ms};
 
 /// Options of `switchboard-bench ramp`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Opts {
     #[command(flatten)]
     pub common: Common,
-    /// Number of subscriber connections (one channel, as in `fanout`).
-    #[arg(long, default_value_t = 1000)]
-    pub subscribers: usize,
-    /// Channel every subscriber subscribes to.
-    #[arg(long, default_value = "bench")]
-    pub channel: String,
+    // The channel, as in `fanout`.
+    #[command(flatten)]
+    pub target: OneChannel,
     /// Publisher tasks sharing the rate, at least (see `--publisher-rate`).
     #[arg(long, default_value_t = 4)]
     pub publishers: u32,
@@ -313,12 +310,7 @@ impl RampReport {
             None => s.push_str("highest clean step: none\n"),
         }
         let _ = writeln!(s, "stopped: {}", self.stop_reason);
-        let failures = self.failures();
-        if failures.is_empty() {
-            s.push_str("result: OK\n");
-        } else {
-            let _ = writeln!(s, "result: FAILED: {}", failures.join("; "));
-        }
+        stats::write_result(&mut s, 8, &self.failures());
         s
     }
 
@@ -377,7 +369,7 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<RampRepo
         }
     };
     let mut report = RampReport {
-        subscribers: opts.subscribers,
+        subscribers: opts.target.subscribers,
         ws_nodes: opts.common.ws.len(),
         p99_bound_ms: opts.p99_bound_ms,
         ..RampReport::default()
@@ -397,15 +389,13 @@ pub async fn run(opts: &Opts, runtime_threads: usize) -> anyhow::Result<RampRepo
             tokio::time::sleep(Duration::from_secs_f64(opts.pause)).await;
         }
         eprintln!("ramp step {}: {rate:.1} publishes/s", i + 1);
-        let sc = Scenario {
-            name: "fanout",
-            channels: vec![opts.channel.clone()],
-            per_channel: opts.subscribers,
+        let sc = Scenario::one_channel(
+            &opts.target,
             rate,
-            duration: opts.step_duration,
-            warmup: opts.step_warmup,
-            publishers: publishers_for(rate, opts.publishers, opts.publisher_rate),
-        };
+            opts.step_duration,
+            opts.step_warmup,
+            publishers_for(rate, opts.publishers, opts.publisher_rate),
+        );
         let step = match fanout::measure(&opts.common, &sc, runtime_threads).await {
             Ok(r) => r,
             Err(e) if i > 0 => {

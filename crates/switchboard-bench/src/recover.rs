@@ -38,7 +38,9 @@ use crate::offsets::OffsetCheck;
 use crate::payload::{self, BodyBuilder, Stamp};
 use crate::procstat;
 use crate::setup::{self, Snapshot, Start, Window};
-use crate::stats::{Latency, LatencySummary, MachineUsage, offset_failures, offsets_json, per_sec};
+use crate::stats::{
+    self, Latency, LatencySummary, MachineUsage, offset_failures, offsets_json, per_sec,
+};
 use crate::subscriber::{self, Ws};
 
 /// Options of `switchboard-bench recover`.
@@ -1157,25 +1159,18 @@ impl RecoverReport {
                 .sum();
             let _ = writeln!(
                 s,
-                "machine: {:.2} of {:.2} cores busy in the same window; other processes \
-                 (Redis included) {:.2} cores",
-                m.busy_cores(),
-                m.cores(),
+                "machine: {} in the same window; other processes (Redis included) {:.2} cores",
+                m.busy_text(),
                 m.other_cores(ours)
             );
         }
-        let failures = self.failures();
-        if failures.is_empty() {
-            s.push_str("result:       OK\n");
-        } else {
-            let _ = writeln!(s, "result:       FAILED: {}", failures.join("; "));
-        }
+        stats::write_result(&mut s, 14, &self.failures());
         s
     }
 
     /// The report as one JSON object.
     pub fn json(&self) -> Value {
-        let q = |l: &LatencySummary| json!({"count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99, "max": l.max});
+        let q = LatencySummary::json_without_p999;
         let v = json!({
             "scenario": "recover",
             "clients": self.clients,

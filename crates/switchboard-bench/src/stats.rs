@@ -41,6 +41,21 @@ pub struct LatencySummary {
     pub max: f64,
 }
 
+impl LatencySummary {
+    /// The summary as JSON: `count`, `p50`, `p90`, `p99`, `p99_9`, `max`.
+    pub fn json(&self) -> Value {
+        json!({
+            "count": self.count, "p50": self.p50, "p90": self.p90, "p99": self.p99,
+            "p99_9": self.p999, "max": self.max,
+        })
+    }
+
+    /// The summary as JSON without the 99.9th percentile: `count`, `p50`, `p90`, `p99`, `max`.
+    pub fn json_without_p999(&self) -> Value {
+        json!({"count": self.count, "p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max})
+    }
+}
+
 /// CPU time of a process over a window, seconds: all of it, and the part in user mode.
 ///
 /// The rest is kernel time (system calls, and softirq work the kernel charged to the process:
@@ -109,6 +124,11 @@ impl MachineUsage {
         } else {
             0.0
         }
+    }
+
+    /// `B of C cores busy`, for the reports' `machine:` lines.
+    pub fn busy_text(&self) -> String {
+        format!("{:.2} of {:.2} cores busy", self.busy_cores(), self.cores())
     }
 
     /// Cores busy with processes other than `ours` (CPU seconds of the measured processes).
@@ -692,9 +712,8 @@ impl Report {
         if let Some(m) = &self.machine {
             let _ = writeln!(
                 s,
-                "machine:     {:.2} of {:.2} cores busy over the window; other processes {:.2} cores",
-                m.busy_cores(),
-                m.cores(),
+                "machine:     {} over the window; other processes {:.2} cores",
+                m.busy_text(),
                 m.other_cores(self.measured_cpu_secs())
             );
         }
@@ -708,18 +727,12 @@ impl Report {
                 "assumed"
             }
         );
-        let failures = self.failures();
-        if failures.is_empty() {
-            s.push_str("result:      OK\n");
-        } else {
-            let _ = writeln!(s, "result:      FAILED: {}", failures.join("; "));
-        }
+        write_result(&mut s, 13, &self.failures());
         s
     }
 
     /// The report as one JSON object.
     pub fn json(&self) -> Value {
-        let l = &self.latency;
         let mut v = json!({
             "subscribers": self.subscribers,
             "ws_nodes": self.ws_nodes,
@@ -749,10 +762,7 @@ impl Report {
             "offsets": self.offsets.as_ref().map(|o| offsets_json(o, self.offset_subscribers)),
             "drain_secs": self.drain_secs,
             "drained": self.drained,
-            "latency_ms": {
-                "count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99,
-                "p99_9": l.p999, "max": l.max,
-            },
+            "latency_ms": self.latency.json(),
             "nodes": self.nodes.iter().map(ProcUsage::json).collect::<Vec<_>>(),
             "generator": self.generator.json(),
             "redis": self.redis.as_ref().map(|r| {
@@ -802,10 +812,10 @@ impl Report {
             ("nodes_cores", json!(self.nodes_cores())),
             ("window_secs", json!(self.window_secs)),
             ("generator_cores", json!(self.generator_cores())),
-            ("publish_latency_ms", {
-                let p = &self.publish_latency;
-                json!({"count": p.count, "p50": p.p50, "p90": p.p90, "p99": p.p99, "max": p.max})
-            }),
+            (
+                "publish_latency_ms",
+                self.publish_latency.json_without_p999(),
+            ),
         ] {
             v[key] = value;
         }
@@ -849,6 +859,18 @@ fn short_name(name: &str) -> &str {
     name.strip_suffix("_total").unwrap_or(name)
 }
 
+/// Appends a report's last line, `result: OK` or `result: FAILED: ...` (the failures joined by
+/// `; `), with the label `result:` padded to `label_width` to line up with the report's other
+/// labels.
+pub fn write_result(s: &mut String, label_width: usize, failures: &[String]) {
+    let label = "result:";
+    if failures.is_empty() {
+        let _ = writeln!(s, "{label:<label_width$}OK");
+    } else {
+        let _ = writeln!(s, "{label:<label_width$}FAILED: {}", failures.join("; "));
+    }
+}
+
 /// `n` events over `secs` seconds as a rate; 0 for an empty window.
 pub fn per_sec(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
@@ -857,6 +879,38 @@ pub fn per_sec(n: u64, secs: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_lines_keep_each_report_s_padding() {
+        let mut s = String::new();
+        write_result(&mut s, 13, &[]);
+        write_result(&mut s, 14, &["a".to_owned(), "b".to_owned()]);
+        write_result(&mut s, 8, &[]);
+        assert_eq!(
+            s,
+            "result:      OK\nresult:       FAILED: a; b\nresult: OK\n"
+        );
+    }
+
+    #[test]
+    fn latency_json_with_and_without_p999() {
+        let l = LatencySummary {
+            count: 3,
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            p999: 4.0,
+            max: 5.0,
+        };
+        assert_eq!(
+            l.json(),
+            json!({"count": 3, "p50": 1.0, "p90": 2.0, "p99": 3.0, "p99_9": 4.0, "max": 5.0})
+        );
+        assert_eq!(
+            l.json_without_p999(),
+            json!({"count": 3, "p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 5.0})
+        );
+    }
 
     #[test]
     fn merged_quantiles() {

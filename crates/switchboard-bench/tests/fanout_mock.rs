@@ -7,51 +7,46 @@ use std::process::Command;
 
 #[path = "support/mock.rs"]
 mod mock;
+#[path = "support/run.rs"]
+mod run;
 
 use mock::{Fault, Mock, start_mock};
+use run::status_and_json;
 
 fn run_bench(mock: &Mock) -> (i32, serde_json::Value) {
     run_bench_on(mock, "bench:t")
 }
 
 fn run_bench_on(mock: &Mock, channel: &str) -> (i32, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
-        .args([
-            "fanout",
-            "--subscribers",
-            "50",
-            "--rate",
-            "200",
-            "--duration",
-            "1.5",
-        ])
-        .args([
-            "--warmup",
-            "0.5",
-            "--payload",
-            "100",
-            "--channel",
-            channel,
-            "--json",
-        ])
-        .args([
-            "--ws",
-            &format!("ws://{}/ws", mock.ws),
-            "--ws",
-            &format!("ws://{}/ws", mock.ws),
-        ])
-        .args(["--api", &format!("http://{}", mock.api)])
-        .args(["--node-pid", &std::process::id().to_string()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Shown with `--nocapture`.
-    eprintln!("{stdout}{stderr}");
-    let last = stdout.lines().last().unwrap_or_default();
-    let json = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("no JSON line ({e}):\n{stdout}\n{stderr}"));
-    (out.status.code().unwrap_or(-1), json)
+    status_and_json(
+        Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+            .args([
+                "fanout",
+                "--subscribers",
+                "50",
+                "--rate",
+                "200",
+                "--duration",
+                "1.5",
+            ])
+            .args([
+                "--warmup",
+                "0.5",
+                "--payload",
+                "100",
+                "--channel",
+                channel,
+                "--json",
+            ])
+            .args([
+                "--ws",
+                &format!("ws://{}/ws", mock.ws),
+                "--ws",
+                &format!("ws://{}/ws", mock.ws),
+            ])
+            .args(["--api", &format!("http://{}", mock.api)])
+            .args(["--node-pid", &std::process::id().to_string()]),
+    )
 }
 
 #[test]

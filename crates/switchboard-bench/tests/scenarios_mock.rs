@@ -6,8 +6,11 @@ use std::process::Command;
 
 #[path = "support/mock.rs"]
 mod mock;
+#[path = "support/run.rs"]
+mod run;
 
 use mock::{Fault, Mock, start_mock};
+use run::status_and_json;
 
 /// Runs the generator with `args`, then `--ws`/`--api` options for `mock` as `targets` says;
 /// returns its exit status and its JSON line.
@@ -25,14 +28,7 @@ fn run(mock: &Mock, args: &[&str], targets: &[&str]) -> (i32, serde_json::Value)
             other => panic!("unknown target {other}"),
         };
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    let last = stdout.lines().last().unwrap_or_default();
-    let json = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("no JSON line ({e}):\n{stdout}\n{stderr}"));
-    (out.status.code().unwrap_or(-1), json)
+    status_and_json(&mut cmd)
 }
 
 const ROOMS: &[&str] = &[
@@ -143,13 +139,11 @@ fn connect_counts_connections_and_errors() {
     assert!(r["connections_per_sec"].as_f64().unwrap() > 0.0, "{r:#}");
     assert!(r["node_cpu_us_per_connection"].as_f64().is_some(), "{r:#}");
     // Nothing listens there (the API port speaks HTTP but not WebSocket): every attempt fails.
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
-        .args(["connect", "--connections", "5", "--json", "--ws"])
-        .arg(format!("ws://{}/ws", mock.api))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (code, r) = status_and_json(
+        Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+            .args(["connect", "--connections", "5", "--json", "--ws"])
+            .arg(format!("ws://{}/ws", mock.api)),
+    );
+    assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["errors"], 5, "{r:#}");
 }
