@@ -157,6 +157,40 @@ pub(crate) enum RunKey<'a> {
     User(&'a str),
 }
 
+/// A piece of a batch of received envelopes, in the batch's order.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Run<'a> {
+    /// Consecutive envelopes of one topic, fanned out together (a disconnect
+    /// of a topic always alone).
+    Topic(&'a [Envelope]),
+    /// An envelope with no topic (for one connection), handled by the node.
+    Conn(&'a Envelope),
+}
+
+/// Splits a batch into [`Run`]s, keeping its order.
+pub(crate) fn runs(envelopes: &[Envelope]) -> impl Iterator<Item = Run<'_>> {
+    let disconnect = |e: &Envelope| matches!(e.control, Some(Control::Disconnect(_)));
+    let mut rest = envelopes;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let Some(key) = run_key(first) else {
+            rest = &rest[1..];
+            return Some(Run::Conn(first));
+        };
+        let len = if disconnect(first) {
+            1
+        } else {
+            1 + rest[1..]
+                .iter()
+                .take_while(|e| run_key(e) == Some(key) && !disconnect(e))
+                .count()
+        };
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(Run::Topic(run))
+    })
+}
+
 /// The topic of a channel or user envelope; `None` for connection targets.
 pub(crate) fn run_key(envelope: &Envelope) -> Option<RunKey<'_>> {
     match envelope.target.as_ref()?.kind.as_ref()? {
@@ -346,5 +380,63 @@ impl Hub {
 
     fn shard(&self, key: &str) -> &Shard {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_proto::backplane::{Disconnect as DisconnectControl, Target};
+
+    fn to(kind: Kind, disconnect: bool) -> Envelope {
+        Envelope {
+            target: Some(Target { kind: Some(kind) }),
+            control: disconnect.then(|| Control::Disconnect(DisconnectControl::default())),
+            ..Default::default()
+        }
+    }
+
+    fn shape(envelopes: &[Envelope]) -> Vec<String> {
+        runs(envelopes)
+            .map(|r| match r {
+                Run::Topic(run) => format!("topic x{}", run.len()),
+                Run::Conn(_) => "conn".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_group_consecutive_envelopes_of_one_topic_in_order() {
+        let ch = |c: &str| to(Kind::Channel(c.into()), false);
+        let batch = vec![
+            ch("a"),
+            ch("a"),
+            ch("a"),
+            ch("b"),
+            to(Kind::User("a".into()), false),
+            to(Kind::User("a".into()), false),
+            ch("a"),
+            to(Kind::Conn("c_1".into()), true),
+            ch("a"),
+            to(Kind::Channel("a".into()), true),
+            ch("a"),
+        ];
+        assert_eq!(
+            shape(&batch),
+            [
+                "topic x3", "topic x1", "topic x2", "topic x1", "conn", "topic x1", "topic x1",
+                "topic x1"
+            ]
+        );
+        // Every envelope lands in exactly one run, in the batch's order.
+        let flat: Vec<&Envelope> = runs(&batch)
+            .flat_map(|r| match r {
+                Run::Topic(run) => run.iter().collect::<Vec<_>>(),
+                Run::Conn(e) => vec![e],
+            })
+            .collect();
+        assert!(flat.iter().zip(&batch).all(|(a, b)| std::ptr::eq(*a, b)));
+        assert_eq!(flat.len(), batch.len());
+        assert_eq!(runs(&[]).count(), 0);
     }
 }

@@ -34,6 +34,7 @@ fn register_at_zero() {
         "switchboard_backplane_resubscribed_total",
         "switchboard_slow_consumer_disconnects_total",
         "switchboard_frames_queued_total",
+        "switchboard_fanout_runs_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -117,6 +118,10 @@ fn describe() {
         "1 while the backplane is connected and receiving."
     );
     describe_counter!(
+        "switchboard_fanout_runs_total",
+        "Fan-out passes: runs of consecutive envelopes of one channel delivered together. Envelopes received per run above 1 means the node is behind and batching."
+    );
+    describe_counter!(
         "switchboard_frames_queued_total",
         "Frames that waited in a session's outbound queue because the client's socket was full (most are written at once)."
     );
@@ -142,6 +147,7 @@ fn describe() {
 pub(crate) struct HotMetrics {
     delivered: Counter,
     queued: Counter,
+    runs: Counter,
     bytes_sent: Counter,
     latency: Histogram,
     received: Counter,
@@ -153,6 +159,7 @@ impl HotMetrics {
         HotMetrics {
             delivered: metrics::counter!("switchboard_messages_delivered_total"),
             queued: metrics::counter!("switchboard_frames_queued_total"),
+            runs: metrics::counter!("switchboard_fanout_runs_total"),
             bytes_sent: metrics::counter!("switchboard_bytes_sent_total"),
             latency: metrics::histogram!("switchboard_delivery_latency_seconds"),
             received: metrics::counter!("switchboard_messages_received_total"),
@@ -163,6 +170,11 @@ impl HotMetrics {
     /// Bytes of frames written to a client socket.
     pub(crate) fn sent(&self, bytes: usize) {
         self.bytes_sent.increment(bytes as u64);
+    }
+
+    /// One fan-out pass over a run of envelopes of one topic.
+    pub(crate) fn fanout_run(&self) {
+        self.runs.increment(1);
     }
 
     /// A frame that had to wait for the client's socket.

@@ -380,29 +380,16 @@ impl NodeInner {
     /// Hands received envelopes to the sessions they are for, in order:
     /// consecutive envelopes of one topic go out together.
     fn dispatch(&self, envelopes: &[Envelope]) {
-        let mut rest = envelopes;
-        while let Some(first) = rest.first() {
-            let Some(key) = crate::hub::run_key(first) else {
-                self.dispatch_to_conn(first);
-                rest = &rest[1..];
-                continue;
-            };
-            let alone = matches!(first.control, Some(Control::Disconnect(_)));
-            let len = if alone {
-                1
-            } else {
-                1 + rest[1..]
-                    .iter()
-                    .take_while(|e| {
-                        crate::hub::run_key(e) == Some(key)
-                            && !matches!(e.control, Some(Control::Disconnect(_)))
-                    })
-                    .count()
-            };
-            let (run, tail) = rest.split_at(len);
-            self.envelopes_in.fetch_add(len as u64, Ordering::Relaxed);
-            self.hub.fanout_run(run);
-            rest = tail;
+        for run in crate::hub::runs(envelopes) {
+            match run {
+                crate::hub::Run::Conn(envelope) => self.dispatch_to_conn(envelope),
+                crate::hub::Run::Topic(run) => {
+                    self.envelopes_in
+                        .fetch_add(run.len() as u64, Ordering::Relaxed);
+                    self.metrics.fanout_run();
+                    self.hub.fanout_run(run);
+                }
+            }
         }
     }
 
