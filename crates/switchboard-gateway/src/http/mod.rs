@@ -56,7 +56,11 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        // Frames are written whole; Nagle would only delay them. Failing to set it
+        // costs latency, not correctness.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
+        }
         let node = node.clone();
         tokio::spawn(async move {
             let service = service_fn(move |mut req: Request<Incoming>| {

@@ -283,7 +283,7 @@ async fn goodbye(session: &SessionHandle, end: &End) {
             return;
         }
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
         loop {
             match session.outbox.flush(&session.socket, &session.metrics) {
                 Ok(Flushed::Drained) | Err(_) => return,
@@ -296,5 +296,11 @@ async fn goodbye(session: &SessionHandle, end: &End) {
         }
     })
     .await;
-    let _ = socket2::SockRef::from(&session.socket).shutdown(std::net::Shutdown::Write);
+    if flushed.is_err() {
+        tracing::debug!(conn = %session.conn, "last frames not written within the close timeout");
+    }
+    // The peer may be gone already (ENOTCONN): the connection is closing either way.
+    if let Err(e) = socket2::SockRef::from(&session.socket).shutdown(std::net::Shutdown::Write) {
+        tracing::debug!(conn = %session.conn, error = %e, "socket shutdown failed");
+    }
 }
