@@ -435,3 +435,65 @@ async fn subscription_changes_during_an_outage_are_honoured_after_it() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_even_when_its_queue_never_fills() {
+    // A low message rate never fills a 4,096-frame queue, but a socket that takes no byte
+    // for 10 s means a client that is gone or stuck: the node ends it as a slow consumer
+    // rather than hold its frames forever.
+    let node = Node::start("node-stall", &["--outbound-queue", "4096"]).await;
+    let mut stuck =
+        RawWs::connect_with_recv_buffer(node.public_addr(), Some(JSON_PROTOCOL), Some(4096)).await;
+    stuck.recv_type("welcome").await;
+    stuck
+        .send_text(&json!({"type": "subscribe", "id": 1, "channel": "stall"}).to_string())
+        .await;
+    stuck.recv_type("subscribed").await;
+    let mut healthy = WsClient::connect_json(&node.ws_url()).await;
+    healthy.subscribe("stall").await;
+
+    // Enough to fill the kernel's buffers (the socket then takes nothing), far below the queue.
+    let pad = "s".repeat(16 * 1024);
+    let mut sent = 0u64;
+    while node.metric("switchboard_frames_queued_total").await < 1.0 {
+        assert!(sent < 2000, "the stuck client's socket never filled");
+        for _ in 0..50 {
+            node.publish("stall", json!({"i": sent, "pad": pad})).await;
+            sent += 1;
+        }
+    }
+    for i in 0..sent {
+        let m = healthy.recv_json().await;
+        assert_eq!(
+            m["data"]["i"], i,
+            "the healthy subscriber missed or reordered"
+        );
+    }
+    // The stall limit is 10 s from the last byte the socket took; allow it 20.
+    support::eventually(
+        "the stuck client is cut off as a slow consumer",
+        Duration::from_secs(20),
+        || async {
+            let v = node
+                .metric_with(
+                    "switchboard_disconnects_total",
+                    &[("reason", "slow_consumer")],
+                )
+                .await;
+            if v == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{v}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        node.metric("switchboard_slow_consumer_disconnects_total")
+            .await,
+        1.0
+    );
+    // The healthy one is still served.
+    node.publish("stall", json!({"i": sent})).await;
+    assert_eq!(healthy.recv_json().await["data"]["i"], sent);
+}
