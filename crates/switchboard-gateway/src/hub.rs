@@ -90,9 +90,9 @@ impl Subscription {
         }
     }
 
-    /// Delivers a run of messages of this topic, in order: in one write when
-    /// the session can take them all now.
-    fn deliver_run(&self, items: &[Outbound], capacity: usize) {
+    /// Delivers one message, or a run of messages, of this topic in order: a
+    /// run in one write when the session can take it all now.
+    fn deliver(&self, items: &[Outbound], capacity: usize) {
         let mut state = crate::lock(&self.state);
         if state.closed {
             return;
@@ -106,44 +106,23 @@ impl Subscription {
             return;
         }
         let floor = state.floor;
+        // What recovery already gave the session is not given again.
         let above = |item: &Outbound| item.offset() == 0 || item.offset() > floor;
-        // Offsets rise along a run, so what recovery already gave is a prefix.
-        let start = items.iter().position(above).unwrap_or(items.len());
-        let rest = &items[start..];
-        match rest {
-            [] => {}
-            [one] => self.session.push(one.clone()),
-            _ if rest.iter().all(above) => self.session.push_run(rest),
-            _ => rest
-                .iter()
-                .filter(|item| above(item))
-                .for_each(|item| self.session.push(item.clone())),
+        if items.iter().all(above) {
+            match items {
+                [one] => self.session.push(one.clone()),
+                run => self.session.push_run(run),
+            }
+        } else {
+            for item in items.iter().filter(|item| above(item)) {
+                self.session.push(item.clone());
+            }
         }
     }
 
     /// Stops every delivery through this subscription.
     fn close(&self) {
         crate::lock(&self.state).closed = true;
-    }
-
-    fn deliver(&self, item: Outbound, capacity: usize) {
-        let mut state = crate::lock(&self.state);
-        if state.closed {
-            return;
-        }
-        if let Some(buffer) = state.buffer.as_mut() {
-            if buffer.len() >= capacity {
-                self.session.overflowed();
-            } else {
-                buffer.push(item);
-            }
-            return;
-        }
-        let offset = item.offset();
-        if offset != 0 && offset <= state.floor {
-            return;
-        }
-        self.session.push(item);
     }
 }
 
@@ -365,10 +344,8 @@ impl Hub {
                     })
                     .collect()
             });
-            match items.as_slice() {
-                [] => {}
-                [one] => s.deliver(one.clone(), self.buffer_capacity),
-                run => s.deliver_run(run, self.buffer_capacity),
+            if !items.is_empty() {
+                s.deliver(items, self.buffer_capacity);
             }
         }
         subscribers.len()

@@ -177,9 +177,9 @@ impl HotMetrics {
         self.runs.increment(1);
     }
 
-    /// A frame that had to wait for the client's socket.
-    pub(crate) fn queued(&self) {
-        self.queued.increment(1);
+    /// Frames that had to wait for the client's socket.
+    pub(crate) fn queued(&self, frames: usize) {
+        self.queued.increment(frames as u64);
     }
 
     /// A message written whole to a client: one delivery, and its latency.

@@ -41,7 +41,8 @@ struct Deadlines {
     expires: Option<Instant>,
     /// When this session leaves a draining node.
     drain: Option<Instant>,
-    /// When a full socket that takes nothing counts as a slow consumer.
+    /// When a full socket that takes nothing counts as a slow consumer; set
+    /// exactly while frames wait for the socket.
     stall: Option<Instant>,
 }
 
@@ -95,7 +96,6 @@ async fn serve<'a>(
     tokio::pin!(timer);
     let attention = session.attention.taken();
     tokio::pin!(attention);
-    let mut blocked = false;
 
     loop {
         if let Some(end) = session.ended() {
@@ -151,16 +151,12 @@ async fn serve<'a>(
             // The session must end, frames were queued, or the node drains:
             // the first two are handled here, the others at the top of the loop.
             () = &mut attention => {
-                if !blocked && session.outbox.is_queued() {
-                    match session.outbox.flush(&session.socket, &session.metrics) {
-                        Ok(Flushed::Drained) => {}
-                        Ok(Flushed::Blocked { .. }) => {
-                            blocked = true;
-                            at.stall = Some(Instant::now() + WRITE_TIMEOUT);
-                            timer.as_mut().reset(at.next());
-                        }
-                        Err(_) => return End::Io,
+                // While the socket is full, its readiness (below) drives the writing.
+                if at.stall.is_none() {
+                    if write_queued(session, &mut at.stall).is_err() {
+                        return End::Io;
                     }
+                    timer.as_mut().reset(at.next());
                 }
             }
             () = &mut timer => {
@@ -187,21 +183,9 @@ async fn serve<'a>(
             }
             // Readiness is polled, not awaited through a future: the socket
             // keeps the waker, and the task stores nothing for it.
-            ready = poll_fn(|cx| session.socket.poll_write_ready(cx)), if blocked => {
-                if ready.is_err() {
+            ready = poll_fn(|cx| session.socket.poll_write_ready(cx)), if at.stall.is_some() => {
+                if ready.is_err() || write_queued(session, &mut at.stall).is_err() {
                     return End::Io;
-                }
-                match session.outbox.flush(&session.socket, &session.metrics) {
-                    Ok(Flushed::Drained) => {
-                        blocked = false;
-                        at.stall = None;
-                    }
-                    Ok(Flushed::Blocked { progress }) => {
-                        if progress {
-                            at.stall = Some(Instant::now() + WRITE_TIMEOUT);
-                        }
-                    }
-                    Err(_) => return End::Io,
                 }
                 timer.as_mut().reset(at.next());
             }
@@ -218,6 +202,20 @@ async fn serve<'a>(
             }
         }
     }
+}
+
+/// Writes what the outbox queued, and keeps `stall` in step: none once the
+/// queue is drained, renewed whenever the full socket took some bytes.
+fn write_queued(session: &SessionHandle, stall: &mut Option<Instant>) -> io::Result<()> {
+    match session.outbox.flush(&session.socket, &session.metrics)? {
+        Flushed::Drained => *stall = None,
+        Flushed::Blocked { progress } => {
+            if progress || stall.is_none() {
+                *stall = Some(Instant::now() + WRITE_TIMEOUT);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Polls the command in progress (never called without one).

@@ -19,6 +19,17 @@ pub(crate) enum OpCode {
 /// The longest header of an unmasked frame.
 pub(crate) const MAX_HEADER: usize = 10;
 
+/// The length of the header [`header`] writes for a payload of `len` bytes.
+pub(crate) fn header_len(len: usize) -> usize {
+    if len < 126 {
+        2
+    } else if len <= usize::from(u16::MAX) {
+        4
+    } else {
+        10
+    }
+}
+
 /// Writes the header of a final, unmasked frame into `out`; returns its length.
 pub(crate) fn header(opcode: OpCode, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
     out[0] = 0x80 | opcode as u8;
@@ -75,6 +86,13 @@ mod tests {
         assert_eq!(header(OpCode::Binary, 65535, &mut h), 4);
         assert_eq!(header(OpCode::Binary, 65536, &mut h), 10);
         assert_eq!(&h[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        for len in [0, 125, 126, 65535, 65536] {
+            assert_eq!(
+                header_len(len),
+                header(OpCode::Text, len, &mut h),
+                "len {len}"
+            );
+        }
     }
 
     #[test]

@@ -148,27 +148,25 @@ impl SessionHandle {
     /// consumer: its queue is not allowed to grow, and the publisher is never
     /// made to wait for it.
     pub(crate) fn push(&self, item: Outbound) {
-        match self
+        let pushed = self
             .outbox
-            .push(&self.socket, item, &self.metrics, &self.attention)
-        {
-            Pushed::Written | Pushed::Queued => {}
-            Pushed::Full => self.overflowed(),
-            // The session is closing: its last frames are already decided.
-            Pushed::Sealed => {}
-            Pushed::Failed => {
-                self.end_with(End::Io);
-            }
-        }
+            .push(&self.socket, &item, &self.metrics, &self.attention);
+        self.pushed(pushed);
     }
 
     /// Sends a run of frames (consecutive messages of one channel) in one
     /// write when the socket takes them; otherwise as [`SessionHandle::push`].
     pub(crate) fn push_run(&self, items: &[Outbound]) {
-        match self
+        let pushed = self
             .outbox
-            .push_run(&self.socket, items, &self.metrics, &self.attention)
-        {
+            .push_run(&self.socket, items, &self.metrics, &self.attention);
+        self.pushed(pushed);
+    }
+
+    /// Acts on how a push went.
+    fn pushed(&self, pushed: Pushed) {
+        match pushed {
+            // Sealed: the session is closing, its last frames are already decided.
             Pushed::Written | Pushed::Queued | Pushed::Sealed => {}
             Pushed::Full => self.overflowed(),
             Pushed::Failed => {

@@ -90,57 +90,17 @@ impl Outbox {
     pub(crate) fn push(
         &self,
         socket: &TcpStream,
-        item: Outbound,
+        item: &Outbound,
         metrics: &HotMetrics,
         queued: &Signal,
     ) -> Pushed {
-        let mut state = crate::lock(&self.state);
-        if state.sealed {
-            return Pushed::Sealed;
-        }
-        if !state.queue.is_empty() {
-            if state.queue.len() >= self.capacity {
-                return Pushed::Full;
-            }
-            // The task was told when the queue became non-empty.
-            state.queue.push_back(item);
-            metrics.queued();
-            return Pushed::Queued;
-        }
-        let mut header = [0u8; MAX_HEADER];
-        let (head, body) = self.parts(&item, &mut header);
-        let total = head.len() + body.len();
-        match write(socket, &[IoSlice::new(head), IoSlice::new(body)]) {
-            Ok(n) if n == total => {
-                account(&item, total, metrics);
-                Pushed::Written
-            }
-            Ok(n) => {
-                metrics.sent(n);
-                state.written = n;
-                state.queue.push_back(item);
-                metrics.queued();
-                queued.raise();
-                Pushed::Queued
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                state.queue.push_back(item);
-                metrics.queued();
-                queued.raise();
-                Pushed::Queued
-            }
-            Err(_) => {
-                state.sealed = true;
-                Pushed::Failed
-            }
-        }
+        self.push_all::<1>(socket, std::slice::from_ref(item), metrics, queued)
     }
 
     /// Sends several frames, in order, in one vectored write when nothing is
     /// queued (the fan-out of a run of messages for one channel), else queues
-    /// them. Only what the socket does not take is cloned into the queue; a
-    /// run never goes in part: if it does not fit the queue, nothing of it is
-    /// queued and the session must end. At most [`MAX_RUN`] items.
+    /// them. A run never goes in part: if it does not fit the queue, nothing
+    /// of it is queued and the session must end. At most [`MAX_RUN`] items.
     pub(crate) fn push_run(
         &self,
         socket: &TcpStream,
@@ -148,7 +108,20 @@ impl Outbox {
         metrics: &HotMetrics,
         queued: &Signal,
     ) -> Pushed {
-        debug_assert!(items.len() <= MAX_RUN);
+        self.push_all::<MAX_RUN>(socket, items, metrics, queued)
+    }
+
+    /// [`Outbox::push`] and [`Outbox::push_run`]: `N` bounds the run and sizes
+    /// the stack arrays of the write, so a single frame pays for one slot.
+    /// Only what the socket does not take is cloned into the queue.
+    fn push_all<const N: usize>(
+        &self,
+        socket: &TcpStream,
+        items: &[Outbound],
+        metrics: &HotMetrics,
+        queued: &Signal,
+    ) -> Pushed {
+        debug_assert!(items.len() <= N);
         let mut state = crate::lock(&self.state);
         if state.sealed {
             return Pushed::Sealed;
@@ -157,23 +130,15 @@ impl Outbox {
             if state.queue.len() + items.len() > self.capacity {
                 return Pushed::Full;
             }
+            // The task was told when the queue became non-empty.
             state.queue.extend(items.iter().cloned());
-            for _ in items {
-                metrics.queued();
-            }
+            metrics.queued(items.len());
             return Pushed::Queued;
         }
-        let mut headers = [[0u8; MAX_HEADER]; MAX_RUN];
-        let mut slices = [IoSlice::new(&[]); 2 * MAX_RUN];
-        let mut total = 0;
-        for (i, (item, header)) in items.iter().zip(headers.iter_mut()).enumerate() {
-            let (head, body) = self.parts(item, header);
-            total += head.len() + body.len();
-            slices[2 * i] = IoSlice::new(head);
-            slices[2 * i + 1] = IoSlice::new(body);
-        }
-        let wrote = match write(socket, &slices[..2 * items.len()]) {
-            Ok(n) => n,
+        let mut headers = [[0u8; MAX_HEADER]; N];
+        let (slices, n) = self.gather(items.iter(), &mut headers);
+        let wrote = match write(socket, slices[..n].as_flattened()) {
+            Ok(wrote) => wrote,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
                 state.sealed = true;
@@ -181,35 +146,14 @@ impl Outbox {
             }
         };
         metrics.sent(wrote);
-        if wrote == total {
-            for item in items {
-                if let Outbound::Message { published_us, .. } = item {
-                    metrics.delivered(*published_us);
-                }
-            }
+        let (whole, into_next) = self.completed(items.iter(), wrote);
+        delivered(&items[..whole], metrics);
+        if whole == items.len() {
             return Pushed::Written;
         }
-        // The socket took part of the run: account what went out whole, queue the rest.
-        let mut left = wrote;
-        let mut rest = items;
-        while let Some((item, tail)) = rest.split_first() {
-            let mut header = [0u8; MAX_HEADER];
-            let (head, body) = self.parts(item, &mut header);
-            let size = head.len() + body.len();
-            if left < size {
-                break;
-            }
-            left -= size;
-            if let Outbound::Message { published_us, .. } = item {
-                metrics.delivered(*published_us);
-            }
-            rest = tail;
-        }
-        state.written = left;
-        state.queue.extend(rest.iter().cloned());
-        for _ in rest {
-            metrics.queued();
-        }
+        state.written = into_next;
+        state.queue.extend(items[whole..].iter().cloned());
+        metrics.queued(items.len() - whole);
         queued.raise();
         Pushed::Queued
     }
@@ -225,21 +169,9 @@ impl Outbox {
                 }
                 return Ok(Flushed::Drained);
             }
-            let n = state.queue.len().min(MAX_BATCH);
             let mut headers = [[0u8; MAX_HEADER]; MAX_BATCH];
-            let mut slices = [IoSlice::new(&[]); 2 * MAX_BATCH];
-            for (i, (item, header)) in state
-                .queue
-                .iter()
-                .zip(headers.iter_mut())
-                .take(n)
-                .enumerate()
-            {
-                let (head, body) = self.parts(item, header);
-                slices[2 * i] = IoSlice::new(head);
-                slices[2 * i + 1] = IoSlice::new(body);
-            }
-            let mut pending = &mut slices[..2 * n];
+            let (mut slices, n) = self.gather(state.queue.iter(), &mut headers);
+            let mut pending = slices[..n].as_flattened_mut();
             IoSlice::advance_slices(&mut pending, state.written);
             let wrote = match write(socket, pending) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -255,21 +187,10 @@ impl Outbox {
             progress = true;
             metrics.sent(wrote);
             // Pop what went out whole; remember how far the next one got.
-            let mut left = state.written + wrote;
-            state.written = 0;
-            while let Some(item) = state.queue.front() {
-                let mut header = [0u8; MAX_HEADER];
-                let (head, body) = self.parts(item, &mut header);
-                let size = head.len() + body.len();
-                if left < size {
-                    state.written = left;
-                    break;
-                }
-                left -= size;
-                if let Some(Outbound::Message { published_us, .. }) = state.queue.pop_front() {
-                    metrics.delivered(published_us);
-                }
-            }
+            let (whole, into_next) = self.completed(state.queue.iter(), state.written + wrote);
+            delivered(state.queue.range(..whole), metrics);
+            state.queue.drain(..whole);
+            state.written = into_next;
         }
     }
 
@@ -293,7 +214,8 @@ impl Outbox {
     }
 
     /// Whether frames are waiting for the socket.
-    pub(crate) fn is_queued(&self) -> bool {
+    #[cfg(test)]
+    fn is_queued(&self) -> bool {
         !crate::lock(&self.state).queue.is_empty()
     }
 
@@ -302,27 +224,59 @@ impl Outbox {
         crate::lock(&self.state).sealed = true;
     }
 
-    /// The header (written into `header`) and payload of a queued item.
-    fn parts<'a>(
+    /// Lays out up to `N` items as header and payload slices (headers built
+    /// into `headers`); returns them and how many items they hold.
+    fn gather<'a, const N: usize>(
         &self,
-        item: &'a Outbound,
-        header: &'a mut [u8; MAX_HEADER],
-    ) -> (&'a [u8], &'a [u8]) {
-        match item {
-            Outbound::Message { frame, .. } | Outbound::Reply(frame) => {
-                let n = frames::header(self.data, frame.len(), header);
-                (&header[..n], frame)
-            }
-            Outbound::Control(frame) => (&[], frame),
+        items: impl Iterator<Item = &'a Outbound>,
+        headers: &'a mut [[u8; MAX_HEADER]; N],
+    ) -> ([[IoSlice<'a>; 2]; N], usize) {
+        let mut slices = [[IoSlice::new(&[]); 2]; N];
+        let mut n = 0;
+        for ((item, header), slot) in items.zip(headers.iter_mut()).zip(slices.iter_mut()) {
+            *slot = match item {
+                Outbound::Message { frame, .. } | Outbound::Reply(frame) => {
+                    let len = frames::header(self.data, frame.len(), header);
+                    [IoSlice::new(&header[..len]), IoSlice::new(frame)]
+                }
+                Outbound::Control(frame) => [IoSlice::new(&[]), IoSlice::new(frame)],
+            };
+            n += 1;
         }
+        (slices, n)
+    }
+
+    /// How many of `items` the first `bytes` bytes on the wire complete, and
+    /// how far into the next one they reach.
+    fn completed<'a>(
+        &self,
+        items: impl Iterator<Item = &'a Outbound>,
+        mut bytes: usize,
+    ) -> (usize, usize) {
+        let mut whole = 0;
+        for item in items {
+            let size = match item {
+                Outbound::Message { frame, .. } | Outbound::Reply(frame) => {
+                    frames::header_len(frame.len()) + frame.len()
+                }
+                Outbound::Control(frame) => frame.len(),
+            };
+            if bytes < size {
+                break;
+            }
+            bytes -= size;
+            whole += 1;
+        }
+        (whole, bytes)
     }
 }
 
-/// Accounts a frame written whole by a direct push.
-fn account(item: &Outbound, bytes: usize, metrics: &HotMetrics) {
-    metrics.sent(bytes);
-    if let Outbound::Message { published_us, .. } = item {
-        metrics.delivered(*published_us);
+/// Accounts the messages among frames written whole: deliveries and latency.
+fn delivered<'a>(items: impl IntoIterator<Item = &'a Outbound>, metrics: &HotMetrics) {
+    for item in items {
+        if let Outbound::Message { published_us, .. } = item {
+            metrics.delivered(*published_us);
+        }
     }
 }
 
@@ -392,7 +346,7 @@ mod tests {
         while !outbox.is_queued() {
             let body = [n.to_be_bytes().to_vec(), vec![7u8; 60_000]].concat();
             sent.push(body.clone());
-            outbox.push(&server, message(body), &metrics, &signal);
+            outbox.push(&server, &message(body), &metrics, &signal);
             n += 1;
         }
         // A run behind the queue is queued whole, after it.
@@ -476,7 +430,7 @@ mod tests {
         let metrics = HotMetrics::new();
         let signal = Signal::default();
         while !outbox.is_queued() {
-            outbox.push(&server, message(vec![1u8; 60_000]), &metrics, &signal);
+            outbox.push(&server, &message(vec![1u8; 60_000]), &metrics, &signal);
         }
         let run: Vec<Outbound> = (0..3).map(|i| message(vec![i; 10])).collect();
         assert_eq!(

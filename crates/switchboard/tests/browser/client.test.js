@@ -244,7 +244,8 @@ test('a static token is used first; without getToken a 4001 ends the client', as
   ws.serverClose(4001, { reconnect: true });
   assert.equal(client.state, 'disconnected');
   queued.push(client.publish('x', 1));
-  await new Promise((r) => setTimeout(r, 30));
+  // A reconnect is only ever scheduled together with a `reconnecting` event.
+  assert.ok(!events.some(([e]) => e === 'reconnecting'), 'no reconnect scheduled');
   assert.equal(server.sockets.length, 1, 'no reconnect');
   const last = events.filter(([e]) => e === 'disconnected').pop()[1];
   assert.equal(last.reconnect, false);
@@ -263,7 +264,7 @@ for (const code of [1008, 4100]) {
     const pending = client.publish('x', 1);
     ws.serverClose(code, { reconnect: code !== 4100 }); // the code wins over the flag
     await assert.rejects(pending, { code: 'disconnected' });
-    await new Promise((r) => setTimeout(r, 30));
+    assert.ok(!events.some(([e]) => e === 'reconnecting'), 'no reconnect scheduled');
     assert.equal(server.sockets.length, 1);
     assert.equal(client.state, 'disconnected');
     assert.deepEqual(events.filter(([e]) => e === 'disconnected').pop()[1].reconnect, false);
@@ -301,8 +302,10 @@ test('a silent server is pinged after one heartbeat and dropped after two', asyn
   const ws = await connected(server, client, 0, { heartbeat: 0.06 });
   await ws.sentFrame({ type: 'ping' }, 500);
   ws.push({ type: 'pong' }); // alive: no drop
-  await new Promise((r) => setTimeout(r, 50));
+  // The pong reset the silence clock: the client pings again rather than dropping.
+  await until(() => ws.sent.filter((f) => f.type === 'ping').length >= 2, 'a second ping', 500);
   assert.equal(server.sockets.length, 1);
+  assert.equal(ws.closedByClient, null);
   // Now silence: the client gives up on this socket and reconnects elsewhere.
   const next = await server.socket(1);
   assert.equal(ws.closedByClient.code, 4000);
