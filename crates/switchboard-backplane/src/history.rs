@@ -49,9 +49,27 @@ pub struct HistoryPage {
 }
 
 impl HistoryPage {
+    /// The read of a channel that has no history (never published, expired,
+    /// or lost): epoch `""`, offset 0.
+    pub fn empty() -> Self {
+        HistoryPage {
+            epoch: String::new(),
+            offset: 0,
+            first: 1,
+            messages: Vec::new(),
+        }
+    }
+
     /// Whether a client that has seen everything up to `(epoch, offset)` can
     /// be given every message after it from this page's history.
+    ///
+    /// `("", 0)` is the position of a client that subscribed while the channel
+    /// had no history: every message since is still here if the history's
+    /// first message is its epoch's first.
     pub fn can_recover(&self, epoch: &str, offset: u64) -> bool {
+        if epoch.is_empty() {
+            return offset == 0 && self.first <= 1;
+        }
         epoch == self.epoch && offset.saturating_add(1) >= self.first && offset <= self.offset
     }
 }
@@ -105,5 +123,15 @@ mod tests {
             messages: vec![],
         };
         assert!(empty.can_recover("e", 0));
+        assert!(HistoryPage::empty().can_recover("", 0), "nothing, then nothing");
+        assert!(page.can_recover("", 0) == (page.first <= 1));
+        let whole = HistoryPage {
+            epoch: "e".into(),
+            offset: 3,
+            first: 1,
+            messages: vec![],
+        };
+        assert!(whole.can_recover("", 0), "saw no history; all of it is still here");
+        assert!(!whole.can_recover("", 2), "an offset without an epoch is no position");
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use envelope::{Envelope, Target};
 pub use error::BackplaneError;
 pub use history::{HistoryPage, HistoryPolicy, Position, PresenceMember, Since, Topic};
-pub use inbox::{Inbox, InboxLane};
+pub use inbox::{Inbox, InboxLane, Inbound, Resync, ResyncGate};
 pub use registry::{NodeInfo, NodeStats, StatsSource};
 
 /// A cluster backplane: the in-process one or Redis.
@@ -80,17 +80,29 @@ impl Backplane {
         }
     }
 
-    /// Reads a channel's history position and the messages `since` asks for.
-    /// Creates the channel's epoch when it has none yet.
+    /// Reads a channel's history position and the messages `since` asks for
+    /// (at most the policy's size: all that is kept). Creates nothing: a
+    /// channel without history reads as epoch `""`, offset 0.
     pub async fn history(
         &self,
         channel: &str,
         policy: HistoryPolicy,
         since: Since,
     ) -> Result<HistoryPage, BackplaneError> {
+        self.history_page(channel, since, policy.size.max(1)).await
+    }
+
+    /// As [`Backplane::history`], returning at most `limit` messages: the
+    /// oldest of the range, so a long range is read page by page.
+    pub async fn history_page(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+    ) -> Result<HistoryPage, BackplaneError> {
         match self {
-            Backplane::Memory(m) => Ok(m.history(channel, policy, since).await),
-            Backplane::Redis(r) => r.history(channel, policy, since).await,
+            Backplane::Memory(m) => Ok(m.history(channel, since, limit).await),
+            Backplane::Redis(r) => r.history(channel, since, limit).await,
         }
     }
 

@@ -120,22 +120,24 @@ impl MemoryBackplane {
         metrics::counter!("switchboard_backplane_received_total").increment(1);
     }
 
-    pub(crate) async fn history(
-        &self,
-        channel: &str,
-        policy: HistoryPolicy,
-        since: Since,
-    ) -> HistoryPage {
-        let mut histories = self.histories.lock().await;
-        let history = histories.live(channel, policy);
+    pub(crate) async fn history(&self, channel: &str, since: Since, limit: usize) -> HistoryPage {
+        let histories = self.histories.lock().await;
+        let Some(history) = histories
+            .channels
+            .get(channel)
+            .filter(|h| h.expires_at > Instant::now())
+        else {
+            return HistoryPage::empty();
+        };
         let first = history.offset + 1 - history.messages.len() as u64;
         let messages = match since {
             Since::Nothing => Vec::new(),
-            Since::All => history.messages.iter().cloned().collect(),
+            Since::All => history.messages.iter().take(limit).cloned().collect(),
             Since::After(after) => history
                 .messages
                 .iter()
                 .filter(|m| m.offset > after)
+                .take(limit)
                 .cloned()
                 .collect(),
         };
@@ -219,19 +221,23 @@ mod tests {
         let second = b.publish(&message(), Some(POLICY)).await.unwrap().unwrap();
         let third = b.publish(&message(), Some(POLICY)).await.unwrap().unwrap();
         assert_eq!((first.offset, second.offset, third.offset), (1, 2, 3));
-        assert_eq!(
-            lanes[0].recv().await.unwrap().offset,
-            1,
-            "delivered in offset order"
-        );
-        let page = b.history("c", POLICY, Since::All).await;
+        let crate::Inbound::Envelope(delivered) = lanes[0].recv().await.unwrap() else {
+            panic!("an envelope first");
+        };
+        assert_eq!(delivered.offset, 1, "delivered in offset order");
+        let page = b.history("c", Since::All, 10).await;
         assert_eq!((page.offset, page.first, page.messages.len()), (3, 2, 2));
         assert!(page.can_recover(&first.epoch, 1) && !page.can_recover(&first.epoch, 0));
 
         tokio::time::advance(Duration::from_secs(11)).await;
-        let page = b.history("c", POLICY, Since::All).await;
-        assert_ne!(page.epoch, first.epoch, "expired history: new epoch");
+        let page = b.history("c", Since::All, 10).await;
+        assert_eq!(page.epoch, "", "expired history reads as none");
         assert_eq!((page.offset, page.messages.len()), (0, 0));
+        let fourth = b.publish(&message(), Some(POLICY)).await.unwrap().unwrap();
+        assert_ne!(fourth.epoch, first.epoch, "expired history: new epoch");
+        assert_eq!(fourth.offset, 1);
+        let page = b.history("c", Since::After(0), 1).await;
+        assert_eq!(page.messages.len(), 1, "a page holds at most its limit");
     }
 
     #[tokio::test]

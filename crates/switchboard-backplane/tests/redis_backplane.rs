@@ -10,7 +10,7 @@ use bytes::Bytes;
 use switchboard_backplane::envelope::{PayloadEncoding, for_channel};
 use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
 use switchboard_backplane::{
-    Backplane, BackplaneError, HistoryPolicy, Inbox, InboxLane, NodeStats, Since, Topic,
+    Backplane, BackplaneError, HistoryPolicy, Inbound, Inbox, InboxLane, NodeStats, Since, Topic,
 };
 
 /// A redis-server of this test's own, killed on drop.
@@ -142,11 +142,21 @@ fn start(redis: &Redis, node: &str) -> (Backplane, Arc<RedisBackplane>, Vec<Inbo
 }
 
 async fn received(lane: &mut InboxLane) -> Bytes {
-    tokio::time::timeout(Duration::from_secs(5), lane.recv())
-        .await
-        .expect("an envelope within 5 s")
-        .expect("inbox open")
-        .payload
+    next_envelope(lane).await.payload
+}
+
+/// The next envelope of a lane, past the resync markers of (re)connections.
+async fn next_envelope(lane: &mut InboxLane) -> switchboard_backplane::Envelope {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), lane.recv())
+            .await
+            .expect("an envelope within 5 s")
+            .expect("inbox open")
+        {
+            Inbound::Envelope(e) => return e,
+            Inbound::Resync(_) => continue,
+        }
+    }
 }
 
 fn envelope(channel: &str, data: &'static [u8]) -> switchboard_backplane::Envelope {
@@ -267,6 +277,8 @@ async fn history_offsets_are_contiguous_and_the_window_slides() {
     backplane.subscribe(Topic::Channel("h")).await.unwrap();
     let empty = backplane.history("h", HISTORY, Since::All).await.unwrap();
     assert_eq!((empty.offset, empty.first, empty.messages.len()), (0, 1, 0));
+    assert_eq!(empty.epoch, "", "a read creates no history");
+    assert_eq!(redis.cli(&["KEYS", "*{h}*"]), "", "nor any key of the channel");
     let mut epoch = String::new();
     for n in 1..=5u64 {
         let p = backplane
@@ -277,19 +289,13 @@ async fn history_offsets_are_contiguous_and_the_window_slides() {
         assert_eq!(p.offset, n);
         if n == 1 {
             epoch = p.epoch.clone();
-            assert_eq!(
-                epoch, empty.epoch,
-                "the epoch made by the first read is kept"
-            );
+            assert!(!epoch.is_empty(), "the first publish makes the epoch");
         }
         assert_eq!(p.epoch, epoch);
     }
     // Live envelopes carry offset and epoch, in offset order.
     for n in 1..=5u64 {
-        let e = tokio::time::timeout(Duration::from_secs(5), lanes[0].recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let e = next_envelope(&mut lanes[0]).await;
         assert_eq!((e.offset, e.epoch.as_str()), (n, epoch.as_str()));
     }
     let page = backplane.history("h", HISTORY, Since::All).await.unwrap();
@@ -344,4 +350,100 @@ async fn losing_redis_data_changes_the_epoch_and_keeping_it_does_not() {
         }
         backplane.shutdown().await;
     }
+}
+
+/// The next resync marker of a lane, skipping envelopes; waits until it is
+/// resolved and returns its generation and whether resubscribing succeeded.
+async fn next_resync(lane: &mut InboxLane) -> (u64, bool) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), lane.recv())
+            .await
+            .expect("a resync marker within 10 s")
+            .expect("inbox open")
+        {
+            Inbound::Resync(mut r) => {
+                let ready = tokio::time::timeout(Duration::from_secs(10), r.ready())
+                    .await
+                    .expect("the marker resolves");
+                return (r.generation, ready);
+            }
+            Inbound::Envelope(_) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_are_refused_while_the_link_is_down_and_a_reconnect_is_marked() {
+    let mut redis = Redis::start();
+    let (backplane, _, mut lanes) = start(&redis, "a");
+    assert_eq!(next_resync(&mut lanes[0]).await, (1, true));
+    backplane.subscribe(Topic::Channel("c")).await.unwrap();
+    redis.kill();
+    wait_for("the link to go down", || !backplane.is_up());
+    match backplane.publish(&envelope("c", b"lost?"), None).await {
+        Err(BackplaneError::Unavailable(why)) => assert!(why.contains("link"), "{why}"),
+        other => panic!("a publish while the link is down must be refused: {other:?}"),
+    }
+    redis.spawn();
+    // The restarted Redis takes a publish on the pool at once; the node must
+    // still refuse until its own link is back and resubscribed.
+    let (generation, ready) = next_resync(&mut lanes[0]).await;
+    assert!(generation >= 2 && ready, "generation {generation}, ready {ready}");
+    wait_for("the link to come back", || backplane.is_up());
+    assert_eq!(redis.numsub("c"), "1", "resubscribed before the marker opened");
+    backplane
+        .publish(&envelope("c", b"after"), None)
+        .await
+        .unwrap();
+    assert_eq!(&received(&mut lanes[0]).await[..], b"after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_the_pubsub_connection_is_a_marked_reconnect() {
+    let redis = Redis::start();
+    let (backplane, _, mut lanes) = start(&redis, "a");
+    assert_eq!(next_resync(&mut lanes[0]).await, (1, true));
+    backplane.subscribe(Topic::Channel("c")).await.unwrap();
+    assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
+    assert_eq!(next_resync(&mut lanes[0]).await, (2, true));
+    wait_for("the link to come back", || backplane.is_up());
+    backplane.publish(&envelope("c", b"x"), None).await.unwrap();
+    assert_eq!(&received(&mut lanes[0]).await[..], b"x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_lane_holds_the_reader_back_and_loses_nothing() {
+    let redis = Redis::start();
+    // A lane of 4 envelopes that nobody reads for now.
+    let (inbox, mut lanes) = Inbox::new(1, 4);
+    let backplane = Backplane::Redis(Arc::new(
+        RedisBackplane::start(
+            RedisConfig {
+                url: redis.url(),
+                prefix: "switchboard".into(),
+                node_id: "a".into(),
+                registry_interval: Duration::from_secs(1),
+                ping_interval: Duration::from_millis(200),
+            },
+            inbox,
+            Arc::new(NodeStats::default),
+        )
+        .unwrap(),
+    ));
+    assert_eq!(next_resync(&mut lanes[0]).await, (1, true));
+    backplane.subscribe(Topic::Channel("c")).await.unwrap();
+    const N: usize = 2_000;
+    for i in 0..N {
+        let data: &'static [u8] = Box::leak(i.to_string().into_bytes().into_boxed_slice());
+        backplane.publish(&envelope("c", data), None).await.unwrap();
+    }
+    // The reader has been waiting for room far longer than its PING interval:
+    // waiting on the fan-out is not a dead connection.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(backplane.is_up(), "a slow fan-out must not cost the link");
+    for i in 0..N {
+        let got = received(&mut lanes[0]).await;
+        assert_eq!(&got[..], i.to_string().as_bytes(), "message {i} in order");
+    }
+    assert_eq!(backplane.connection_generation(), 1, "never reconnected");
 }

@@ -25,7 +25,12 @@ use switchboard_backplane::envelope::Kind;
 use switchboard_backplane::{Backplane, BackplaneError, Envelope, Topic};
 use switchboard_proto::backplane::envelope::Control;
 
-use crate::protocol::{Disconnect, Protocol, encode_push};
+use bytes::Bytes;
+use switchboard_backplane::envelope::now_us;
+
+use crate::protocol::{
+    Disconnect, MissedReason, MissedTopic, Protocol, Push, encode_push, encode_push_for,
+};
 use crate::session::{End, Outbound, SessionHandle};
 
 const SHARDS: usize = 64;
@@ -36,6 +41,15 @@ const USER_PREFIX: &str = "#u:";
 /// The hub key of a user's topic.
 pub(crate) fn user_key(user: &str) -> Arc<str> {
     format!("{USER_PREFIX}{user}").into()
+}
+
+/// A hub key's channel (`None` for a user topic) and the name its envelopes'
+/// target carries (the channel, or the user id).
+pub(crate) fn topic_parts(key: &str) -> (Option<&str>, &str) {
+    match key.strip_prefix(USER_PREFIX) {
+        Some(user) => (None, user),
+        None => (Some(key), key),
+    }
 }
 
 fn topic_of(key: &str) -> Topic<'_> {
@@ -128,6 +142,70 @@ impl Subscription {
 
 type Subscribers = Arc<Vec<Arc<Subscription>>>;
 
+/// A topic's local subscribers and what this node has fanned out of it.
+#[derive(Clone, Default)]
+struct Entry {
+    subscribers: Subscribers,
+    stream: Arc<Mutex<Stream>>,
+}
+
+/// Where a history channel's stream stands on this node: the basis of the
+/// duplicate filter and of the repair after a backplane reconnect.
+#[derive(Default)]
+struct Stream {
+    /// The newest position fanned out (every live subscriber was given
+    /// everything up to it), once anything was.
+    seen: Option<(String, u64)>,
+    /// Before anything was fanned out: the oldest position a subscriber was
+    /// told when it subscribed (`subscribed`'s epoch and offset).
+    base: Option<(String, u64)>,
+}
+
+impl Stream {
+    /// Where a repair must read history from.
+    fn from(&self) -> Option<(String, u64)> {
+        self.seen.clone().or_else(|| self.base.clone())
+    }
+}
+
+/// Drops the envelopes of a run that this node fanned out already (a repair
+/// after a reconnect reads history that may overlap what then arrives live),
+/// and records the newest position. Envelopes without an offset always pass.
+fn admit<'a>(stream: &Mutex<Stream>, run: &'a [Envelope]) -> Cow<'a, [Envelope]> {
+    let mut stream = crate::lock(stream);
+    let mut kept: Option<Vec<Envelope>> = None;
+    for (i, e) in run.iter().enumerate() {
+        let fresh = e.offset == 0
+            || match &mut stream.seen {
+                Some((epoch, offset)) if *epoch == e.epoch => {
+                    if e.offset > *offset {
+                        *offset = e.offset;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                seen => {
+                    *seen = Some((e.epoch.clone(), e.offset));
+                    true
+                }
+            };
+        match (&mut kept, fresh) {
+            (Some(kept), true) => kept.push(e.clone()),
+            (None, false) => kept = Some(run[..i].to_vec()),
+            _ => {}
+        }
+    }
+    match kept {
+        None => Cow::Borrowed(run),
+        Some(kept) => {
+            metrics::counter!("switchboard_fanout_duplicates_dropped_total")
+                .increment((run.len() - kept.len()) as u64);
+            Cow::Owned(kept)
+        }
+    }
+}
+
 /// The topic an envelope is fanned out to; envelopes with equal keys can be
 /// fanned out together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,7 +270,7 @@ pub(crate) struct Hub {
 #[derive(Default)]
 struct Shard {
     order: tokio::sync::Mutex<()>,
-    map: Mutex<HashMap<Arc<str>, Subscribers>>,
+    map: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
 impl Hub {
@@ -245,7 +323,8 @@ impl Hub {
             // reply is fanned out to it too.
             let mut map = crate::lock(&shard.map);
             on_live();
-            Arc::make_mut(map.entry(key.clone()).or_default()).push(subscription.clone());
+            Arc::make_mut(&mut map.entry(key.clone()).or_default().subscribers)
+                .push(subscription.clone());
         }
         if !key.starts_with(USER_PREFIX) {
             let n = self.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
@@ -260,9 +339,10 @@ impl Hub {
         let _order = shard.order.lock().await;
         let (removed, now_empty) = {
             let mut map = crate::lock(&shard.map);
-            let Some(list) = map.get_mut(key) else {
+            let Some(entry) = map.get_mut(key) else {
                 return;
             };
+            let list = &mut entry.subscribers;
             let before = list.len();
             Arc::make_mut(list).retain(|s| {
                 let keep = s.session.id != session_id;
@@ -314,9 +394,17 @@ impl Hub {
             // Connection targets are resolved by the node (it knows its connections).
             None => return 0,
         };
-        let Some(subscribers) = self.subscribers(&key) else {
+        let Some(Entry {
+            subscribers,
+            stream,
+        }) = self.entry(&key)
+        else {
             return 0;
         };
+        let envelopes = admit(&stream, envelopes);
+        if envelopes.is_empty() {
+            return 0;
+        }
         if let Some(Control::Disconnect(d)) = &first.control {
             let disconnect = Disconnect::from_envelope(d);
             for s in subscribers.iter() {
@@ -351,8 +439,72 @@ impl Hub {
         subscribers.len()
     }
 
-    fn subscribers(&self, key: &str) -> Option<Subscribers> {
+    fn entry(&self, key: &str) -> Option<Entry> {
         crate::lock(&self.shard(key).map).get(key).cloned()
+    }
+
+    /// Every topic with a local subscriber (channel names and user keys).
+    pub(crate) fn keys(&self) -> Vec<Arc<str>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| crate::lock(&shard.map).keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Records the position a subscriber of a history channel was told it
+    /// starts from; until anything is fanned out, the oldest such position is
+    /// where a repair starts.
+    pub(crate) fn note_start(&self, channel: &str, epoch: &str, offset: u64) {
+        let Some(entry) = self.entry(channel) else {
+            return;
+        };
+        let mut stream = crate::lock(&entry.stream);
+        let older = match &stream.base {
+            None => true,
+            Some((e, o)) => e != epoch || offset < *o,
+        };
+        if stream.seen.is_none() && older {
+            stream.base = Some((epoch.to_owned(), offset));
+        }
+    }
+
+    /// Where a repair of a history channel starts: the newest position fanned
+    /// out, or the oldest one a subscriber started from; `None` when neither
+    /// is known yet.
+    pub(crate) fn repair_from(&self, channel: &str) -> Option<(String, u64)> {
+        crate::lock(&self.entry(channel)?.stream).from()
+    }
+
+    /// Tells every local subscriber of a topic that messages may have been
+    /// missed (a `missed` push, in order with its messages); returns how many.
+    pub(crate) fn missed(&self, key: &str, reason: MissedReason) -> usize {
+        let Some(entry) = self.entry(key) else {
+            return 0;
+        };
+        let topic = match key.strip_prefix(USER_PREFIX) {
+            Some(user) => MissedTopic::User(user),
+            None => MissedTopic::Channel(key),
+        };
+        let push = Push::Missed { topic, reason };
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        for s in entry.subscribers.iter() {
+            let protocol = s.session.protocol;
+            let slot = match protocol {
+                Protocol::Json => 0,
+                Protocol::Proto => 1,
+            };
+            let frame = frames[slot].get_or_insert_with(|| encode_push_for(protocol, &push));
+            let item = Outbound::Message {
+                frame: frame.clone(),
+                published_us: now_us(),
+                offset: 0,
+            };
+            s.deliver(std::slice::from_ref(&item), self.buffer_capacity);
+        }
+        let n = entry.subscribers.len();
+        metrics::counter!("switchboard_missed_total", "reason" => reason.as_str())
+            .increment(n as u64);
+        n
     }
 
     fn shard(&self, key: &str) -> &Shard {

@@ -13,6 +13,7 @@
 
 mod keys;
 mod registry;
+mod resp;
 mod scripts;
 mod subscriber;
 
@@ -143,6 +144,16 @@ impl RedisBackplane {
                 ));
             }
         };
+        // Acknowledging needs this node's own pub/sub link: while it is down or
+        // resubscribing, a publish could reach nobody here and the node could
+        // not tell. Refused at once instead, as unavailable.
+        if !self.subscriber.is_up() {
+            metrics::counter!("switchboard_backplane_errors_total", "op" => "publish_link_down")
+                .increment(1);
+            return Err(BackplaneError::Unavailable(
+                "redis pub/sub link is down or resubscribing; not published".into(),
+            ));
+        }
         let body = envelope.encode_to_vec();
         let result = async {
             let mut conn = self.connection().await?;
@@ -180,8 +191,8 @@ impl RedisBackplane {
     pub(crate) async fn history(
         &self,
         channel: &str,
-        policy: HistoryPolicy,
         since: Since,
+        limit: usize,
     ) -> Result<HistoryPage, BackplaneError> {
         let after: i64 = match since {
             Since::All => -1,
@@ -194,8 +205,7 @@ impl RedisBackplane {
                 .key(self.keys.meta(channel))
                 .key(self.keys.history(channel))
                 .arg(after)
-                .arg(new_epoch())
-                .arg(policy.ttl.as_secs().max(1))
+                .arg(limit.max(1))
                 .invoke_async(&mut *conn)
                 .await?;
             let mut messages = Vec::with_capacity(raw.len());

@@ -48,30 +48,29 @@ return {offset, epoch}
     )
 });
 
-/// Reads a history position and messages.
+/// Reads a history position and messages, creating nothing.
 ///
 /// KEYS: meta, history. ARGV: `after` (-1: all, -2: none, else the offset to
-/// read after), a fresh epoch for a new history, ttl seconds.
-/// Returns `{epoch, offset, first, {envelope...}}`.
+/// read after), the most messages to return (the oldest ones of the range).
+/// Returns `{epoch, offset, first, {envelope...}}`; a channel without history
+/// (never published, expired, or lost) reads as epoch `""`, offset 0, first 1.
 pub(super) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {'', 0, 1, {}}
 end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local len = redis.call('LLEN', KEYS[2])
 local first = offset - len + 1
 local after = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
 local items = {}
 if after ~= -2 then
   local start = 0
   if after >= first then start = after - first + 1 end
-  if start < len then items = redis.call('LRANGE', KEYS[2], start, -1) end
+  if start < len then items = redis.call('LRANGE', KEYS[2], start, start + limit - 1) end
 end
 return {epoch, offset, first, items}
 "#,

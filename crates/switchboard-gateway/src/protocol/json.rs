@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use switchboard_backplane::envelope::PayloadEncoding;
 
-use super::{Command, CommandKind, DecodeError, Payload, Push, Reply, StreamPosition};
+use super::{
+    Command, CommandKind, DecodeError, MissedTopic, Payload, Push, Reply, StreamPosition,
+};
 use switchboard_backplane::PresenceMember;
 
 /// Every field a command may carry, unparsed.
@@ -302,6 +304,21 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             put_str(&mut out, conn);
             out.put_slice(b",\"user\":");
             put_str(&mut out, user);
+        }
+        Push::Missed { topic, reason } => {
+            out.put_slice(b"{\"type\":\"missed\",");
+            match topic {
+                MissedTopic::Channel(channel) => {
+                    out.put_slice(b"\"channel\":");
+                    put_str(&mut out, channel);
+                }
+                MissedTopic::User(user) => {
+                    out.put_slice(b"\"user\":");
+                    put_str(&mut out, user);
+                }
+            }
+            out.put_slice(b",\"reason\":");
+            put_str(&mut out, reason.as_str());
         }
     }
     out.put_u8(b'}');

@@ -392,6 +392,39 @@ pub(crate) enum Push<'a> {
         user: &'a str,
         join: bool,
     },
+    /// Messages of a channel or to a user may have been missed and could not
+    /// be repaired (`missed`).
+    Missed {
+        topic: MissedTopic<'a>,
+        reason: MissedReason,
+    },
+}
+
+/// What a `missed` push is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MissedTopic<'a> {
+    Channel(&'a str),
+    User(&'a str),
+}
+
+/// Why messages may have been missed (the `reason` of a `missed` push).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MissedReason {
+    /// The node's link to the backplane was interrupted, and the topic keeps
+    /// no history to repair from.
+    Backplane,
+    /// The gap could not be repaired from history: trimmed, expired or lost.
+    History,
+}
+
+impl MissedReason {
+    /// As on the wire (and the `reason` label of `switchboard_missed_total`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MissedReason::Backplane => "backplane",
+            MissedReason::History => "history",
+        }
+    }
 }
 
 impl<'a> Push<'a> {

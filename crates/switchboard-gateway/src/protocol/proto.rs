@@ -6,7 +6,9 @@ use switchboard_proto::client::{
     self as pb, ClientFrame, ServerFrame, client_frame::Command as PbCommand, server_frame::Frame,
 };
 
-use super::{Command, CommandKind, DecodeError, Payload, Push, Reply, StreamPosition};
+use super::{
+    Command, CommandKind, DecodeError, MissedTopic, Payload, Push, Reply, StreamPosition,
+};
 
 /// Reads one command from a binary frame.
 pub fn decode(frame: Bytes) -> Result<Command, DecodeError> {
@@ -152,6 +154,17 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             channel: channel.into(),
             conn: conn.into(),
             user: user.into(),
+        }),
+        Push::Missed { topic, reason } => Frame::Missed(pb::Missed {
+            channel: match topic {
+                MissedTopic::Channel(c) => c.into(),
+                MissedTopic::User(_) => String::new(),
+            },
+            user: match topic {
+                MissedTopic::User(u) => u.into(),
+                MissedTopic::Channel(_) => String::new(),
+            },
+            reason: reason.as_str().into(),
         }),
     };
     encode(None, frame)

@@ -271,6 +271,7 @@ async fn subscribe(
                 );
             }
         };
+        node.hub.note_start(&channel, &page.epoch, page.offset);
         let recovered = recover
             .as_ref()
             .is_some_and(|r| page.can_recover(&r.epoch, r.offset));
