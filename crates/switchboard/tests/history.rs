@@ -44,7 +44,8 @@ fn message(channel: &str, n: u64, epoch: &str) -> Value {
     json!({"type": "message", "channel": channel, "data": {"n": n}, "offset": n, "epoch": epoch})
 }
 
-/// The epoch of a `subscribed` reply, after checking its history fields.
+/// The epoch of a `subscribed` reply, after checking its history fields. A
+/// channel that has no history yet has the empty epoch (reads create nothing).
 fn subscribed_epoch(reply: &Value, newest: u64) -> String {
     assert_eq!(reply["offset"], newest, "subscribed: {reply}");
     assert_eq!(
@@ -54,7 +55,11 @@ fn subscribed_epoch(reply: &Value, newest: u64) -> String {
     let epoch = reply["epoch"]
         .as_str()
         .unwrap_or_else(|| panic!("subscribed on a history channel without an epoch: {reply}"));
-    assert!(!epoch.is_empty(), "empty epoch: {reply}");
+    assert_eq!(
+        epoch.is_empty(),
+        newest == 0,
+        "the empty epoch exactly while there is no history: {reply}"
+    );
     epoch.to_owned()
 }
 
@@ -98,19 +103,22 @@ async fn offsets_in_replies_pushes_and_api_answers_across_nodes() {
         .await;
     let ch = unique_channel("hist:offsets");
 
-    // Subscribing to a fresh history channel: its epoch, newest offset 0, nothing
-    // recovered. Both nodes see the same epoch.
+    // Subscribing to a fresh history channel: the empty epoch (no history
+    // exists yet, and reading creates none), newest offset 0, nothing recovered.
     let mut sub_a = WsClient::connect_json(&a.ws_url()).await;
     let mut sub_b = WsClient::connect_json(&b.ws_url()).await;
-    let epoch = subscribed_epoch(&sub_a.subscribe(&ch).await, 0);
-    assert_eq!(subscribed_epoch(&sub_b.subscribe(&ch).await, 0), epoch);
+    assert_eq!(subscribed_epoch(&sub_a.subscribe(&ch).await, 0), "");
+    assert_eq!(subscribed_epoch(&sub_b.subscribe(&ch).await, 0), "");
     let mut proto_b = WsClient::connect_proto(&b.ws_url()).await;
     proto_b.proto_subscribe(&ch).await;
 
-    // 1: a client publish on A answers its offset.
+    // 1: a client publish on A answers its offset; the first publish makes the epoch.
     let mut publisher = WsClient::connect_json(&a.ws_url()).await;
     let reply = publisher.publish_ok(&ch, json!({"n": 1})).await;
     assert_eq!(reply["offset"], 1, "published: {reply}");
+    let first = get_history(&a, &ch, String::new()).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    assert!(!epoch.is_empty(), "{first}");
     // 2: an API publish on B answers offset and epoch.
     let answer = b.publish(&ch, json!({"n": 2})).await;
     assert_eq!(
@@ -295,30 +303,31 @@ async fn history_story(publish_on: &Node, query_on: &Node) {
     let ch = unique_channel("hist:story");
     let mut client = WsClient::connect_json(&query_on.ws_url()).await;
 
-    // Before any publish: an epoch, offset 0, no messages.
+    // Before any publish: the empty epoch, offset 0, no messages.
     let reply = client.history(&ch, None, None).await;
     assert_eq!(
         reply["type"], "history",
         "history of a fresh channel: {reply}"
     );
-    let epoch = reply["epoch"]
-        .as_str()
-        .unwrap_or_else(|| panic!("history without an epoch: {reply}"))
-        .to_owned();
-    assert_history(&reply, &ch, &epoch, 0, &[], "fresh channel");
+    assert_history(&reply, &ch, "", 0, &[], "fresh channel");
     let response = query_on.history_api(&ch, "").await;
     assert_eq!(response.status, 200, "GET history: {}", response.text());
     assert_history(
         &response.json(),
         &ch,
-        &epoch,
+        "",
         0,
         &[],
         "GET history of a fresh channel",
     );
 
+    let mut epoch = String::new();
     for n in 1..=10 {
         let (offset, e) = publish_on.publish_offset(&ch, json!({"n": n})).await;
+        if n == 1 {
+            assert!(!e.is_empty(), "the first publish makes the epoch");
+            epoch = e.clone();
+        }
         assert_eq!((offset, e.as_str()), (n, epoch.as_str()), "publish {n}");
     }
     let all: Vec<u64> = (1..=10).collect();
@@ -408,8 +417,9 @@ async fn history_story(publish_on: &Node, query_on: &Node) {
 async fn retention_story(node: &Node) {
     let ch = unique_channel("small:retained");
     let mut sub = WsClient::connect_json(&node.ws_url()).await;
-    let epoch = subscribed_epoch(&sub.subscribe(&ch).await, 0);
-    for n in 1..=8 {
+    assert_eq!(subscribed_epoch(&sub.subscribe(&ch).await, 0), "");
+    let (_, epoch) = node.publish_offset(&ch, json!({"n": 1})).await;
+    for n in 2..=8 {
         node.publish(&ch, json!({"n": n})).await;
     }
     // Live subscribers get everything, whatever the history keeps.
@@ -435,13 +445,15 @@ async fn retention_story(node: &Node) {
     );
 }
 
-/// `brief` history lives a second after its last publish; then it is gone, a new epoch
-/// stands in for it, and recovery from the old one is refused.
+/// `brief` history lives a second after its last publish; then it is gone (it
+/// reads as the empty epoch), recovery from the old epoch is refused, and the
+/// next publish starts a new epoch.
 async fn expiry_story(node: &Node) {
     let ch = unique_channel("brief:gone");
     let mut sub = WsClient::connect_json(&node.ws_url()).await;
-    let epoch = subscribed_epoch(&sub.subscribe(&ch).await, 0);
-    for n in 1..=3 {
+    assert_eq!(subscribed_epoch(&sub.subscribe(&ch).await, 0), "");
+    let (_, epoch) = node.publish_offset(&ch, json!({"n": 1})).await;
+    for n in 2..=3 {
         node.publish(&ch, json!({"n": n})).await;
     }
     let seen = sub.recv_channel_messages(&ch, 3).await;
@@ -469,7 +481,8 @@ async fn expiry_story(node: &Node) {
         "an expired history is empty: {body}"
     );
 
-    // Recovering from the lost epoch: refused, nothing replayed, the new epoch named.
+    assert_eq!(new_epoch, "", "an expired history reads as none: {body}");
+    // Recovering from the lost epoch: refused, nothing replayed, no epoch named.
     let mut late = WsClient::connect_json(&node.ws_url()).await;
     let reply = late.subscribe_recover(&ch, &epoch, 3).await;
     assert_eq!(
@@ -478,17 +491,18 @@ async fn expiry_story(node: &Node) {
     );
     assert_eq!(reply["epoch"], new_epoch.as_str(), "{reply}");
     late.ping_pong().await;
-    // The next publish is in the new epoch, for both subscribers.
+    // The next publish starts a new epoch, seen by both subscribers.
     let (offset, e) = node.publish_offset(&ch, json!({"n": "after"})).await;
-    assert_eq!(
-        e, new_epoch,
-        "a publish after expiry stays in the epoch the read created"
+    assert!(
+        !e.is_empty() && e != epoch,
+        "a publish after expiry starts a new epoch: {e:?} after {epoch:?}"
     );
+    assert_eq!(offset, 1, "a new epoch starts at 1");
     for client in [&mut sub, &mut late] {
         let m = client.recv_json().await;
         assert_eq!(
             m,
-            json!({"type": "message", "channel": ch, "data": {"n": "after"}, "offset": offset, "epoch": new_epoch}),
+            json!({"type": "message", "channel": ch, "data": {"n": "after"}, "offset": offset, "epoch": e}),
             "{}",
             client.describe()
         );

@@ -29,10 +29,44 @@ async fn subscribe_fresh(client: &mut WsClient, channel: &str, newest: u64) -> S
         reply["recovered"], false,
         "subscribed without recover: {reply}"
     );
-    reply["epoch"]
+    let epoch = reply["epoch"]
         .as_str()
         .unwrap_or_else(|| panic!("subscribed on a history channel without an epoch: {reply}"))
-        .to_owned()
+        .to_owned();
+    assert_eq!(
+        epoch.is_empty(),
+        newest == 0,
+        "the empty epoch exactly while there is no history: {reply}"
+    );
+    epoch
+}
+
+/// The epoch of a channel that had no history when the test subscribed (reads
+/// create none): learnt from the first message or publish answer that names
+/// it, and the same from then on.
+#[derive(Clone, Default)]
+struct Learnt(Arc<std::sync::Mutex<String>>);
+
+impl Learnt {
+    fn check(&self, epoch: &str) {
+        assert!(!epoch.is_empty(), "a message or publish without an epoch");
+        let mut known = self.0.lock().unwrap();
+        if known.is_empty() {
+            *known = epoch.to_owned();
+        } else {
+            assert_eq!(*known, epoch, "one epoch throughout");
+        }
+    }
+
+    fn get(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The epoch a channel's history has now, by the server API.
+async fn epoch_now(node: &Node, channel: &str) -> String {
+    let body = node.history_api(channel, "?limit=1").await.json();
+    body["epoch"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Asserts the next frames are exactly messages `from..=to` of `channel` in `epoch`.
@@ -64,10 +98,11 @@ async fn recover_ok(client: &mut WsClient, channel: &str, epoch: &str, from: u64
 async fn reconnect_story(first: &Node, second: &Node, publisher: &Node) {
     let ch = unique_channel("hist:back");
     let mut client = WsClient::connect_json(&first.ws_url()).await;
-    let epoch = subscribe_fresh(&mut client, &ch, 0).await;
+    subscribe_fresh(&mut client, &ch, 0).await;
     for n in 1..=3 {
         publisher.publish(&ch, json!({"n": n})).await;
     }
+    let epoch = epoch_now(&publisher, &ch).await;
     expect_messages(&mut client, &ch, 1, 3, &epoch).await;
     drop(client);
 
@@ -141,10 +176,11 @@ async fn recovery_is_refused_when_it_cannot_be_complete() {
     // `small` keeps 5 messages: after 8 publishes it holds 4..=8.
     let ch = unique_channel("small:refused");
     let mut first = WsClient::connect_json(&node.ws_url()).await;
-    let epoch = subscribe_fresh(&mut first, &ch, 0).await;
+    subscribe_fresh(&mut first, &ch, 0).await;
     for n in 1..=8 {
         node.publish(&ch, json!({"n": n})).await;
     }
+    let epoch = epoch_now(&node, &ch).await;
     expect_messages(&mut first, &ch, 1, 8, &epoch).await;
 
     // The oldest position still recoverable: the one just before the oldest kept.
@@ -212,11 +248,12 @@ async fn recovery_on_another_node_after_the_first_is_killed() {
 
     let mut client = WsClient::connect_json(&n1.ws_url()).await;
     let mut witness = WsClient::connect_json(&n3.ws_url()).await;
-    let epoch = subscribe_fresh(&mut client, &ch, 0).await;
+    subscribe_fresh(&mut client, &ch, 0).await;
     subscribe_fresh(&mut witness, &ch, 0).await;
     for n in 1..=3 {
         n2.publish(&ch, json!({"n": n})).await;
     }
+    let epoch = epoch_now(&n2, &ch).await;
     expect_messages(&mut client, &ch, 1, 3, &epoch).await;
 
     // Its node dies without a word; the client's connection is simply gone.
@@ -254,12 +291,13 @@ async fn a_redis_restart_without_data_is_reported_as_a_new_epoch() {
 
     // A watcher on node-b stays connected through the restart.
     let mut watcher = WsClient::connect_json(&b.ws_url()).await;
-    let epoch = subscribe_fresh(&mut watcher, &ch, 0).await;
+    subscribe_fresh(&mut watcher, &ch, 0).await;
     let mut client = WsClient::connect_json(&a.ws_url()).await;
     subscribe_fresh(&mut client, &ch, 0).await;
     for n in 1..=3 {
         a.publish(&ch, json!({"n": n})).await;
     }
+    let epoch = epoch_now(&a, &ch).await;
     expect_messages(&mut client, &ch, 1, 3, &epoch).await;
     expect_messages(&mut watcher, &ch, 1, 3, &epoch).await;
     drop(client);
@@ -270,35 +308,35 @@ async fn a_redis_restart_without_data_is_reported_as_a_new_epoch() {
         node.wait_readyz(200, Duration::from_secs(30)).await;
     }
     redis.wait_numsub(&ch, 1).await;
+    // The watcher's node found the history it delivered from gone, and says so.
+    assert_eq!(
+        watcher.recv_json().await,
+        json!({"type": "missed", "channel": ch, "reason": "history"}),
+        "watcher after Redis lost everything"
+    );
 
-    // Recovering from the lost epoch: refused, in a new epoch, nothing replayed.
+    // Recovering from the lost epoch: refused, nothing replayed.
     let mut client = WsClient::connect_json(&a.ws_url()).await;
     let reply = client.subscribe_recover(&ch, &epoch, 3).await;
     assert_eq!(
         reply["recovered"], false,
         "recover after Redis lost everything: {reply}"
     );
-    let new_epoch = reply["epoch"]
-        .as_str()
-        .unwrap_or_else(|| panic!("subscribed without an epoch: {reply}"))
-        .to_owned();
-    assert_ne!(
-        new_epoch, epoch,
-        "Redis lost the history, so the epoch must change: {reply}"
-    );
+    assert_eq!(reply["epoch"], "", "no history after the loss: {reply}");
     client.ping_pong().await;
     // The history says so too.
     let response = b.history_api(&ch, "").await;
     assert_eq!(response.status, 200, "{}", response.text());
     let body = response.json();
-    assert_eq!(body["epoch"], new_epoch.as_str(), "{body}");
+    assert_eq!(body["epoch"], "", "{body}");
     assert_eq!(body["messages"], json!([]), "{body}");
 
-    // The next publish is in the new epoch: the watcher, which never disconnected, sees
-    // the epoch change instead of a silent jump.
+    // The next publish starts a new epoch: the watcher, which never
+    // disconnected, sees the epoch change instead of a silent jump.
     let (offset, e) = a.publish_offset(&ch, json!({"n": "after"})).await;
-    assert_eq!(e, new_epoch, "the publish joins the epoch the read created");
-    let want = json!({"type": "message", "channel": ch, "data": {"n": "after"}, "offset": offset, "epoch": new_epoch});
+    assert!(!e.is_empty() && e != epoch, "a new epoch: {e:?}");
+    assert_eq!(offset, 1);
+    let want = json!({"type": "message", "channel": ch, "data": {"n": "after"}, "offset": offset, "epoch": e});
     assert_eq!(watcher.recv_json().await, want, "watcher");
     assert_eq!(client.recv_json().await, want, "recovered-false client");
 }
@@ -319,12 +357,13 @@ async fn a_redis_restart_with_data_keeps_epochs_and_offsets() {
     let ch = unique_channel("hist:durable");
 
     let mut watcher = WsClient::connect_json(&b.ws_url()).await;
-    let epoch = subscribe_fresh(&mut watcher, &ch, 0).await;
+    subscribe_fresh(&mut watcher, &ch, 0).await;
     let mut client = WsClient::connect_json(&a.ws_url()).await;
     subscribe_fresh(&mut client, &ch, 0).await;
     for n in 1..=3 {
         a.publish(&ch, json!({"n": n})).await;
     }
+    let epoch = epoch_now(&a, &ch).await;
     expect_messages(&mut client, &ch, 1, 3, &epoch).await;
     drop(client);
     for n in 4..=5 {
@@ -374,7 +413,8 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_a_steady_stream() {
     let ch = unique_channel("hist:seam");
 
     let mut client = WsClient::connect_json(&a.ws_url()).await;
-    let epoch = subscribe_fresh(&mut client, &ch, 0).await;
+    subscribe_fresh(&mut client, &ch, 0).await;
+    let epoch = Learnt::default();
 
     // A publisher publishes through node-b's API, one after another, until told to
     // stop; message i (from 0) must get offset i + 1.
@@ -391,11 +431,8 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_a_steady_stream() {
                     support::http::request(addr, "POST", "/api/v1/publish", &[], Some(&body)).await;
                 assert_eq!(r.status, 200, "publish {i}: {}", r.text());
                 let answer = r.json();
-                assert_eq!(
-                    answer,
-                    json!({"offset": i + 1, "epoch": epoch}),
-                    "publish {i}"
-                );
+                assert_eq!(answer["offset"], i + 1, "publish {i}: {answer}");
+                epoch.check(answer["epoch"].as_str().unwrap_or_default());
                 i += 1;
                 last.store(i, Ordering::Relaxed);
             }
@@ -406,7 +443,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_a_steady_stream() {
     let mut seen: Vec<u64> = Vec::new();
     let check = |m: &Value, seen: &mut Vec<u64>| {
         assert_eq!(m["channel"], ch.as_str(), "{m}");
-        assert_eq!(m["epoch"], epoch.as_str(), "{m}");
+        epoch.check(m["epoch"].as_str().unwrap_or_default());
         let offset = m["offset"]
             .as_u64()
             .unwrap_or_else(|| panic!("no offset: {m}"));
@@ -445,12 +482,12 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_a_steady_stream() {
         .await;
         let node = if session % 2 == 0 { &b } else { &a };
         client = WsClient::connect_json(&node.ws_url()).await;
-        let reply = client.subscribe_recover(&ch, &epoch, position).await;
+        let reply = client.subscribe_recover(&ch, &epoch.get(), position).await;
         assert_eq!(
             reply["recovered"], true,
             "session {session}: recover from {position}: {reply}"
         );
-        assert_eq!(reply["epoch"], epoch.as_str(), "{reply}");
+        assert_eq!(reply["epoch"], epoch.get(), "{reply}");
         assert!(
             reply["offset"].as_u64().is_some_and(|n| n >= position),
             "session {session}: newest offset before our position: {reply}"
@@ -517,7 +554,8 @@ async fn a_publish_racing_a_recovering_subscribe_is_seen_exactly_once() {
     // Someone else keeps node-a subscribed, so live messages flow there while the
     // client's subscription is still reading its history.
     let mut anchor = WsClient::connect_json(&a.ws_url()).await;
-    let epoch = subscribe_fresh(&mut anchor, &ch, 0).await;
+    subscribe_fresh(&mut anchor, &ch, 0).await;
+    let epoch = Learnt::default();
 
     let mut client = WsClient::connect_json(&a.ws_url()).await;
     subscribe_fresh(&mut client, &ch, 0).await;
@@ -529,7 +567,7 @@ async fn a_publish_racing_a_recovering_subscribe_is_seen_exactly_once() {
                 (&json!("message"), &json!(ch)),
                 "{m}"
             );
-            assert_eq!(m["epoch"], epoch.as_str(), "{m}");
+            epoch.check(m["epoch"].as_str().unwrap_or_default());
             let offset = m["offset"]
                 .as_u64()
                 .unwrap_or_else(|| panic!("no offset: {m}"));
@@ -547,7 +585,7 @@ async fn a_publish_racing_a_recovering_subscribe_is_seen_exactly_once() {
         let publisher = if round % 2 == 0 { &a } else { &b };
         let subscribe = json!({
             "type": "subscribe", "channel": ch,
-            "recover": {"epoch": epoch, "offset": position},
+            "recover": {"epoch": epoch.get(), "offset": position},
         });
         let ((reply, before), (offset, _)) = tokio::join!(
             request_collect(&mut client, subscribe),
@@ -583,7 +621,7 @@ async fn a_publish_racing_a_recovering_subscribe_is_seen_exactly_once() {
             &seen[at.saturating_sub(3)..(at + 5).min(seen.len())]
         );
     }
-    expect_messages(&mut anchor, &ch, 1, ROUNDS, &epoch).await;
+    expect_messages(&mut anchor, &ch, 1, ROUNDS, &epoch.get()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,10 +643,11 @@ async fn recovery_and_history_over_the_proto_subprotocol() {
         .await;
     let ch = unique_channel("hist:proto");
     let mut json_client = WsClient::connect_json(&a.ws_url()).await;
-    let epoch = subscribe_fresh(&mut json_client, &ch, 0).await;
+    subscribe_fresh(&mut json_client, &ch, 0).await;
     for n in 1..=5 {
         a.publish(&ch, json!({"n": n})).await;
     }
+    let epoch = epoch_now(&a, &ch).await;
 
     let mut proto = WsClient::connect_proto(&b.ws_url()).await;
     let id = proto

@@ -67,8 +67,12 @@ async fn redis_outage_and_recovery() {
         node.wait_metric("switchboard_backplane_up", "== 1", |v| v == 1.0)
             .await;
     }
-    // Both nodes resubscribed for their still-connected subscribers.
+    // Both nodes resubscribed for their still-connected subscribers, and told
+    // them that messages published meanwhile may have been missed (the channel
+    // keeps no history to repair from).
     redis.wait_numsub(ch, 2).await;
+    sub_a.expect_missed(&[ch], "backplane").await;
+    sub_b.expect_missed(&[ch], "backplane").await;
 
     // Delivery resumes, local and cross-node; nothing refused during the outage shows up.
     a.publish(ch, json!("after-api-a")).await;
@@ -412,6 +416,9 @@ async fn subscription_changes_during_an_outage_are_honoured_after_it() {
 
         redis.wait_numsub("keep", 2).await;
         redis.wait_numsub(&ch, i64::from(accepted)).await;
+        // Subscribers through the outage are told they may have missed messages.
+        keeper.expect_missed(&["keep"], "backplane").await;
+        remote.expect_missed(&["keep", "leave"], "backplane").await;
         assert_eq!(
             redis.numsub("leave").await,
             1,

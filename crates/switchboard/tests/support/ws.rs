@@ -666,6 +666,27 @@ impl WsClient {
             "expected the pong, got {reply:?}"
         );
     }
+
+    /// Reads one `missed` push per channel (in any order: channels fan out
+    /// independently) and asserts each names `reason`.
+    pub async fn expect_missed(&mut self, channels: &[&str], reason: &str) {
+        let mut want: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
+        while !want.is_empty() {
+            let m = self.recv_json().await;
+            assert_eq!(
+                (&m["type"], &m["reason"]),
+                (&serde_json::json!("missed"), &serde_json::json!(reason)),
+                "{}: expected a missed push for {want:?}: {m}",
+                self.describe()
+            );
+            let channel = m["channel"].as_str().unwrap_or_default();
+            let at = want
+                .iter()
+                .position(|c| c == channel)
+                .unwrap_or_else(|| panic!("missed push for an unexpected channel: {m}"));
+            want.remove(at);
+        }
+    }
 }
 
 /// Opens a WebSocket, offering `protocols`, with extra request headers.
