@@ -123,7 +123,10 @@ mod tests {
             messages: vec![],
         };
         assert!(empty.can_recover("e", 0));
-        assert!(HistoryPage::empty().can_recover("", 0), "nothing, then nothing");
+        assert!(
+            HistoryPage::empty().can_recover("", 0),
+            "nothing, then nothing"
+        );
         assert!(page.can_recover("", 0) == (page.first <= 1));
         let whole = HistoryPage {
             epoch: "e".into(),
@@ -131,7 +134,13 @@ mod tests {
             first: 1,
             messages: vec![],
         };
-        assert!(whole.can_recover("", 0), "saw no history; all of it is still here");
-        assert!(!whole.can_recover("", 2), "an offset without an epoch is no position");
+        assert!(
+            whole.can_recover("", 0),
+            "saw no history; all of it is still here"
+        );
+        assert!(
+            !whole.can_recover("", 2),
+            "an offset without an epoch is no position"
+        );
     }
 }

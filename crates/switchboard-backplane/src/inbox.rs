@@ -205,7 +205,10 @@ mod tests {
         }
         let (gate, mut marker) = ResyncGate::new(3);
         drop(gate);
-        assert!(!marker.ready().await, "a dropped gate is a failed resubscription");
+        assert!(
+            !marker.ready().await,
+            "a dropped gate is a failed resubscription"
+        );
     }
 
     #[test]

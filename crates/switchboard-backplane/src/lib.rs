@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use envelope::{Envelope, Target};
 pub use error::BackplaneError;
 pub use history::{HistoryPage, HistoryPolicy, Position, PresenceMember, Since, Topic};
-pub use inbox::{Inbox, InboxLane, Inbound, Resync, ResyncGate};
+pub use inbox::{Inbound, Inbox, InboxLane, Resync, ResyncGate};
 pub use registry::{NodeInfo, NodeStats, StatsSource};
 
 /// A cluster backplane: the in-process one or Redis.

@@ -278,7 +278,11 @@ async fn history_offsets_are_contiguous_and_the_window_slides() {
     let empty = backplane.history("h", HISTORY, Since::All).await.unwrap();
     assert_eq!((empty.offset, empty.first, empty.messages.len()), (0, 1, 0));
     assert_eq!(empty.epoch, "", "a read creates no history");
-    assert_eq!(redis.cli(&["KEYS", "*{h}*"]), "", "nor any key of the channel");
+    assert_eq!(
+        redis.cli(&["KEYS", "*{h}*"]),
+        "",
+        "nor any key of the channel"
+    );
     let mut epoch = String::new();
     for n in 1..=5u64 {
         let p = backplane
@@ -388,9 +392,16 @@ async fn publishes_are_refused_while_the_link_is_down_and_a_reconnect_is_marked(
     // The restarted Redis takes a publish on the pool at once; the node must
     // still refuse until its own link is back and resubscribed.
     let (generation, ready) = next_resync(&mut lanes[0]).await;
-    assert!(generation >= 2 && ready, "generation {generation}, ready {ready}");
+    assert!(
+        generation >= 2 && ready,
+        "generation {generation}, ready {ready}"
+    );
     wait_for("the link to come back", || backplane.is_up());
-    assert_eq!(redis.numsub("c"), "1", "resubscribed before the marker opened");
+    assert_eq!(
+        redis.numsub("c"),
+        "1",
+        "resubscribed before the marker opened"
+    );
     backplane
         .publish(&envelope("c", b"after"), None)
         .await

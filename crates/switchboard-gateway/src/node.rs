@@ -9,8 +9,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
 use switchboard_backplane::{
-    Backplane, BackplaneError, Inbound, Inbox, InboxLane, NodeStats, Since,
-    memory::MemoryBackplane,
+    Backplane, BackplaneError, Inbound, Inbox, InboxLane, NodeStats, Since, memory::MemoryBackplane,
 };
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -60,6 +59,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Whether the public listener serves the demo page (`/`, `/demo.js`) and `/status`.
     pub demo: bool,
+    /// Envelopes waiting per fan-out lane before the backplane's reader is
+    /// held back (the backlog then waits in Redis).
+    pub fanout_lane_capacity: usize,
 }
 
 /// JWT authentication settings.
@@ -184,9 +186,6 @@ pub(crate) struct StatusSample {
     pub(crate) body: bytes::Bytes,
 }
 
-/// Envelopes buffered per fan-out lane.
-const LANE_CAPACITY: usize = 4096;
-
 impl Node {
     /// Binds both listeners and sets up the backplane (without waiting for Redis).
     ///
@@ -209,7 +208,7 @@ impl Node {
         let internal = bind(config.internal_listen).await?;
 
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let (inbox, lanes) = Inbox::new(workers, LANE_CAPACITY);
+        let (inbox, lanes) = Inbox::new(workers, config.fanout_lane_capacity);
         let lane_map = inbox.clone();
         let connections = Arc::new(AtomicU64::new(0));
         let subscriptions = Arc::new(AtomicU64::new(0));

@@ -119,6 +119,9 @@ pub struct Cli {
     /// Serve the demo page at / (with its /status); /client.js is served either way. [default: true]
     #[arg(long, env = "SWITCHBOARD_DEMO", value_name = "BOOL")]
     pub demo: Option<String>,
+    /// Envelopes waiting per fan-out lane; when a lane is full the node stops reading Redis until it has room (the backlog waits in Redis). [default: 4096]
+    #[arg(long, env = "SWITCHBOARD_FANOUT_LANE_CAPACITY", value_name = "N")]
+    pub fanout_lane_capacity: Option<String>,
 }
 
 /// Log output format.
@@ -183,6 +186,7 @@ const TOML_KEYS: &[&str] = &[
     "ip_connect_rate",
     "max_channel_length",
     "demo",
+    "fanout_lane_capacity",
     "listen_backlog",
 ];
 
@@ -355,6 +359,12 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         |s| parse_count(s, 1, 1 << 20).map(|n| n as u32),
     );
     let demo = r.get("demo", flag_value(&cli.demo), "true", parse_bool);
+    let fanout_lane_capacity = r.get(
+        "fanout_lane_capacity",
+        flag_value(&cli.fanout_lane_capacity),
+        "4096",
+        |s| parse_count(s, 1, 1 << 20),
+    );
     let namespaces = parse_namespaces(
         &with_demo_namespace(&file, demo == Some(true)),
         &mut r.errors,
@@ -374,6 +384,9 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         return Err(r.errors);
     }
     // Every `None` below was reported as an error above.
+    let Some(fanout_lane_capacity) = fanout_lane_capacity else {
+        unreachable!("a setting failed without an error")
+    };
     let (
         Some(listen),
         Some(internal_listen),
@@ -462,6 +475,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
                 max_channel_length,
             },
             demo,
+            fanout_lane_capacity,
         },
         log_format,
         log_level,

@@ -180,12 +180,7 @@ fn number(digits: &[u8]) -> Result<i64, Malformed> {
     std::str::from_utf8(digits)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            Malformed(format!(
-                "bad number {:?}",
-                String::from_utf8_lossy(digits)
-            ))
-        })
+        .ok_or_else(|| Malformed(format!("bad number {:?}", String::from_utf8_lossy(digits))))
 }
 
 #[cfg(test)]
@@ -214,7 +209,10 @@ mod tests {
         let mut buf = BytesMut::new();
         feed(&mut buf, b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
         feed(&mut buf, &message("a", b"\x00\r\n\xff"));
-        feed(&mut buf, b"*2\r\n$4\r\npong\r\n$0\r\n\r\n+OK\r\n-ERR no\r\n");
+        feed(
+            &mut buf,
+            b"*2\r\n$4\r\npong\r\n$0\r\n\r\n+OK\r\n-ERR no\r\n",
+        );
         feed(&mut buf, b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n");
         assert_eq!(
             next(&mut buf).unwrap(),

@@ -245,7 +245,9 @@ impl Subscriber {
                 metrics::counter!("switchboard_backplane_errors_total", "op" => "subscribe")
                     .increment(1);
                 // Redis may still carry it out: take it back, without waiting.
-                let _ = link.send(redis::cmd("UNSUBSCRIBE").arg(&name), 1, false).await;
+                let _ = link
+                    .send(redis::cmd("UNSUBSCRIBE").arg(&name), 1, false)
+                    .await;
                 Err(e)
             }
         }
@@ -281,7 +283,10 @@ impl Subscriber {
                     }
                     metrics::counter!("switchboard_backplane_errors_total", "op" => "connection")
                         .increment(1);
-                    tracing::error!(reason, "redis pub/sub connection lost; publishes are refused until it is back");
+                    tracing::error!(
+                        reason,
+                        "redis pub/sub connection lost; publishes are refused until it is back"
+                    );
                 }
                 Err(e) => {
                     metrics::counter!("switchboard_backplane_errors_total", "op" => "connect")

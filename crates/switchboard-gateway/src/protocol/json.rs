@@ -12,9 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use switchboard_backplane::envelope::PayloadEncoding;
 
-use super::{
-    Command, CommandKind, DecodeError, MissedTopic, Payload, Push, Reply, StreamPosition,
-};
+use super::{Command, CommandKind, DecodeError, MissedTopic, Payload, Push, Reply, StreamPosition};
 use switchboard_backplane::PresenceMember;
 
 /// Every field a command may carry, unparsed.

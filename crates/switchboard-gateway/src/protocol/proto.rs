@@ -6,9 +6,7 @@ use switchboard_proto::client::{
     self as pb, ClientFrame, ServerFrame, client_frame::Command as PbCommand, server_frame::Frame,
 };
 
-use super::{
-    Command, CommandKind, DecodeError, MissedTopic, Payload, Push, Reply, StreamPosition,
-};
+use super::{Command, CommandKind, DecodeError, MissedTopic, Payload, Push, Reply, StreamPosition};
 
 /// Reads one command from a binary frame.
 pub fn decode(frame: Bytes) -> Result<Command, DecodeError> {

@@ -1,0 +1,375 @@
+//! Faults injected while publishers run, and the accounting that must hold
+//! after each: every publish the node acknowledged reached every subscriber
+//! (live, or repaired from history), or that subscriber was told it may have
+//! missed it (a `missed` push, or a new epoch announced by one). Nothing
+//! acknowledged is lost silently.
+//!
+//! Each story runs two nodes on one real Redis, subscribers of a history
+//! channel and of a plain channel on both nodes, and publishers through both
+//! nodes' server APIs, while the fault happens; then it publishes a final
+//! marker and counts.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Node, RedisServer, WsClient, unique_channel};
+use tokio_tungstenite::tungstenite::Message;
+
+/// One acknowledged publish: its sequence number and when it was sent (Redis
+/// may have carried it out any time after that).
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    seq: u64,
+    sent: Instant,
+}
+
+/// Publishes `{"seq": n}` through the given APIs in turn until stopped, as fast
+/// as answers come; returns the acknowledged ones. A refusal (503) is fine and
+/// is not counted; any other answer fails the test.
+fn spawn_publisher(
+    apis: Vec<SocketAddr>,
+    channel: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<Ack>, u64)> {
+    tokio::spawn(async move {
+        let (mut acks, mut refused) = (Vec::new(), 0u64);
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            seq += 1;
+            let api = apis[seq as usize % apis.len()];
+            let body =
+                serde_json::to_vec(&json!({"channel": channel, "data": {"seq": seq}})).unwrap();
+            let sent = Instant::now();
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                support::http::request(api, "POST", "/api/v1/publish", &[], Some(&body)),
+            )
+            .await;
+            match answer {
+                Ok(r) if r.status == 200 => acks.push(Ack { seq, sent }),
+                Ok(r) if r.status == 503 => {
+                    refused += 1;
+                    // Do not spin while the node says no.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(r) => panic!("publish {seq}: unexpected answer {} {}", r.status, r.text()),
+                Err(_) => panic!("publish {seq}: no answer within 10 s (a publish must not hang)"),
+            }
+        }
+        (acks, refused)
+    })
+}
+
+/// What one subscriber saw: messages by sequence number (with their offset),
+/// and the times at which it was told it may have missed something.
+#[derive(Debug, Default)]
+struct Seen {
+    messages: Vec<(u64, Option<u64>, Option<String>)>,
+    missed: Vec<(Instant, String)>,
+}
+
+/// Reads a subscriber until it has the marker message `{"seq": 0}`.
+async fn collect(mut client: WsClient, channel: String) -> Seen {
+    let mut seen = Seen::default();
+    loop {
+        let frame = client.recv_message_within(Duration::from_secs(60)).await;
+        let text = match frame {
+            Some(Message::Text(t)) => t.to_string(),
+            other => panic!("{}: subscriber got {other:?}", client.describe()),
+        };
+        let m: Value = serde_json::from_str(&text).unwrap();
+        match m["type"].as_str() {
+            Some("message") => {
+                assert_eq!(m["channel"], channel.as_str(), "{m}");
+                let seq = m["data"]["seq"].as_u64().expect("seq");
+                if seq == 0 {
+                    return seen;
+                }
+                seen.messages.push((
+                    seq,
+                    m["offset"].as_u64(),
+                    m["epoch"].as_str().map(str::to_owned),
+                ));
+            }
+            Some("missed") => {
+                assert_eq!(m["channel"], channel.as_str(), "{m}");
+                seen.missed
+                    .push((Instant::now(), m["reason"].as_str().unwrap().to_owned()));
+            }
+            _ => panic!("{}: unexpected frame {m}", client.describe()),
+        }
+    }
+}
+
+/// The accounting of one subscriber: how many acknowledged publishes it got,
+/// how many it was told it may have missed, and the ones lost silently.
+struct Account {
+    delivered: usize,
+    signalled: usize,
+    lost: Vec<u64>,
+}
+
+fn account(acks: &[Ack], seen: &Seen) -> Account {
+    let got: HashMap<u64, usize> = seen.messages.iter().fold(HashMap::new(), |mut m, s| {
+        *m.entry(s.0).or_default() += 1;
+        m
+    });
+    assert!(
+        got.values().all(|&n| n == 1),
+        "a message delivered twice: {:?}",
+        got.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    let mut account = Account {
+        delivered: 0,
+        signalled: 0,
+        lost: Vec::new(),
+    };
+    for ack in acks {
+        if got.contains_key(&ack.seq) {
+            account.delivered += 1;
+        } else if seen.missed.iter().any(|(at, _)| *at >= ack.sent) {
+            // Published before the subscriber heard it may have missed messages.
+            account.signalled += 1;
+        } else {
+            account.lost.push(ack.seq);
+        }
+    }
+    account
+}
+
+/// History channels: offsets increase by exactly one within an epoch.
+fn assert_contiguous(seen: &Seen, who: &str) {
+    let mut last: Option<(&str, u64)> = None;
+    for (seq, offset, epoch) in &seen.messages {
+        let (Some(offset), Some(epoch)) = (offset, epoch) else {
+            panic!("{who}: message {seq} without offset or epoch");
+        };
+        if let Some((e, o)) = last
+            && e == epoch.as_str()
+        {
+            assert_eq!(*offset, o + 1, "{who}: offsets jump at message {seq}");
+        }
+        last = Some((epoch, *offset));
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL, then a restart that reloads the data (append-only file).
+    RestartWithData,
+    /// SIGKILL, then a restart with nothing.
+    RestartEmpty,
+    /// SIGSTOP for a while, then SIGCONT.
+    Hang,
+    /// `CLIENT KILL TYPE pubsub`: every node's subscriber connection dropped.
+    KillPubsub,
+}
+
+/// The story: subscribers on both nodes, publishers on both nodes, the fault,
+/// recovery, a final marker, and the accounting.
+async fn fault_story(fault: Fault) {
+    let mut redis = match fault {
+        Fault::RestartWithData => RedisServer::start_persistent().await,
+        _ => RedisServer::start().await,
+    };
+    let a = Node::builder("node-a")
+        .redis(&redis)
+        .namespaces()
+        .start()
+        .await;
+    let b = Node::builder("node-b")
+        .redis(&redis)
+        .namespaces()
+        .start()
+        .await;
+    let hist = unique_channel("hist:fault");
+    let plain = unique_channel("plain-fault");
+
+    let mut readers = Vec::new();
+    for (node, channel) in [(&a, &hist), (&b, &hist), (&a, &plain), (&b, &plain)] {
+        let mut client = WsClient::connect_json(&node.ws_url()).await;
+        client.subscribe(channel).await;
+        readers.push((
+            format!("{} on {}", channel, node.id()),
+            channel.clone(),
+            tokio::spawn(collect(client, channel.clone())),
+        ));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let apis = vec![a.internal_addr(), b.internal_addr()];
+    let publishers = [
+        spawn_publisher(apis.clone(), hist.clone(), stop.clone()),
+        spawn_publisher(apis.clone(), plain.clone(), stop.clone()),
+    ];
+    // Let some traffic through before the fault.
+    support::eventually(
+        "traffic before the fault",
+        Duration::from_secs(10),
+        || async {
+            let n = a.metric("switchboard_messages_delivered_total").await;
+            if n >= 50.0 {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        },
+    )
+    .await;
+
+    let pid = redis_pid(&redis).await;
+    match fault {
+        Fault::RestartWithData | Fault::RestartEmpty => {
+            redis.kill();
+            a.wait_readyz(503, Duration::from_secs(10)).await;
+            redis.restart().await;
+        }
+        Fault::Hang => {
+            signal(pid, "STOP");
+            // Long enough for both nodes to declare the link dead.
+            a.wait_readyz(503, Duration::from_secs(15)).await;
+            b.wait_readyz(503, Duration::from_secs(15)).await;
+            signal(pid, "CONT");
+        }
+        Fault::KillPubsub => {
+            let killed: i64 = redis
+                .query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+                .await;
+            assert_eq!(killed, 2, "one pub/sub connection per node");
+        }
+    }
+    for node in [&a, &b] {
+        node.wait_readyz(200, Duration::from_secs(30)).await;
+        support::eventually(
+            "the node to count its reconnect",
+            Duration::from_secs(10),
+            || async {
+                let n = node.metric("switchboard_backplane_reconnects_total").await;
+                if n >= 1.0 { Ok(()) } else { Err(n.to_string()) }
+            },
+        )
+        .await;
+    }
+    // Some traffic after the fault too.
+    let delivered = a.metric("switchboard_messages_delivered_total").await;
+    support::eventually(
+        "traffic after the fault",
+        Duration::from_secs(20),
+        || async {
+            let n = a.metric("switchboard_messages_delivered_total").await;
+            if n >= delivered + 50.0 {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acks: HashMap<String, Vec<Ack>> = HashMap::new();
+    for (publisher, channel) in publishers.into_iter().zip([&hist, &plain]) {
+        let (list, _refused) = publisher.await.unwrap();
+        assert!(
+            list.len() >= 50,
+            "{channel}: only {} acknowledged",
+            list.len()
+        );
+        acks.insert(channel.clone(), list);
+    }
+    for channel in [&hist, &plain] {
+        a.publish(channel, json!({"seq": 0})).await;
+    }
+
+    let mut summary = Vec::new();
+    for (who, channel, reader) in readers {
+        let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .unwrap_or_else(|_| panic!("{who}: the marker never came"))
+            .unwrap();
+        let account = account(&acks[&channel], &seen);
+        if channel == hist {
+            assert_contiguous(&seen, &who);
+            match fault {
+                // History survived: everything arrives, live or repaired; no excuse needed.
+                Fault::RestartWithData | Fault::Hang | Fault::KillPubsub => {
+                    assert_eq!(account.signalled, 0, "{who}: {:?}", seen.missed);
+                    assert!(seen.missed.is_empty(), "{who}: {:?}", seen.missed);
+                }
+                // History was lost with Redis: said so, as such.
+                Fault::RestartEmpty => {
+                    assert!(
+                        seen.missed.iter().all(|(_, r)| r == "history"),
+                        "{who}: {:?}",
+                        seen.missed
+                    );
+                }
+            }
+        } else {
+            assert!(
+                seen.missed.iter().all(|(_, r)| r == "backplane"),
+                "{who}: {:?}",
+                seen.missed
+            );
+            assert!(
+                !seen.missed.is_empty(),
+                "{who}: a plain channel through an outage is told"
+            );
+        }
+        assert!(
+            account.lost.is_empty(),
+            "{fault:?}: {who} lost {} acknowledged messages silently (first {:?}); delivered {}, signalled {}",
+            account.lost.len(),
+            &account.lost[..account.lost.len().min(10)],
+            account.delivered,
+            account.signalled
+        );
+        summary.push(format!(
+            "{who}: delivered {} signalled {}",
+            account.delivered, account.signalled
+        ));
+    }
+    eprintln!("{fault:?}: {}", summary.join("; "));
+}
+
+/// The pid of the test's redis-server, as it reports it.
+async fn redis_pid(redis: &RedisServer) -> u32 {
+    let info: String = redis.query(redis::cmd("INFO").arg("server")).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("process_id in INFO server")
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_across_a_redis_restart_with_data() {
+    fault_story(Fault::RestartWithData).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_without_data_is_signalled_never_silent() {
+    fault_story(Fault::RestartEmpty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_across_a_redis_hang() {
+    fault_story(Fault::Hang).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_redis_drops_the_pubsub_connections() {
+    fault_story(Fault::KillPubsub).await;
+}
