@@ -373,3 +373,115 @@ async fn nothing_acknowledged_is_lost_across_a_redis_hang() {
 async fn nothing_acknowledged_is_lost_when_redis_drops_the_pubsub_connections() {
     fault_story(Fault::KillPubsub).await;
 }
+
+/// A burst that fills the fan-out lanes costs latency only: the node stops
+/// reading Redis until its lanes have room, keeps its pub/sub link, and every
+/// acknowledged message of every channel arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_fills_a_fanout_lane_drops_nothing_and_keeps_the_link() {
+    const SUBSCRIBERS: usize = 40;
+    const PUBLISHERS: usize = 20;
+    const EACH: u64 = 100; // within a connection's burst allowance (200)
+    let redis = RedisServer::start().await;
+    // Tiny lanes, so that the burst fills them on any machine.
+    let lanes = ["--fanout-lane-capacity", "4"];
+    let a = Node::builder("node-a")
+        .redis(&redis)
+        .args(lanes)
+        .start()
+        .await;
+    let b = Node::builder("node-b")
+        .redis(&redis)
+        .args(lanes)
+        .start()
+        .await;
+    let hot = unique_channel("hot");
+    let quiet = unique_channel("quiet");
+
+    let mut readers = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let mut client = WsClient::connect_json(&node.ws_url()).await;
+        client.subscribe(&hot).await;
+        readers.push(tokio::spawn(collect(client, hot.clone())));
+    }
+    let mut quiet_sub = WsClient::connect_json(&b.ws_url()).await;
+    quiet_sub.subscribe(&quiet).await;
+    let quiet_reader = tokio::spawn(collect(quiet_sub, quiet.clone()));
+
+    // The quiet channel's publisher runs through the burst.
+    let stop = Arc::new(AtomicBool::new(false));
+    let quiet_publisher = spawn_publisher(vec![a.internal_addr()], quiet.clone(), stop.clone());
+
+    // Every publisher connection sends its whole burst at once (pipelined).
+    let mut bursts = Vec::new();
+    for p in 0..PUBLISHERS {
+        let node = if p % 2 == 0 { &a } else { &b };
+        let mut client = WsClient::connect_json(&node.ws_url()).await;
+        bursts.push(tokio::spawn({
+            let hot = hot.clone();
+            async move {
+                for i in 0..EACH {
+                    let seq = 1 + p as u64 * EACH + i;
+                    client
+                        .send_json(&json!({"type": "publish", "id": seq, "channel": hot, "data": {"seq": seq}}))
+                        .await;
+                }
+                let mut acked = Vec::new();
+                while acked.len() < EACH as usize {
+                    let reply = client.recv_json().await;
+                    assert_eq!(reply["type"], "published", "burst publish: {reply}");
+                    acked.push(reply["id"].as_u64().unwrap());
+                }
+                acked
+            }
+        }));
+    }
+    let mut acked = Vec::new();
+    for burst in bursts {
+        acked.extend(burst.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (quiet_acks, _) = quiet_publisher.await.unwrap();
+    a.publish(&hot, json!({"seq": 0})).await;
+    a.publish(&quiet, json!({"seq": 0})).await;
+
+    acked.sort_unstable();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .unwrap_or_else(|_| panic!("hot subscriber {i}: the marker never came"))
+            .unwrap();
+        let mut got: Vec<u64> = seen.messages.iter().map(|m| m.0).collect();
+        got.sort_unstable();
+        assert_eq!(
+            got, acked,
+            "hot subscriber {i} got every acknowledged message once"
+        );
+        assert!(seen.missed.is_empty(), "{:?}", seen.missed);
+    }
+    let seen = quiet_reader.await.unwrap();
+    let quiet_account = account(&quiet_acks, &seen);
+    assert!(
+        quiet_account.lost.is_empty() && quiet_account.signalled == 0,
+        "the quiet channel lost nothing to the burst: lost {:?}",
+        quiet_account.lost
+    );
+    for node in [&a, &b] {
+        assert_eq!(
+            node.metric("switchboard_backplane_reconnects_total").await,
+            0.0,
+            "{}: the burst cost no reconnect",
+            node.id()
+        );
+    }
+    let waits = a
+        .metric("switchboard_backplane_lane_wait_seconds_count")
+        .await
+        + b.metric("switchboard_backplane_lane_wait_seconds_count")
+            .await;
+    assert!(
+        waits > 0.0,
+        "the burst did fill a lane (else this test proves nothing)"
+    );
+}
