@@ -71,6 +71,9 @@ pub(crate) struct Subscription {
 struct SubscriptionState {
     /// Live messages held while the session reads the history.
     buffer: Option<Vec<Outbound>>,
+    /// The buffer overflowed and its channel messages were let go (they are
+    /// in the history): the session must read further before going live.
+    lagging: bool,
     /// Messages with an offset at or below this were given to the session already.
     floor: u64,
     /// Removed from the hub: a fan-out still holding an older subscriber list
@@ -84,39 +87,54 @@ impl Subscription {
             session,
             state: Mutex::new(SubscriptionState {
                 buffer: buffering.then(Vec::new),
+                lagging: false,
                 floor: 0,
                 closed: false,
             }),
         }
     }
 
-    /// Ends buffering: atomically with respect to deliveries, `before` queues
-    /// what precedes the live stream (reply, missed messages), the floor is
-    /// set, and the buffered messages above it are queued.
-    pub(crate) fn go_live(&self, floor: u64, before: impl FnOnce()) {
+    /// Ends buffering, unless the buffer had to let messages go since the
+    /// last call (then it returns `false`, keeps buffering, and the session
+    /// reads the history further first). Atomically with respect to
+    /// deliveries, the floor is set (everything up to it was given to the
+    /// session from history) and the buffered messages above it are queued.
+    pub(crate) fn go_live(&self, floor: u64) -> bool {
         let mut state = crate::lock(&self.state);
-        before();
+        if std::mem::take(&mut state.lagging) {
+            return false;
+        }
         state.floor = floor;
         for item in state.buffer.take().unwrap_or_default() {
             if item.offset() == 0 || item.offset() > floor {
                 self.session.push(item);
             }
         }
+        true
     }
 
     /// Delivers one message, or a run of messages, of this topic in order: a
     /// run in one write when the session can take it all now.
     fn deliver(&self, items: &[Outbound], capacity: usize) {
-        let mut state = crate::lock(&self.state);
+        let mut guard = crate::lock(&self.state);
+        let state = &mut *guard;
         if state.closed {
             return;
         }
         if let Some(buffer) = state.buffer.as_mut() {
             if buffer.len() + items.len() > capacity {
-                self.session.overflowed();
-            } else {
-                buffer.extend(items.iter().cloned());
+                // Channel messages can be read again from history: let them
+                // go rather than the session. What history does not hold
+                // (join, leave, missed) is kept, within the same bound.
+                buffer.retain(|item| item.offset() == 0);
+                state.lagging = true;
+                metrics::counter!("switchboard_recovery_buffer_spills_total").increment(1);
+                if buffer.len() + items.len() > capacity {
+                    self.session.overflowed();
+                    return;
+                }
             }
+            buffer.extend(items.iter().cloned());
             return;
         }
         let floor = state.floor;

@@ -703,3 +703,65 @@ async fn recovery_and_history_over_the_proto_subprotocol() {
     }
     proto.proto_ping_pong().await;
 }
+
+/// A recovery far larger than the outbound queue (and the socket's buffers)
+/// streams at the pace the client reads, page by page, while the channel goes
+/// on live: the client gets every message once, in order, and is never cut
+/// off as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_larger_than_the_outbound_queue_streams_at_the_clients_pace() {
+    const BACKLOG: u64 = 2_000;
+    const LIVE: u64 = 300;
+    let node = Node::builder("node-pace")
+        .namespaces()
+        .args(["--outbound-queue", "32"])
+        .start()
+        .await;
+    let ch = unique_channel("hist:pace");
+    // 4 KiB each: the backlog (8 MB) is far more than the queue and the
+    // kernel's socket buffers hold.
+    let pad = "x".repeat(4096);
+    let (_, epoch) = node.publish_offset(&ch, json!({"n": 1, "pad": pad})).await;
+    for n in 2..=BACKLOG {
+        node.publish(&ch, json!({"n": n, "pad": pad})).await;
+    }
+
+    let mut client = WsClient::connect_json(&node.ws_url()).await;
+    let reply = client.subscribe_recover(&ch, &epoch, 0).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    // The channel goes on while the client catches up.
+    let live = {
+        let (node_api, ch, pad) = (node.internal_addr(), ch.clone(), pad.clone());
+        tokio::spawn(async move {
+            for n in BACKLOG + 1..=BACKLOG + LIVE {
+                let body =
+                    serde_json::to_vec(&json!({"channel": ch, "data": {"n": n, "pad": pad}}))
+                        .unwrap();
+                let r =
+                    support::http::request(node_api, "POST", "/api/v1/publish", &[], Some(&body))
+                        .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        })
+    };
+    let mut next = 1;
+    while next <= BACKLOG + LIVE {
+        let m = client.recv_json().await;
+        assert_eq!(m["type"], "message", "{}: {m}", client.describe());
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"]["n"].as_u64()),
+            (Some(next), Some(next)),
+            "{}: message {next} next, in order, once",
+            client.describe()
+        );
+        next += 1;
+    }
+    live.await.unwrap();
+    client.ping_pong().await;
+    assert_eq!(
+        node.metric("switchboard_slow_consumer_disconnects_total")
+            .await,
+        0.0,
+        "nobody was cut off"
+    );
+}

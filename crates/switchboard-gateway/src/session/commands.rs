@@ -13,8 +13,8 @@ use super::{End, Outbound, SessionHandle};
 use crate::namespace::Namespace;
 use crate::node::NodeInner;
 use crate::protocol::{
-    CommandKind, DecodeError, ErrorCode, Protocol, Push, Reply, StreamPosition, channel, json,
-    proto,
+    CommandKind, DecodeError, ErrorCode, MissedReason, MissedTopic, Protocol, Push, Reply,
+    StreamPosition, channel, json, proto,
 };
 
 /// Decodes and executes one client message, answering on the session's queue.
@@ -249,57 +249,139 @@ async fn subscribe(
             );
         }
     };
-    if let Some(policy) = history {
-        // Live messages are buffered while the history is read; the seam is
-        // closed in `go_live`: reply, missed messages, then live ones above.
-        let since = recover
-            .as_ref()
-            .map_or(Since::Nothing, |r| Since::After(r.offset));
-        let page = match node.backplane.history(&channel, policy, since).await {
-            Ok(page) => page,
-            Err(e) => {
-                crate::lock(&session.channels).remove(&channel);
-                if namespace.presence {
-                    presence(node, session, &channel, false).await;
-                }
-                node.hub.unsubscribe(&channel, session.id).await;
-                return error(
-                    session,
-                    id,
-                    ErrorCode::Unavailable,
-                    &format!("could not subscribe: {e}"),
-                );
-            }
-        };
-        node.hub.note_start(&channel, &page.epoch, page.offset);
-        let recovered = recover
-            .as_ref()
-            .is_some_and(|r| page.can_recover(&r.epoch, r.offset));
-        subscription.go_live(page.offset, || {
-            session.reply(
-                id,
-                &Reply::Subscribed {
-                    channel: &channel,
-                    history: Some((&page.epoch, page.offset, recovered)),
-                },
-            );
-            if recovered {
-                for m in &page.messages {
-                    session.push(Outbound::Message {
-                        frame: crate::protocol::encode_push_for(
-                            session.protocol,
-                            &Push::of_history(m, &channel),
-                        ),
-                        published_us: m.published_us,
-                        offset: m.offset,
-                    });
-                }
-            }
-        });
+    if history.is_some()
+        && let Err(e) = catch_up(node, session, id, &channel, &subscription, recover).await
+    {
+        crate::lock(&session.channels).remove(&channel);
+        if namespace.presence {
+            presence(node, session, &channel, false).await;
+        }
+        node.hub.unsubscribe(&channel, session.id).await;
+        return error(
+            session,
+            id,
+            ErrorCode::Unavailable,
+            &format!("could not subscribe: {e}"),
+        );
     }
     if namespace.join_leave {
         join_leave(node, session, &channel, true).await;
     }
+}
+
+/// The history side of subscribing to a channel with history: the reply, then
+/// (when recovering) the missed messages, read from history page by page at
+/// the pace the client's socket drains, then the live stream, with nothing
+/// missed or repeated at the seam.
+///
+/// Live messages are buffered meanwhile ([`crate::hub::Subscription`]); should
+/// the buffer overflow during a long recovery, its channel messages are let go
+/// and read from history instead, so the session never holds more than its
+/// queue. An error means the history could not be read at first; once the
+/// reply is out, a failure to read further ends the session (4008-style: it
+/// reconnects and recovers).
+async fn catch_up(
+    node: &NodeInner,
+    session: &Arc<SessionHandle>,
+    id: Option<u64>,
+    channel: &str,
+    subscription: &crate::hub::Subscription,
+    recover: Option<StreamPosition>,
+) -> Result<(), switchboard_backplane::BackplaneError> {
+    let Some(room) = session.room().await else {
+        return Ok(());
+    };
+    let since = recover
+        .as_ref()
+        .map_or(Since::Nothing, |r| Since::After(r.offset));
+    let page = node.backplane.history_page(channel, since, room).await?;
+    node.hub.note_start(channel, &page.epoch, page.offset);
+    let recovered = recover
+        .as_ref()
+        .is_some_and(|r| page.can_recover(&r.epoch, r.offset));
+    session.reply(
+        id,
+        &Reply::Subscribed {
+            channel,
+            history: Some((&page.epoch, page.offset, recovered)),
+        },
+    );
+    let (mut epoch, mut newest) = (page.epoch.clone(), page.offset);
+    // Everything up to `after` has been given to the session.
+    let mut after = match (&recover, recovered) {
+        (Some(r), true) => {
+            push_history(session, channel, &page.messages);
+            page.messages.last().map_or(r.offset, |m| m.offset)
+        }
+        _ => page.offset,
+    };
+    loop {
+        if after >= newest && subscription.go_live(after) {
+            return Ok(());
+        }
+        let Some(room) = session.room().await else {
+            return Ok(());
+        };
+        let page = match node
+            .backplane
+            .history_page(channel, Since::After(after), room)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(channel, conn = %session.conn, error = %e, "history unreadable mid-recovery: ending the session");
+                session.overflowed();
+                return Ok(());
+            }
+        };
+        // The history moved on under the recovery: say so, and go on from
+        // what it still holds.
+        if page.epoch != epoch {
+            // Lost or expired: a new epoch, read from its start.
+            missed(session, channel, MissedReason::History);
+            (epoch, after, newest) = (page.epoch, 0, page.offset);
+            continue;
+        }
+        if page.first > after.saturating_add(1) {
+            // Trimmed past what was read.
+            missed(session, channel, MissedReason::History);
+        }
+        newest = page.offset;
+        push_history(session, channel, &page.messages);
+        after = page.messages.last().map_or(page.offset, |m| m.offset);
+    }
+}
+
+/// Queues messages read from history, in order.
+fn push_history(
+    session: &SessionHandle,
+    channel: &str,
+    messages: &[switchboard_backplane::Envelope],
+) {
+    for m in messages {
+        session.push(Outbound::Message {
+            frame: crate::protocol::encode_push_for(
+                session.protocol,
+                &Push::of_history(m, channel),
+            ),
+            published_us: m.published_us,
+            offset: m.offset,
+        });
+    }
+}
+
+/// Tells one session that messages of a channel may have been missed.
+fn missed(session: &SessionHandle, channel: &str, reason: MissedReason) {
+    let push = Push::Missed {
+        topic: MissedTopic::Channel(channel),
+        reason,
+    };
+    session.push(Outbound::Message {
+        frame: crate::protocol::encode_push_for(session.protocol, &push),
+        published_us: switchboard_backplane::envelope::now_us(),
+        offset: 0,
+    });
+    metrics::counter!("switchboard_missed_total", "reason" => reason.as_str()).increment(1);
 }
 
 /// Takes a session out of a channel: hub, presence, and a leave event.

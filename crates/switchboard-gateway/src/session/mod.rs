@@ -198,6 +198,27 @@ impl SessionHandle {
         first
     }
 
+    /// Waits until the outbound queue holds at most half its capacity (the
+    /// socket has drained), so that a producer that can wait, such as a long
+    /// recovery, goes at the client's pace instead of overflowing the queue;
+    /// returns how many frames may be pushed now, or `None` once the session
+    /// is ending. Polled: only such producers pay for it, not every idle
+    /// connection.
+    pub(crate) async fn room(&self) -> Option<usize> {
+        let capacity = self.outbox.capacity();
+        let half = capacity / 2;
+        loop {
+            if self.ended().is_some() {
+                return None;
+            }
+            let queued = self.outbox.queued();
+            if queued <= half {
+                return Some((capacity - queued).min(half.max(1)));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// Makes the session's task look at its state (the node is draining).
     pub(crate) fn wake(&self) {
         self.attention.raise();

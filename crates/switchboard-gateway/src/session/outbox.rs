@@ -213,6 +213,16 @@ impl Outbox {
         state.sealed = true;
     }
 
+    /// How many frames wait for the socket.
+    pub(crate) fn queued(&self) -> usize {
+        crate::lock(&self.state).queue.len()
+    }
+
+    /// The most frames that may wait.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Whether frames are waiting for the socket.
     #[cfg(test)]
     fn is_queued(&self) -> bool {
