@@ -64,6 +64,11 @@ export function shouldReconnect(code, frame, canRefreshToken) {
  * - `unrecovered` `{channel, from: {epoch, offset}, epoch, offset}`: the client asked to
  *   recover `channel` from `from` but the server could not (the history was lost or too
  *   short): messages between `from` and `offset` were missed; `history()` may still have some;
+ * - `missed` `{channel, reason}` (or `{user, reason}` for messages sent to this user): the
+ *   server could not deliver some messages and could not repair the gap from history
+ *   (`reason` is `backplane`: its link to the cluster was interrupted, on a channel without
+ *   history; or `history`: the history was lost, expired or trimmed past the gap). Reload
+ *   what the application shows for that channel if it matters; delivery goes on;
  * - `message` every delivered message frame, channel and user messages alike;
  * - `join` / `leave` presence events `{channel, conn, user}`;
  * - `error` a `SwitchboardError` that no promise carries (a re-subscribe refused, say).
@@ -364,6 +369,8 @@ export class Switchboard {
       case 'join':
       case 'leave':
         return this._emit(frame.type, frame);
+      case 'missed':
+        return this._onMissed(frame);
       case 'disconnect':
         this._disconnectFrame = frame;
         return;
@@ -385,7 +392,12 @@ export class Switchboard {
     if (frame.offset != null) {
       if (sub.epoch != null) {
         if (frame.epoch === sub.epoch && frame.offset <= sub.offset) return; // seen already
-        if (frame.epoch !== sub.epoch || frame.offset !== sub.offset + 1) {
+        // Epoch "" at offset 0: subscribed before the channel had any history, so the
+        // first message of whatever epoch began since comes next.
+        const next = sub.epoch === '' && sub.offset === 0
+          ? frame.offset === 1
+          : frame.epoch === sub.epoch && frame.offset === sub.offset + 1;
+        if (!next) {
           this._resync(sub); // a gap: the missed messages come with the recovery
           return;
         }
@@ -395,6 +407,15 @@ export class Switchboard {
     }
     this._emit('message', frame);
     for (const handler of [...sub.handlers]) safely(() => handler(frame.data, frame));
+  }
+
+  /** The server says messages were missed and cannot be repaired: tell the application. */
+  _onMissed(frame) {
+    const sub = frame.channel != null && this._subs.get(frame.channel);
+    if (frame.channel != null && !sub) return;
+    // The gap is final: follow the stream from the next message on, wherever it stands.
+    if (sub && frame.reason === 'history') sub.epoch = null;
+    this._emit('missed', frame);
   }
 
   /** Resubscribes from the last offset delivered, to fetch what a gap left out. */

@@ -23,7 +23,7 @@ function setup(options = {}) {
     timeout: 500,
     ...options,
   });
-  for (const name of ['state', 'connected', 'disconnected', 'reconnecting', 'subscribed', 'unrecovered', 'error']) {
+  for (const name of ['state', 'connected', 'disconnected', 'reconnecting', 'subscribed', 'unrecovered', 'missed', 'error']) {
     client.on(name, (value) => events.push([name, value]));
   }
   return { server, client, events };
@@ -218,6 +218,56 @@ test('a new epoch in the live stream is a gap too', async () => {
   assert.deepEqual(again.recover, { epoch: 'e1', offset: 3 });
   ws.push({ type: 'subscribed', id: again.id, channel: 'chat:a', epoch: 'e9', offset: 1, recovered: false });
   assert.ok(events.some(([e]) => e === 'unrecovered'));
+  client.disconnect();
+});
+
+test('a channel subscribed before it had history takes its first epoch without a resync', async () => {
+  const { server, client } = setup();
+  const got = [];
+  client.subscribe('chat:a', (data) => got.push(data.n));
+  const ws = await connected(server, client);
+  await ws.reply({ type: 'subscribe' }, { type: 'subscribed', channel: 'chat:a', epoch: '', offset: 0, recovered: false });
+  ws.push(message(1, 'e7'));
+  ws.push(message(2, 'e7'));
+  assert.deepEqual(got, [1, 2]);
+  assert.equal(ws.sent.filter((f) => f.type === 'subscribe').length, 1, 'no resubscribe');
+  assert.deepEqual(client.position('chat:a'), { epoch: 'e7', offset: 2 });
+  client.disconnect();
+});
+
+test('a channel subscribed before it had history recovers from its start after a gap', async () => {
+  const { server, client } = setup();
+  const got = [];
+  client.subscribe('chat:a', (data) => got.push(data.n));
+  const ws = await connected(server, client);
+  await ws.reply({ type: 'subscribe' }, { type: 'subscribed', channel: 'chat:a', epoch: '', offset: 0, recovered: false });
+  ws.push(message(2, 'e7')); // 1 is missing
+  const resub = await until(() => ws.sent.filter((f) => f.type === 'subscribe')[1], 'a resubscribe');
+  assert.deepEqual(resub.recover, { epoch: '', offset: 0 });
+  ws.push({ type: 'subscribed', id: resub.id, channel: 'chat:a', epoch: 'e7', offset: 2, recovered: true });
+  ws.push(message(1, 'e7'));
+  ws.push(message(2, 'e7'));
+  assert.deepEqual(got, [1, 2]);
+  client.disconnect();
+});
+
+test('a missed push reaches the application, and a lost history is followed from its new start', async () => {
+  const { server, client, events } = setup();
+  const got = [];
+  client.subscribe('chat:a', (data) => got.push(data.n));
+  client.subscribe('plain', () => {});
+  const ws = await connected(server, client);
+  await ws.reply({ type: 'subscribe', channel: 'chat:a' }, { type: 'subscribed', channel: 'chat:a', epoch: 'e1', offset: 3, recovered: false });
+  await ws.reply({ type: 'subscribe', channel: 'plain' }, { type: 'subscribed', channel: 'plain' });
+  ws.push({ type: 'missed', channel: 'plain', reason: 'backplane' });
+  ws.push({ type: 'missed', channel: 'chat:a', reason: 'history' });
+  ws.push({ type: 'missed', user: 'alice', reason: 'backplane' });
+  ws.push({ type: 'missed', channel: 'not-mine', reason: 'backplane' }); // not subscribed: ignored
+  ws.push(message(1, 'e2')); // the new epoch's first message: no resync, the gap is known
+  assert.deepEqual(got, [1]);
+  assert.equal(ws.sent.filter((f) => f.type === 'subscribe').length, 2, 'no resubscribe');
+  const missed = events.filter(([e]) => e === 'missed').map(([, m]) => m.channel ?? m.user);
+  assert.deepEqual(missed, ['plain', 'chat:a', 'alice']);
   client.disconnect();
 });
 
