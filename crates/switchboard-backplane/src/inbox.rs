@@ -25,6 +25,9 @@ pub struct Inbox {
 pub type InboxLane = mpsc::Receiver<Inbound>;
 
 /// What a lane carries.
+// The envelope is the large variant and the one every message takes: boxing it
+// would add an allocation per message to spare the rare marker some bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Inbound {
     /// A received envelope.

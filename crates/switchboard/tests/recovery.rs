@@ -102,7 +102,7 @@ async fn reconnect_story(first: &Node, second: &Node, publisher: &Node) {
     for n in 1..=3 {
         publisher.publish(&ch, json!({"n": n})).await;
     }
-    let epoch = epoch_now(&publisher, &ch).await;
+    let epoch = epoch_now(publisher, &ch).await;
     expect_messages(&mut client, &ch, 1, 3, &epoch).await;
     drop(client);
 
