@@ -409,6 +409,9 @@ impl NodeInner {
     async fn repair(&self, lane: usize) {
         let started = Instant::now();
         let (mut repaired, mut signalled) = (0usize, 0usize);
+        // Once history cannot be read (the link broke again), the rest of the
+        // pass only signals: a later reconnect repairs from the same point.
+        let mut readable = true;
         for key in self.hub.keys() {
             let (channel, lane_key) = crate::hub::topic_parts(&key);
             if self.inbox.lane_of_key(lane_key) != lane {
@@ -418,10 +421,11 @@ impl NodeInner {
                 crate::session::commands::history_policy(self.config.namespaces.of(c))
             });
             match (channel, history) {
-                (Some(channel), Some(_)) => {
-                    let (r, s) = self.repair_channel(channel).await;
+                (Some(channel), Some(_)) if readable && self.backplane.is_up() => {
+                    let (r, s, ok) = self.repair_channel(channel).await;
                     repaired += r;
                     signalled += s;
+                    readable = ok;
                 }
                 _ => signalled += self.hub.missed(&key, MissedReason::Backplane),
             }
@@ -439,13 +443,13 @@ impl NodeInner {
     }
 
     /// Delivers a history channel's messages published since the newest one
-    /// this node fanned out; returns how many, and how many subscribers were
-    /// told of a gap history could not fill.
-    async fn repair_channel(&self, channel: &str) -> (usize, usize) {
+    /// this node fanned out; returns how many, how many subscribers were told
+    /// of a gap history could not fill, and whether history could be read.
+    async fn repair_channel(&self, channel: &str) -> (usize, usize, bool) {
         let (mut repaired, mut signalled) = (0, 0);
         let Some((mut epoch, mut after)) = self.hub.repair_from(channel) else {
             // No subscriber has been told a position yet: nothing to measure a gap from.
-            return (0, self.hub.missed(channel, MissedReason::Backplane));
+            return (0, self.hub.missed(channel, MissedReason::Backplane), true);
         };
         for _ in 0..REPAIR_MAX_PAGES {
             let page = match self
@@ -459,6 +463,7 @@ impl NodeInner {
                     return (
                         repaired,
                         signalled + self.hub.missed(channel, MissedReason::Backplane),
+                        false,
                     );
                 }
             };
@@ -469,7 +474,7 @@ impl NodeInner {
                 // The history this node delivered from is gone (lost or expired).
                 signalled += self.hub.missed(channel, MissedReason::History);
                 if page.epoch.is_empty() {
-                    return (repaired, signalled);
+                    return (repaired, signalled, true);
                 }
                 (epoch, after) = (page.epoch, 0);
                 continue;
@@ -480,7 +485,7 @@ impl NodeInner {
                 signalled += self.hub.missed(channel, MissedReason::History);
             }
             let Some(last) = page.messages.last().map(|m| m.offset) else {
-                return (repaired, signalled);
+                return (repaired, signalled, true);
             };
             for run in page.messages.chunks(crate::session::MAX_RUN) {
                 self.hub.fanout_run(run);
@@ -491,7 +496,7 @@ impl NodeInner {
                 break;
             }
         }
-        (repaired, signalled)
+        (repaired, signalled, true)
     }
 
     /// Hands received envelopes to the sessions they are for, in order:

@@ -207,3 +207,35 @@ async fn messages_queued_before_an_api_disconnect_are_written_first() {
     }
     alice.expect_disconnect(4100).await;
 }
+
+/// Messages sent to a user while the user's node was cut off from Redis are
+/// not kept anywhere: the user is told (`missed` with `user`), never left to
+/// guess; an anonymous connection has no user topic and is told nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_is_told_when_messages_sent_to_it_may_have_been_missed() {
+    let redis = RedisServer::start().await;
+    let a = Node::builder("node-a")
+        .redis(&redis)
+        .args(AUTH)
+        .start()
+        .await;
+    let mut alice = as_user(&a, "alice").await;
+    let mut anon = WsClient::connect_json(&a.ws_url()).await;
+    let killed: i64 = redis
+        .query(::redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+        .await;
+    assert_eq!(killed, 1);
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "missed", "user": "alice", "reason": "backplane"})
+    );
+    assert_ok_empty(
+        &a.send_to_user("alice", json!("after")).await,
+        "send after the reconnect",
+    );
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "message", "user": "alice", "data": "after"})
+    );
+    anon.ping_pong().await;
+}
