@@ -11,9 +11,12 @@
 //!   channel only while it has a local subscriber of it), with a node registry.
 //!
 //! The delivery guarantee: an envelope whose `publish` returned `Ok` was accepted
-//! by the backplane and reaches every node subscribed to its target at that
-//! moment, unless that node's backplane connection breaks; a break is reported
-//! (metrics, readiness, [`Backplane::connection_generation`]) and never hidden.
+//! by the backplane while this node's own receiving link was up, and reaches
+//! every node subscribed to its target at that moment, unless that node's
+//! receiving connection breaks. A break is never hidden: the connection that
+//! replaces it first puts an [`Inbound::Resync`] marker into every lane of the
+//! node's [`Inbox`], ahead of its own envelopes, so the node knows exactly
+//! where it may have missed something and repairs it (from history) or says so.
 
 pub mod envelope;
 mod error;

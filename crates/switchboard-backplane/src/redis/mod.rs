@@ -2,14 +2,17 @@
 //!
 //! - Publishes and registry commands go through a small deadpool-redis pool of
 //!   multiplexed connections (concurrent publishes pipeline on them).
-//! - One dedicated pub/sub connection receives (`subscriber.rs`); it subscribes
-//!   by interest and, when it breaks, reconnects with backoff and jitter and
-//!   resubscribes every channel in batches.
+//! - One dedicated pub/sub connection receives (`subscriber.rs`, read with the
+//!   node's own RESP reader in `resp.rs`, so a full fan-out lane holds reading
+//!   back instead of queueing without bound); it subscribes by interest and,
+//!   when it breaks, reconnects with backoff and jitter, resubscribes every
+//!   channel in batches, and marks the reconnect in every lane. Publishes are
+//!   refused while it is down or resubscribing.
 //! - Each node registers itself with a heartbeat (`registry.rs`).
 //!
 //! Every key and pub/sub channel starts with the configured prefix; a client
 //! channel's pub/sub name carries the channel in braces (a Redis Cluster hash
-//! tag), so the channel's future history keys land on the same slot.
+//! tag), so the channel's history keys land on the same slot.
 
 mod keys;
 mod registry;
