@@ -590,3 +590,33 @@ async fn a_burst_of_publishes_reaches_every_subscriber_once_in_offset_order() {
         );
     }
 }
+
+/// Subscribing to, and reading the history of, a history channel nobody has
+/// published to writes nothing to Redis: a client cannot make the node create
+/// keys by naming channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_channel_that_has_no_history_creates_no_key() {
+    let redis = RedisServer::start().await;
+    let node = Node::builder("node-a")
+        .redis(&redis)
+        .namespaces()
+        .start()
+        .await;
+    let mut client = WsClient::connect_json(&node.ws_url()).await;
+    for i in 0..20 {
+        let ch = unique_channel(&format!("hist:never-{i}"));
+        let reply = client.subscribe(&ch).await;
+        assert_eq!(
+            (&reply["epoch"], &reply["offset"]),
+            (&json!(""), &json!(0)),
+            "{reply}"
+        );
+        let reply = client.history(&ch, None, None).await;
+        assert_eq!(reply["messages"], json!([]), "{reply}");
+        assert_eq!(node.history_api(&ch, "").await.status, 200);
+        let reply = client.subscribe_recover(&format!("{ch}-r"), "", 0).await;
+        assert_eq!(reply["recovered"], true, "nothing to recover: {reply}");
+    }
+    let keys: Vec<String> = redis.query(::redis::cmd("KEYS").arg("*never*")).await;
+    assert!(keys.is_empty(), "keys were created: {keys:?}");
+}
