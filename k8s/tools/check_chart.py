@@ -173,6 +173,8 @@ def main():
         check_lint(f"ci/{f.name}", merge(defaults, yaml.safe_load(f.read_text())))
     check_lint("a port given as text (must fail)", merge(defaults, {"ports": {"public": "http"}}),
                expect_failure=True)
+    check_lint("config.demo given as text (must fail)",
+               merge(defaults, {"config": {"demo": "yes"}}), expect_failure=True)
     check_lint("networkPolicy off without consent (must fail)",
                merge(defaults, {"networkPolicy": {"enabled": False}}), expect_failure=True)
 

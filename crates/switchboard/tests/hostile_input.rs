@@ -663,6 +663,7 @@ async fn a_dribbled_api_body_is_cut_off_at_its_deadline_without_pinning_memory()
     assert!(served > 10, "only {served} calls served");
     for (i, caller) in callers.into_iter().enumerate() {
         let (cut, status) = caller.join().expect("caller thread");
+        eprintln!("slow caller {i}: cut off after {cut:?} with status {status:?}");
         let at = cut.unwrap_or_else(|| panic!("caller {i} was not cut off within {give_up:?}"));
         assert!(
             at >= BODY_READ_TIMEOUT - Duration::from_millis(500)
