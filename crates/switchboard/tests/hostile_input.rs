@@ -547,6 +547,59 @@ async fn the_history_api_returns_each_message_as_the_push_does() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_marked_json_that_is_not_utf8_reaches_json_clients_as_base64() {
+    use prost::Message as _;
+    use switchboard_proto::backplane::{Envelope, PayloadEncoding, Target, target::Kind};
+
+    let redis = support::RedisServer::start().await;
+    let node = Node::start_on(&redis, "node-foreign", &[]).await;
+    let ch = unique_channel("foreign");
+    let mut browser = WsClient::connect_json(&node.ws_url()).await;
+    browser.subscribe(&ch).await;
+    let topic = format!("switchboard:ch:{{{ch}}}");
+    redis.wait_numsub(&ch, 1).await;
+
+    // An envelope as a node of another version (or history written before
+    // publishes were checked) may carry it: marked JSON, not UTF-8.
+    let payload: &[u8] = b"\"\xff\xfe\"";
+    let envelope = Envelope {
+        id: bytes::Bytes::from_static(b"0123456789abcdef"),
+        origin: "node-elsewhere".into(),
+        published_us: support::now_ms() * 1000,
+        target: Some(Target {
+            kind: Some(Kind::Channel(ch.clone())),
+        }),
+        payload: bytes::Bytes::from_static(payload),
+        encoding: PayloadEncoding::Json as i32,
+        ..Default::default()
+    };
+    let receivers: i64 = redis
+        .query(
+            ::redis::cmd("PUBLISH")
+                .arg(&topic)
+                .arg(envelope.encode_to_vec()),
+        )
+        .await;
+    assert_eq!(receivers, 1);
+    let m = browser.recv_message_push().await;
+    assert_carries(&m, payload, "the foreign envelope");
+    assert!(m.get("data_b64").is_some(), "{m}");
+    node.wait_metric_with(
+        "switchboard_invalid_payloads_total",
+        &[("reason", "not_utf8")],
+        "== 1",
+        |v| v == 1.0,
+    )
+    .await;
+    // The connection lives on.
+    node.publish(&ch, json!({"after": true})).await;
+    assert_eq!(
+        browser.recv_message_push().await["data"],
+        json!({"after": true})
+    );
+}
+
 /// How long the node gives an API request body (docs/NODE-CONTRACT.md).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
