@@ -559,6 +559,41 @@ mod tests {
     }
 
     #[test]
+    fn publish_data_too_deep_or_with_a_lone_surrogate_is_refused() {
+        let max = crate::protocol::payload::MAX_JSON_DEPTH;
+        let publish =
+            |data: &str| format!(r#"{{"type":"publish","id":8,"channel":"a","data":{data}}}"#);
+        let deep = |d: usize| format!("{}1{}", "[".repeat(d), "]".repeat(d));
+        assert!(matches!(
+            ok(&publish(&deep(max))).kind,
+            CommandKind::Publish { .. }
+        ));
+        let e = bad(&publish(&deep(max + 1)));
+        assert_eq!(e.id, Some(8));
+        assert!(e.message.contains(&max.to_string()), "{}", e.message);
+        let e = bad(&publish(r#"{"t":"\ud800"}"#));
+        assert!(e.message.contains("surrogate"), "{}", e.message);
+        assert!(matches!(
+            ok(&publish(r#""\ud83d\ude00""#)).kind,
+            CommandKind::Publish { .. }
+        ));
+    }
+
+    #[test]
+    fn data_marked_json_that_is_not_utf8_goes_as_base64() {
+        let payload = Bytes::from_static(b"\"\xff\"");
+        let m = encode_push(&Push::Message {
+            channel: "a",
+            payload: &payload,
+            encoding: PayloadEncoding::Json,
+            position: None,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["data_b64"], "Iv8i");
+        assert!(v.get("data").is_none());
+    }
+
+    #[test]
     fn replies_carry_type_first_and_the_id() {
         let r = encode_reply(
             Some(3),
