@@ -25,7 +25,7 @@ const MAX_BROADCAST_CHANNELS: usize = 1000;
 /// How long a caller may take to send a request body, from the end of its head
 /// (which the listener's header read timeout bounds): a body still incomplete
 /// then is answered 408 and the connection closed.
-pub(super) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The buffer a body of unknown length (chunked) starts in; it grows as needed,
 /// up to the message size limit.
