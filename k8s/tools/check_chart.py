@@ -11,7 +11,8 @@
    three nodes); the documented install (`--set redis.url=...`) and each ci/ file
    must render. Each rendering is written to OUT/NAME.yaml for kubernetes-validate,
    its node TOML to OUT/NAME.toml and its alert rules to OUT/NAME.rules.yml, and
-   its Deployment is checked against what the node reads (--binary).
+   its Deployment is checked against what the node reads (--binary), and the
+   documented install keeps the demo page and its public /status off.
 
 Exit status 0 when all of that holds, 1 otherwise (every problem is printed).
 """
@@ -114,6 +115,9 @@ def check_deployment(name, objs, known_env):
         problem(f"{name}: liveness probe is {live}, want /healthz on the internal port")
     if (ready["path"], ready["port"]) != ("/readyz", "internal"):
         problem(f"{name}: readiness probe is {ready}, want /readyz on the internal port")
+    demo = env.get("SWITCHBOARD_DEMO", {}).get("value")
+    if demo not in ("true", "false"):
+        problem(f"{name}: SWITCHBOARD_DEMO is {demo!r}; the chart must say whether the demo is on")
     node_id = env.get("SWITCHBOARD_NODE_ID", {}).get("valueFrom", {}).get("fieldRef", {})
     if node_id.get("fieldPath") != "metadata.name":
         problem(f"{name}: SWITCHBOARD_NODE_ID does not come from the pod name")
@@ -129,6 +133,16 @@ def check_deployment(name, objs, known_env):
             and "ALL" in sc.get("capabilities", {}).get("drop", [])
             and pod["securityContext"].get("runAsNonRoot")):
         problem(f"{name}: the container is not locked down (non-root, read-only, no privileges)")
+
+
+def check_demo_off(name, objs):
+    """The documented install keeps the demo page and its public /status off."""
+    for o in objs:
+        if o["kind"] == "Deployment":
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                if "SWITCHBOARD_DEMO" in env and env["SWITCHBOARD_DEMO"] != "false":
+                    problem(f"{name}: the demo is on by default (SWITCHBOARD_DEMO={env['SWITCHBOARD_DEMO']!r})")
 
 
 def write_outputs(name, objs, out):
@@ -159,6 +173,8 @@ def main():
         check_lint(f"ci/{f.name}", merge(defaults, yaml.safe_load(f.read_text())))
     check_lint("a port given as text (must fail)", merge(defaults, {"ports": {"public": "http"}}),
                expect_failure=True)
+    check_lint("config.demo given as text (must fail)",
+               merge(defaults, {"config": {"demo": "yes"}}), expect_failure=True)
     check_lint("networkPolicy off without consent (must fail)",
                merge(defaults, {"networkPolicy": {"enabled": False}}), expect_failure=True)
 
@@ -181,6 +197,8 @@ def main():
             continue
         write_outputs(name, objs, out)
         check_deployment(name, objs, known_env)
+        if name == "install":
+            check_demo_off(name, objs)
         print(f"ok   render {name}: {len(objs)} objects -> {out / name}.yaml")
 
     if problems:

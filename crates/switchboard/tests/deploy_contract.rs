@@ -693,3 +693,109 @@ fn compose_and_chart_raise_the_same_alerts() {
         assert!(compose.contains(required), "no {required} alert");
     }
 }
+
+// --- safe defaults -----------------------------------------------------------------------
+
+/// The value compose gives `${NAME:-default}` when NAME is not set; other text as is.
+fn compose_default(value: &str) -> String {
+    value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once(":-"))
+        .map_or_else(|| value.to_owned(), |(_, default)| default.to_owned())
+}
+
+#[test]
+fn deployments_keep_the_demo_off_unless_asked() {
+    // The chart: a value, off, rendered into the Deployment's environment.
+    let values = yaml("k8s/helm/switchboard/values.yaml");
+    assert_eq!(
+        at(&values, "config.demo"),
+        &Value::from(false),
+        "the chart's config.demo is false"
+    );
+    let template = read("k8s/helm/switchboard/templates/deployment.yaml");
+    let wiring = "- name: SWITCHBOARD_DEMO\n              value: {{ .Values.config.demo | toString | quote }}";
+    assert!(
+        template.contains(wiring),
+        "templates/deployment.yaml lacks {wiring:?}"
+    );
+
+    // The plain manifests and the compose cluster say false.
+    let (_, container) = base_container();
+    let manifest_env: BTreeMap<String, String> = env_of(&container)
+        .into_iter()
+        .filter_map(|(k, v)| v.get("value").map(|v| (k, text(v))))
+        .collect();
+    assert_eq!(
+        manifest_env.get("SWITCHBOARD_DEMO").map(String::as_str),
+        Some("false"),
+        "k8s/base/deployment.yaml sets SWITCHBOARD_DEMO=false"
+    );
+    let compose = yaml("deploy/docker-compose.yml");
+    let mut compose_env = BTreeMap::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        let env = at(&compose, &format!("services.{name}.environment"));
+        let demo = env
+            .get("SWITCHBOARD_DEMO")
+            .map(|v| compose_default(&text(v)))
+            .unwrap_or_else(|| panic!("{name} does not set SWITCHBOARD_DEMO"));
+        assert_eq!(demo, "false", "{name}: SWITCHBOARD_DEMO defaults to false");
+        compose_env = env
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (text(k), compose_default(&text(v))))
+            .collect();
+    }
+
+    // A node started as each deployment starts it serves neither the demo page nor
+    // its public /status; the browser client stays.
+    for (what, env, config) in [
+        ("k8s/base", &manifest_env, "k8s/base/switchboard.toml"),
+        (
+            "deploy/docker-compose.yml",
+            &compose_env,
+            "deploy/switchboard.toml",
+        ),
+    ] {
+        let mut env: BTreeMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| *k == "SWITCHBOARD_DEMO")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.insert(
+            "SWITCHBOARD_CONFIG".to_owned(),
+            root().join(config).display().to_string(),
+        );
+        env.insert("SWITCHBOARD_LISTEN".to_owned(), "127.0.0.1:0".to_owned());
+        env.insert(
+            "SWITCHBOARD_INTERNAL_LISTEN".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        );
+        let node = RunningNode::start(&env);
+        let (status, body) = get(&node.public, "/");
+        assert_eq!(status, 200, "{what}: GET /");
+        assert!(
+            !body.contains("<script") && body.contains("/ws"),
+            "{what}: GET / is the demo page, not the plain pointer to /ws: {body:.200}"
+        );
+        for path in ["/status", "/demo.js"] {
+            assert_eq!(get(&node.public, path).0, 404, "{what}: GET {path}");
+        }
+        assert_eq!(get(&node.public, "/client.js").0, 200, "{what}: /client.js");
+        node.terminate();
+    }
+
+    // `make run` and the README's first command start a node by hand: demo on.
+    let makefile = read("Makefile");
+    let run = makefile
+        .split("\nrun:")
+        .nth(1)
+        .and_then(|r| r.split("\n\n").next())
+        .expect("a run target in the Makefile");
+    assert!(!run.contains("demo"), "make run keeps the demo on: {run}");
+    let readme = read("README.md");
+    assert!(readme.contains("cargo run --release -p switchboard    # run one node"));
+    assert!(readme.contains("open `http://localhost:8080/` for the demo chat"));
+}

@@ -1,9 +1,10 @@
 //! The server API (PROTOCOL.md section 5): JSON in, JSON out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Deserialize;
@@ -14,13 +15,21 @@ use switchboard_backplane::{Position, Target};
 
 use super::{Body, json};
 use crate::node::NodeInner;
-use crate::protocol::{
-    ErrorCode, Payload, Protocol, Push, StreamPosition, channel, encode_push_for,
-};
+use crate::protocol::payload::Unfit;
+use crate::protocol::{ErrorCode, Payload, StreamPosition, channel};
 use crate::session::commands;
 
 /// Most channels one broadcast may name.
 const MAX_BROADCAST_CHANNELS: usize = 1000;
+
+/// How long a caller may take to send a request body, from the end of its head
+/// (which the listener's header read timeout bounds): a body still incomplete
+/// then is answered 408 and the connection closed.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The buffer a body of unknown length (chunked) starts in; it grows as needed,
+/// up to the message size limit.
+const BODY_INITIAL_CAPACITY: usize = 8 * 1024;
 
 /// An API failure: status, code and message.
 struct ApiError {
@@ -41,16 +50,33 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
+
+    /// JSON `data` unfit for JSON subscribers (too deep, a lone surrogate), counted.
+    fn unfit(why: Unfit) -> Self {
+        why.count_refusal();
+        Self::bad_request(why.describe())
+    }
 }
 
 pub(super) async fn handle(node: Arc<NodeInner>, req: Request<Incoming>) -> Response<Body> {
     let route = route_of(req.method(), req.uri().path());
     let response = match serve(&node, route, req).await {
         Ok(r) => r,
-        Err(e) => json(
-            e.status,
-            &j!({"error": {"code": e.code, "message": e.message}}),
-        ),
+        Err(e) => {
+            let mut r = json(
+                e.status,
+                &j!({"error": {"code": e.code, "message": e.message}}),
+            );
+            if e.status == StatusCode::REQUEST_TIMEOUT {
+                // The rest of the body may never come: hyper closes the
+                // connection after this answer rather than wait for it.
+                r.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            r
+        }
     };
     metrics::counter!(
         "switchboard_api_requests_total",
@@ -186,22 +212,63 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Reads a request body into one buffer, within [`BODY_READ_TIMEOUT`] and the
+/// message size limit.
+///
+/// Each chunk hyper hands over is copied and dropped at once. Keeping the chunks
+/// (as a collecting body does) would keep each one's read buffer alive: a body
+/// dribbled one byte per TCP segment would pin kilobytes per byte. So memory
+/// held is the body's size (the declared `Content-Length`, or what has come).
 async fn read_body(node: &NodeInner, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = node.config.max_message_size;
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err({
-            metrics::counter!("switchboard_limit_rejections_total", "limit" => "message_size")
+    let too_large = || {
+        metrics::counter!("switchboard_limit_rejections_total", "limit" => "message_size")
+            .increment(1);
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("request body over {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let capacity = declared.map_or(BODY_INITIAL_CAPACITY.min(limit), |n| n as usize);
+    let mut buf = BytesMut::with_capacity(capacity);
+    let mut body = req.into_body();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(())) => Ok(buf.freeze()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            metrics::counter!("switchboard_limit_rejections_total", "limit" => "body_read_timeout")
                 .increment(1);
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge,
-                format!("request body over {limit} bytes"),
-            )
-        }),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not read the body: {e}"
-        ))),
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!(
+                    "request body not received within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ))
+        }
     }
 }
 
@@ -226,7 +293,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 async fn publish(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let body: PublishBody<'_> = parse(body)?;
     check_channel(node, &body.channel)?;
-    let data = Payload::json(Bytes::copy_from_slice(body.data.get().as_bytes()));
+    let data = Payload::json_checked(body.data).map_err(ApiError::unfit)?;
     let answer = match publish_one(node, &body.channel, data).await? {
         Some(p) => j!({"offset": p.offset, "epoch": p.epoch}),
         None => j!({}),
@@ -241,7 +308,7 @@ async fn broadcast(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiE
             "channels must list 1 to {MAX_BROADCAST_CHANNELS} channels"
         )));
     }
-    let data = Payload::json(Bytes::copy_from_slice(body.data.get().as_bytes()));
+    let data = Payload::json_checked(body.data).map_err(ApiError::unfit)?;
     let mut results: Vec<Value> = Vec::with_capacity(body.channels.len());
     for name in &body.channels {
         let outcome = match check_channel(node, name) {
@@ -269,12 +336,8 @@ async fn send(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiError>
     if body.user.is_empty() || body.user.len() > 255 {
         return Err(ApiError::bad_request("user must be 1 to 255 bytes"));
     }
-    let mut envelope = envelope::for_channel(
-        &node.config.node_id,
-        "",
-        Bytes::copy_from_slice(body.data.get().as_bytes()),
-        Default::default(),
-    );
+    let data = Payload::json_checked(body.data).map_err(ApiError::unfit)?;
+    let mut envelope = envelope::for_channel(&node.config.node_id, "", data.bytes, data.encoding);
     envelope.target = Some(Target {
         kind: Some(Kind::User(body.user)),
     });
@@ -364,18 +427,18 @@ async fn history(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<B
     let page = commands::read_history(node, channel, policy, limit, since.as_ref())
         .await
         .map_err(unavailable)?;
-    let messages: Vec<Value> = page
-        .messages
-        .iter()
-        .map(|m| {
-            let push = encode_push_for(Protocol::Json, &Push::of_history(m, channel));
-            serde_json::from_slice(&push).unwrap_or(Value::Null)
-        })
-        .collect();
-    Ok(json(
-        StatusCode::OK,
-        &j!({"channel": channel, "epoch": page.epoch, "offset": page.offset, "messages": messages}),
-    ))
+    let body = crate::protocol::json::encode_history_answer(
+        channel,
+        &page.epoch,
+        page.offset,
+        &page.messages,
+    );
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
 }
 
 async fn presence(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {

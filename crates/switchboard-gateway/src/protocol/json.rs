@@ -116,10 +116,11 @@ pub fn decode(text: &[u8]) -> Result<Command, DecodeError> {
             let data = raw
                 .data
                 .ok_or_else(|| err("missing field: data (in publish)".into()))?;
-            CommandKind::Publish {
-                channel,
-                data: Payload::json(Bytes::copy_from_slice(data.get().as_bytes())),
-            }
+            let data = Payload::json_checked(data).map_err(|why| {
+                why.count_refusal();
+                err(why.describe())
+            })?;
+            CommandKind::Publish { channel, data }
         }
         "history" => CommandKind::History {
             channel: channel()?,
@@ -257,6 +258,12 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
 /// message and node, then shared by every JSON subscriber.
 pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
     let mut out = BytesMut::with_capacity(128);
+    put_push(&mut out, push);
+    out.freeze()
+}
+
+/// Writes one push (see [`encode_push`]) at the end of `out`.
+fn put_push(out: &mut BytesMut, push: &Push<'_>) {
     match *push {
         Push::Message {
             channel,
@@ -269,12 +276,12 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             out.put_slice(b"{\"type\":\"message\",\"channel\":\"");
             out.put_slice(channel.as_bytes());
             out.put_u8(b'"');
-            put_data(&mut out, payload, encoding);
+            put_data(out, payload, encoding);
             if let Some((offset, epoch)) = position {
                 out.put_slice(b",\"offset\":");
                 out.put_slice(offset.to_string().as_bytes());
                 out.put_slice(b",\"epoch\":");
-                put_str(&mut out, epoch);
+                put_str(out, epoch);
             }
         }
         Push::UserMessage {
@@ -283,8 +290,8 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             encoding,
         } => {
             out.put_slice(b"{\"type\":\"message\",\"user\":");
-            put_str(&mut out, user);
-            put_data(&mut out, payload, encoding);
+            put_str(out, user);
+            put_data(out, payload, encoding);
         }
         Push::Join {
             channel,
@@ -297,11 +304,11 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             } else {
                 b"{\"type\":\"leave\",\"channel\":"
             });
-            put_str(&mut out, channel);
+            put_str(out, channel);
             out.put_slice(b",\"conn\":");
-            put_str(&mut out, conn);
+            put_str(out, conn);
             out.put_slice(b",\"user\":");
-            put_str(&mut out, user);
+            put_str(out, user);
         }
         Push::Missed { topic, reason } => {
             out.put_slice(b"{\"type\":\"missed\",");
@@ -320,11 +327,23 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
         }
     }
     out.put_u8(b'}');
-    out.freeze()
 }
 
 /// `,"data":D` for JSON payloads (spliced verbatim), `,"data_b64":"..."` for the rest.
+///
+/// A payload labelled JSON is spliced only if it is valid UTF-8, so the frame is
+/// valid text whatever the backplane carries (history written before publishes
+/// were checked, a node of another version): one UTF-8 check per message and
+/// node, not per subscriber. One that is not goes as `data_b64`, and is counted.
 fn put_data(out: &mut BytesMut, payload: &[u8], encoding: PayloadEncoding) {
+    let encoding = match encoding {
+        PayloadEncoding::Json if std::str::from_utf8(payload).is_err() => {
+            metrics::counter!("switchboard_invalid_payloads_total", "reason" => "not_utf8")
+                .increment(1);
+            PayloadEncoding::Binary
+        }
+        other => other,
+    };
     match encoding {
         PayloadEncoding::Json => {
             out.put_slice(b",\"data\":");
@@ -353,8 +372,7 @@ fn encode_history(
     offset: u64,
     messages: &[switchboard_backplane::Envelope],
 ) -> Bytes {
-    let mut out =
-        BytesMut::with_capacity(64 + messages.iter().map(|m| m.payload.len() + 64).sum::<usize>());
+    let mut out = history_buffer(messages);
     out.put_slice(b"{\"type\":\"history\"");
     if let Some(id) = id {
         out.put_slice(b",\"id\":");
@@ -362,8 +380,46 @@ fn encode_history(
     }
     out.put_slice(b",\"channel\":");
     put_str(&mut out, channel);
+    put_history_tail(&mut out, channel, epoch, offset, messages);
+    out.freeze()
+}
+
+/// The server API's history answer, `{"channel","epoch","offset","messages"}`,
+/// each message exactly as its `message` push (`data`, or `data_b64`), spliced
+/// rather than parsed again, so no message depends on a parser's limits.
+pub(crate) fn encode_history_answer(
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    messages: &[switchboard_backplane::Envelope],
+) -> Bytes {
+    let mut out = history_buffer(messages);
+    out.put_slice(b"{\"channel\":");
+    put_str(&mut out, channel);
+    put_history_tail(&mut out, channel, epoch, offset, messages);
+    out.freeze()
+}
+
+fn history_buffer(messages: &[switchboard_backplane::Envelope]) -> BytesMut {
+    // Base64 makes binary payloads 4/3 as long.
+    BytesMut::with_capacity(
+        64 + messages
+            .iter()
+            .map(|m| m.payload.len() * 4 / 3 + m.epoch.len() + 96)
+            .sum::<usize>(),
+    )
+}
+
+/// `,"epoch":E,"offset":N,"messages":[...]}`.
+fn put_history_tail(
+    out: &mut BytesMut,
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    messages: &[switchboard_backplane::Envelope],
+) {
     out.put_slice(b",\"epoch\":");
-    put_str(&mut out, epoch);
+    put_str(out, epoch);
     out.put_slice(b",\"offset\":");
     out.put_slice(offset.to_string().as_bytes());
     out.put_slice(b",\"messages\":[");
@@ -371,10 +427,9 @@ fn encode_history(
         if i > 0 {
             out.put_u8(b',');
         }
-        out.put_slice(&encode_push(&Push::of_history(m, channel)));
+        put_push(out, &Push::of_history(m, channel));
     }
     out.put_slice(b"]}");
-    out.freeze()
 }
 
 #[cfg(test)]
@@ -516,6 +571,41 @@ mod tests {
             &m[..],
             br#"{"type":"leave","channel":"c","conn":"c_1","user":"u"}"#
         );
+    }
+
+    #[test]
+    fn publish_data_too_deep_or_with_a_lone_surrogate_is_refused() {
+        let max = crate::protocol::payload::MAX_JSON_DEPTH;
+        let publish =
+            |data: &str| format!(r#"{{"type":"publish","id":8,"channel":"a","data":{data}}}"#);
+        let deep = |d: usize| format!("{}1{}", "[".repeat(d), "]".repeat(d));
+        assert!(matches!(
+            ok(&publish(&deep(max))).kind,
+            CommandKind::Publish { .. }
+        ));
+        let e = bad(&publish(&deep(max + 1)));
+        assert_eq!(e.id, Some(8));
+        assert!(e.message.contains(&max.to_string()), "{}", e.message);
+        let e = bad(&publish(r#"{"t":"\ud800"}"#));
+        assert!(e.message.contains("surrogate"), "{}", e.message);
+        assert!(matches!(
+            ok(&publish(r#""\ud83d\ude00""#)).kind,
+            CommandKind::Publish { .. }
+        ));
+    }
+
+    #[test]
+    fn data_marked_json_that_is_not_utf8_goes_as_base64() {
+        let payload = Bytes::from_static(b"\"\xff\"");
+        let m = encode_push(&Push::Message {
+            channel: "a",
+            payload: &payload,
+            encoding: PayloadEncoding::Json,
+            position: None,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["data_b64"], "Iv8i");
+        assert!(v.get("data").is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod json;
+pub mod payload;
 pub mod proto;
 
 use std::borrow::Cow;
@@ -85,7 +86,8 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// Data that is valid JSON text.
+    /// Data that is valid JSON text, fit for JSON clients as it is (the caller
+    /// has checked it; see [`Payload::json_checked`]).
     pub fn json(bytes: Bytes) -> Self {
         Payload {
             bytes,
@@ -93,13 +95,19 @@ impl Payload {
         }
     }
 
-    /// Classifies arbitrary bytes: JSON text when they parse as JSON, binary otherwise.
+    /// JSON data as a parser read it (a `data` field of a JSON command or API
+    /// body): refused when it is nested too deep or escapes a lone surrogate
+    /// ([`payload::check_json_text`]); copied once otherwise.
+    pub fn json_checked(raw: &serde_json::value::RawValue) -> Result<Self, payload::Unfit> {
+        payload::check_json_text(raw.get())?;
+        Ok(Payload::json(Bytes::copy_from_slice(raw.get().as_bytes())))
+    }
+
+    /// Classifies arbitrary bytes (a protobuf publish): JSON when JSON clients
+    /// can take them verbatim ([`payload::json_fitness`]: UTF-8, one JSON value,
+    /// not too deep, no lone surrogates), binary (`data_b64`) otherwise.
     pub fn classify(bytes: Bytes) -> Self {
-        let encoding = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
-            PayloadEncoding::Json
-        } else {
-            PayloadEncoding::Binary
-        };
+        let encoding = payload::classify(&bytes);
         Payload { bytes, encoding }
     }
 }
