@@ -315,15 +315,15 @@ fn put_push(out: &mut BytesMut, push: &Push<'_>) {
             match topic {
                 MissedTopic::Channel(channel) => {
                     out.put_slice(b"\"channel\":");
-                    put_str(&mut out, channel);
+                    put_str(out, channel);
                 }
                 MissedTopic::User(user) => {
                     out.put_slice(b"\"user\":");
-                    put_str(&mut out, user);
+                    put_str(out, user);
                 }
             }
             out.put_slice(b",\"reason\":");
-            put_str(&mut out, reason.as_str());
+            put_str(out, reason.as_str());
         }
     }
     out.put_u8(b'}');
