@@ -1,0 +1,381 @@
+//! Presence in Redis: who is subscribed to a channel, on every node, kept true
+//! under faults.
+//!
+//! A channel's members are a sorted set (`PREFIX:members:{C}`, see
+//! [`Keys::presence`]). Each entry is the member's JSON with the owning node's
+//! id and *incarnation* (a fresh id per process), scored by the moment it
+//! expires, in milliseconds of the Redis clock (`TIME` inside the scripts, so
+//! the clocks of the nodes never matter). The owning node keeps its own map of
+//! the members it added and re-adds all of them on every registry heartbeat
+//! (one pipelined round trip for the whole node, one script call per channel
+//! and chunk), so:
+//!
+//! - a member of a node that died (SIGKILL, partition) expires `ttl` (three
+//!   registry intervals) after its node's last heartbeat;
+//! - a member of a previous incarnation of a node id (a pod restarted under
+//!   the same hostname) is dropped as soon as the new incarnation holds the id;
+//! - a member whose removal failed (Redis hung, timed out) is no longer
+//!   refreshed and expires;
+//! - members lost in Redis (`FLUSHALL`, a restart without data) are back
+//!   within one registry interval.
+//!
+//! Reads drop expired entries and entries of superseded incarnations, and
+//! remove them from Redis. Every command touches one key, the channel's set,
+//! so a channel's presence stays on its channel's Redis Cluster slot.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use super::{COMMAND_TIMEOUT, Keys};
+use crate::{BackplaneError, PresenceMember};
+
+/// Members per script call of a refresh: bounds the time one script holds Redis.
+const REFRESH_CHUNK: usize = 256;
+/// Script calls per pipeline of a refresh: bounds one round trip's size.
+const REFRESH_PIPELINE: usize = 512;
+
+/// Adds (or refreshes) entries and drops the expired ones.
+///
+/// KEYS: the channel's set. ARGV: time to live in ms, then the entries.
+/// Returns the number of expired entries removed.
+static ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+local expires = now + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], expires, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return expired
+"#,
+    )
+});
+
+/// Drops the expired entries and returns `{expired, {entry...}}`.
+///
+/// KEYS: the channel's set.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+return {expired, redis.call('ZRANGE', KEYS[1], 0, -1)}
+"#,
+    )
+});
+
+/// One entry as stored: the member and the incarnation of its node.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    conn: &'a str,
+    user: &'a str,
+    node: &'a str,
+    inc: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    conn: String,
+    user: String,
+    node: String,
+    #[serde(default)]
+    inc: String,
+}
+
+/// This node's side of presence in Redis (see the module docs).
+pub(super) struct Presence {
+    pool: deadpool_redis::Pool,
+    keys: Keys,
+    node_id: String,
+    incarnation: String,
+    ttl: Duration,
+    /// channel -> conn -> stored entry: every member this node added and has
+    /// not removed; re-added on every heartbeat.
+    local: Mutex<HashMap<String, HashMap<String, String>>>,
+}
+
+impl Presence {
+    pub(super) fn new(
+        pool: deadpool_redis::Pool,
+        keys: Keys,
+        node_id: String,
+        incarnation: String,
+        ttl: Duration,
+    ) -> Self {
+        Presence {
+            pool,
+            keys,
+            node_id,
+            incarnation,
+            ttl,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        (self.ttl.as_millis() as u64).max(1)
+    }
+
+    /// Records a member. It is kept in this node's map even when Redis fails,
+    /// so the next heartbeat writes it.
+    pub(super) async fn add(
+        &self,
+        channel: &str,
+        member: &PresenceMember,
+    ) -> Result<(), BackplaneError> {
+        let entry = serde_json::to_string(&StoredRef {
+            conn: &member.conn,
+            user: &member.user,
+            node: &member.node,
+            inc: &self.incarnation,
+        })
+        .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        crate::lock(&self.local)
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(member.conn.clone(), entry.clone());
+        let mut conn = self.connection().await?;
+        let expired: u64 = ADD
+            .key(self.keys.presence(channel))
+            .arg(self.ttl_ms())
+            .arg(entry)
+            .invoke_async(&mut *conn)
+            .await?;
+        count_removed("expired", expired);
+        Ok(())
+    }
+
+    /// Removes a member. Taken out of this node's map first: should the Redis
+    /// command fail, the entry is no longer refreshed and expires.
+    pub(super) async fn remove(&self, channel: &str, conn_id: &str) -> Result<(), BackplaneError> {
+        let entry = {
+            let mut local = crate::lock(&self.local);
+            let Some(members) = local.get_mut(channel) else {
+                return Ok(());
+            };
+            let entry = members.remove(conn_id);
+            if members.is_empty() {
+                local.remove(channel);
+            }
+            entry
+        };
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.presence(channel))
+            .arg(entry)
+            .query_async(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Every live member of a channel. Expired entries and entries of a
+    /// superseded incarnation of their node are left out and removed.
+    ///
+    /// `incarnations` gives the incarnation currently holding each node id
+    /// asked about (ids without a registry entry are left out of the answer).
+    pub(super) async fn members<F, Fut>(
+        &self,
+        channel: &str,
+        incarnations: F,
+    ) -> Result<Vec<PresenceMember>, BackplaneError>
+    where
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, String>, BackplaneError>>,
+    {
+        let key = self.keys.presence(channel);
+        let mut conn = self.connection().await?;
+        let (expired, raw): (u64, Vec<String>) = READ.key(&key).invoke_async(&mut *conn).await?;
+        drop(conn);
+        count_removed("expired", expired);
+
+        let mut entries = Vec::with_capacity(raw.len());
+        let mut stale = Vec::new();
+        for entry in raw {
+            match serde_json::from_str::<Stored>(&entry) {
+                Ok(stored) => entries.push((entry, stored)),
+                Err(_) => stale.push(entry),
+            }
+        }
+        let others: HashSet<&str> = entries
+            .iter()
+            .map(|(_, s)| s.node.as_str())
+            .filter(|n| *n != self.node_id)
+            .collect();
+        let holders = if others.is_empty() {
+            HashMap::new()
+        } else {
+            incarnations(others.into_iter().map(str::to_owned).collect()).await?
+        };
+        let mut members = Vec::with_capacity(entries.len());
+        for (entry, stored) in entries {
+            let live = if stored.node == self.node_id {
+                stored.inc == self.incarnation
+            } else {
+                // No registry entry (yet, or any more): the entry's own expiry decides.
+                holders
+                    .get(&stored.node)
+                    .is_none_or(|inc| *inc == stored.inc)
+            };
+            if live {
+                members.push(PresenceMember {
+                    conn: stored.conn,
+                    user: stored.user,
+                    node: stored.node,
+                });
+            } else {
+                stale.push(entry);
+            }
+        }
+        if !stale.is_empty() {
+            count_removed("replaced", stale.len() as u64);
+            let mut conn = self.connection().await?;
+            let _: i64 = redis::cmd("ZREM")
+                .arg(&key)
+                .arg(&stale)
+                .query_async(&mut *conn)
+                .await?;
+        }
+        members.sort_by(|a, b| a.conn.cmp(&b.conn));
+        Ok(members)
+    }
+
+    /// Re-adds every member of this node (called on each registry heartbeat):
+    /// their expiry moves on, and whatever Redis lost comes back.
+    pub(super) async fn refresh(&self) -> Result<(), BackplaneError> {
+        let snapshot: Vec<(String, Vec<String>)> = crate::lock(&self.local)
+            .iter()
+            .map(|(channel, members)| (channel.clone(), members.values().cloned().collect()))
+            .collect();
+        let members: usize = snapshot.iter().map(|(_, m)| m.len()).sum();
+        metrics::gauge!("switchboard_presence_local_members").set(members as f64);
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.ttl_ms();
+        let calls: Vec<(String, &[String])> = snapshot
+            .iter()
+            .flat_map(|(channel, entries)| {
+                let key = self.keys.presence(channel);
+                entries
+                    .chunks(REFRESH_CHUNK)
+                    .map(move |chunk| (key.clone(), chunk))
+            })
+            .collect();
+        let mut conn = self.connection().await?;
+        for batch in calls.chunks(REFRESH_PIPELINE) {
+            let expired = match run_adds(&mut conn, batch, ttl).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Redis restarted (or its scripts were flushed): load and go again.
+                    let _: String = ADD.load_async(&mut *conn).await?;
+                    run_adds(&mut conn, batch, ttl).await?
+                }
+                other => other?,
+            };
+            count_removed("expired", expired.iter().sum());
+        }
+        drop(conn);
+
+        // A member removed while the refresh was on its way may have been
+        // written back by it after its own removal: remove it again.
+        let gone: Vec<(String, Vec<String>)> = {
+            let local = crate::lock(&self.local);
+            snapshot
+                .into_iter()
+                .filter_map(|(channel, entries)| {
+                    let now = local.get(&channel);
+                    let gone: Vec<String> = entries
+                        .into_iter()
+                        .filter(|e| now.is_none_or(|m| !m.values().any(|v| v == e)))
+                        .collect();
+                    (!gone.is_empty()).then_some((channel, gone))
+                })
+                .collect()
+        };
+        if !gone.is_empty() {
+            let mut pipe = redis::pipe();
+            for (channel, entries) in &gone {
+                pipe.cmd("ZREM")
+                    .arg(self.keys.presence(channel))
+                    .arg(entries)
+                    .ignore();
+            }
+            let mut conn = self.connection().await?;
+            let () = pipe.query_async(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, BackplaneError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| BackplaneError::Unavailable(e.to_string()))
+    }
+}
+
+/// One pipeline of refresh script calls; returns the expired counts.
+async fn run_adds(
+    conn: &mut deadpool_redis::Connection,
+    calls: &[(String, &[String])],
+    ttl_ms: u64,
+) -> Result<Vec<u64>, redis::RedisError> {
+    let mut pipe = redis::pipe();
+    let hash = ADD.get_hash();
+    for (key, entries) in calls {
+        pipe.cmd("EVALSHA")
+            .arg(hash)
+            .arg(1)
+            .arg(key)
+            .arg(ttl_ms)
+            .arg(*entries);
+    }
+    tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(conn))
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "presence refresh timed out",
+            ))
+        })?
+}
+
+fn count_removed(reason: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!("switchboard_presence_removed_total", "reason" => reason).increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_carry_the_incarnation_and_read_back_as_members() {
+        let json = serde_json::to_string(&StoredRef {
+            conn: "c_1",
+            user: "u",
+            node: "n",
+            inc: "i1",
+        })
+        .unwrap();
+        let stored: Stored = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (stored.conn, stored.user, stored.node, stored.inc),
+            ("c_1".into(), "u".into(), "n".into(), "i1".into())
+        );
+    }
+}
