@@ -26,6 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::Script;
@@ -101,6 +102,9 @@ pub(super) struct Presence {
     /// channel -> conn -> stored entry: every member this node added and has
     /// not removed; re-added on every heartbeat.
     local: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Another process holds this node id: this one no longer vouches for
+    /// entries under the id, not even its own.
+    superseded: AtomicBool,
 }
 
 impl Presence {
@@ -118,7 +122,14 @@ impl Presence {
             incarnation,
             ttl,
             local: Mutex::new(HashMap::new()),
+            superseded: AtomicBool::new(false),
         }
+    }
+
+    /// Another process took this node id over: stop refreshing, and let reads
+    /// judge entries under the id by the registry like any other node's.
+    pub(super) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Release);
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -208,10 +219,11 @@ impl Presence {
                 Err(_) => stale.push(entry),
             }
         }
+        let superseded = self.superseded.load(Ordering::Acquire);
         let others: HashSet<&str> = entries
             .iter()
             .map(|(_, s)| s.node.as_str())
-            .filter(|n| *n != self.node_id)
+            .filter(|n| superseded || *n != self.node_id)
             .collect();
         let holders = if others.is_empty() {
             HashMap::new()
@@ -220,7 +232,7 @@ impl Presence {
         };
         let mut members = Vec::with_capacity(entries.len());
         for (entry, stored) in entries {
-            let live = if stored.node == self.node_id {
+            let live = if stored.node == self.node_id && !superseded {
                 stored.inc == self.incarnation
             } else {
                 // No registry entry (yet, or any more): the entry's own expiry decides.
@@ -254,6 +266,9 @@ impl Presence {
     /// Re-adds every member of this node (called on each registry heartbeat):
     /// their expiry moves on, and whatever Redis lost comes back.
     pub(super) async fn refresh(&self) -> Result<(), BackplaneError> {
+        if self.superseded.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let snapshot: Vec<(String, Vec<String>)> = crate::lock(&self.local)
             .iter()
             .map(|(channel, members)| (channel.clone(), members.values().cloned().collect()))

@@ -274,6 +274,7 @@ impl Registry {
     fn conflict(&self, holder: String) {
         let inner = &self.inner;
         metrics::counter!("switchboard_node_id_conflicts_total").increment(1);
+        inner.presence.supersede();
         let error = self.in_use(&holder);
         tracing::error!(
             node = %inner.node_id,
