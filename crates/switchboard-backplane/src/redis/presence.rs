@@ -24,9 +24,8 @@
 //! so a channel's presence stays on its channel's Redis Cluster slot.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::Script;
@@ -92,6 +91,16 @@ struct Stored {
     inc: String,
 }
 
+/// One channel's members on this node: conn -> stored entry (shared, so a
+/// refresh snapshot copies no strings).
+type Local = HashMap<Arc<str>, Arc<str>>;
+
+/// A `(conn, entry)` pair of this node's members.
+type Pair = (Arc<str>, Arc<str>);
+
+/// A refresh's view of this node's members: each channel with its pairs.
+type Snapshot = Vec<(String, Vec<Pair>)>;
+
 /// This node's side of presence in Redis (see the module docs).
 pub(super) struct Presence {
     pool: deadpool_redis::Pool,
@@ -101,7 +110,7 @@ pub(super) struct Presence {
     ttl: Duration,
     /// channel -> conn -> stored entry: every member this node added and has
     /// not removed; re-added on every heartbeat.
-    local: Mutex<HashMap<String, HashMap<String, String>>>,
+    local: Mutex<HashMap<String, Local>>,
     /// Another process holds this node id: this one no longer vouches for
     /// entries under the id, not even its own.
     superseded: AtomicBool,
@@ -153,7 +162,7 @@ impl Presence {
         crate::lock(&self.local)
             .entry(channel.to_owned())
             .or_default()
-            .insert(member.conn.clone(), entry.clone());
+            .insert(Arc::from(member.conn.as_str()), Arc::from(entry.as_str()));
         let mut conn = self.connection().await?;
         let expired: u64 = ADD
             .key(self.keys.presence(channel))
@@ -185,7 +194,7 @@ impl Presence {
         let mut conn = self.connection().await?;
         let _: i64 = redis::cmd("ZREM")
             .arg(self.keys.presence(channel))
-            .arg(entry)
+            .arg(&*entry)
             .query_async(&mut *conn)
             .await?;
         Ok(())
@@ -269,9 +278,15 @@ impl Presence {
         if self.superseded.load(Ordering::Acquire) {
             return Ok(());
         }
-        let snapshot: Vec<(String, Vec<String>)> = crate::lock(&self.local)
+        let snapshot: Snapshot = crate::lock(&self.local)
             .iter()
-            .map(|(channel, members)| (channel.clone(), members.values().cloned().collect()))
+            .map(|(channel, members)| {
+                let pairs = members
+                    .iter()
+                    .map(|(c, e)| (c.clone(), e.clone()))
+                    .collect();
+                (channel.clone(), pairs)
+            })
             .collect();
         let members: usize = snapshot.iter().map(|(_, m)| m.len()).sum();
         metrics::gauge!("switchboard_presence_local_members").set(members as f64);
@@ -279,7 +294,7 @@ impl Presence {
             return Ok(());
         }
         let ttl = self.ttl_ms();
-        let calls: Vec<(String, &[String])> = snapshot
+        let calls: Vec<(String, &[Pair])> = snapshot
             .iter()
             .flat_map(|(channel, entries)| {
                 let key = self.keys.presence(channel);
@@ -306,15 +321,16 @@ impl Presence {
 
         // A member removed while the refresh was on its way may have been
         // written back by it after its own removal: remove it again.
-        let gone: Vec<(String, Vec<String>)> = {
+        let gone: Vec<(String, Vec<Arc<str>>)> = {
             let local = crate::lock(&self.local);
             snapshot
                 .into_iter()
-                .filter_map(|(channel, entries)| {
+                .filter_map(|(channel, pairs)| {
                     let now = local.get(&channel);
-                    let gone: Vec<String> = entries
+                    let gone: Vec<Arc<str>> = pairs
                         .into_iter()
-                        .filter(|e| now.is_none_or(|m| !m.values().any(|v| v == e)))
+                        .filter(|(c, e)| now.and_then(|m| m.get(c)) != Some(e))
+                        .map(|(_, e)| e)
                         .collect();
                     (!gone.is_empty()).then_some((channel, gone))
                 })
@@ -323,10 +339,11 @@ impl Presence {
         if !gone.is_empty() {
             let mut pipe = redis::pipe();
             for (channel, entries) in &gone {
-                pipe.cmd("ZREM")
-                    .arg(self.keys.presence(channel))
-                    .arg(entries)
-                    .ignore();
+                let cmd = pipe.cmd("ZREM").arg(self.keys.presence(channel));
+                for entry in entries {
+                    cmd.arg(&**entry);
+                }
+                cmd.ignore();
             }
             let mut conn = self.connection().await?;
             let () = pipe.query_async(&mut *conn).await?;
@@ -345,18 +362,16 @@ impl Presence {
 /// One pipeline of refresh script calls; returns the expired counts.
 async fn run_adds(
     conn: &mut deadpool_redis::Connection,
-    calls: &[(String, &[String])],
+    calls: &[(String, &[Pair])],
     ttl_ms: u64,
 ) -> Result<Vec<u64>, redis::RedisError> {
     let mut pipe = redis::pipe();
     let hash = ADD.get_hash();
-    for (key, entries) in calls {
-        pipe.cmd("EVALSHA")
-            .arg(hash)
-            .arg(1)
-            .arg(key)
-            .arg(ttl_ms)
-            .arg(*entries);
+    for (key, pairs) in calls {
+        let cmd = pipe.cmd("EVALSHA").arg(hash).arg(1).arg(key).arg(ttl_ms);
+        for (_, entry) in *pairs {
+            cmd.arg(&**entry);
+        }
     }
     tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(conn))
         .await
