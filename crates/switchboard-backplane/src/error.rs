@@ -15,6 +15,17 @@ pub enum BackplaneError {
     /// The node is shutting down.
     #[error("backplane closed")]
     Closed,
+    /// Another live process holds this node's id in the registry.
+    #[error(
+        "node id {node_id:?} is held by another live node ({holder}); give every node its own \
+         --node-id (SWITCHBOARD_NODE_ID), or stop the other process"
+    )]
+    NodeIdInUse {
+        /// The contested node id.
+        node_id: String,
+        /// What the registry says about the holder.
+        holder: String,
+    },
 }
 
 impl From<redis::RedisError> for BackplaneError {

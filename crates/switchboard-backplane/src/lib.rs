@@ -169,6 +169,33 @@ impl Backplane {
         }
     }
 
+    /// Waits until the node id is known to be this process's (Redis: the
+    /// registry's first claim, which may wait up to two registry intervals
+    /// when a recent entry of the same id exists). Fails with
+    /// [`BackplaneError::NodeIdInUse`] when another live node holds the id;
+    /// returns `Ok` at once when Redis does not answer (the claim goes on in
+    /// the background and a conflict found then is reported by
+    /// [`Backplane::node_id_lost`]).
+    ///
+    /// Cancel-safe.
+    pub async fn claim_node_id(&self) -> Result<(), BackplaneError> {
+        match self {
+            Backplane::Memory(_) => Ok(()),
+            Backplane::Redis(r) => r.claim_node_id().await,
+        }
+    }
+
+    /// Resolves, with [`BackplaneError::NodeIdInUse`], once another live node
+    /// is found holding this node's id; never for the in-process backplane.
+    ///
+    /// Cancel-safe.
+    pub async fn node_id_lost(&self) -> BackplaneError {
+        match self {
+            Backplane::Memory(_) => std::future::pending().await,
+            Backplane::Redis(r) => r.node_id_lost().await,
+        }
+    }
+
     /// Leaves the cluster: deregisters the node and stops the backplane's tasks.
     pub async fn shutdown(&self) {
         if let Backplane::Redis(r) = self {

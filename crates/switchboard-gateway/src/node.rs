@@ -241,6 +241,9 @@ impl Node {
                 stats,
             )?)),
         };
+        // Two live processes with one id would make presence and the cluster
+        // list lie: the second one refuses to start.
+        backplane.claim_node_id().await?;
         metrics::gauge!("switchboard_connections").set(0.0);
         let inner = Arc::new(NodeInner {
             hub: Hub::new(backplane.clone(), subscriptions, config.outbound_queue),
@@ -283,7 +286,9 @@ impl Node {
     /// Serves until `shutdown` resolves, then drains: readiness goes false, new
     /// upgrades are refused, every client is sent `disconnect` 1001 at a random
     /// moment within the drain window, and this returns once they are gone or
-    /// the drain timeout has passed.
+    /// the drain timeout has passed. It drains the same way, and then fails with
+    /// [`BackplaneError::NodeIdInUse`], when another live node takes this
+    /// node's id while it runs.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let Node {
             inner,
@@ -322,7 +327,11 @@ impl Node {
         }
         tracing::info!(node = %inner.config.node_id, backplane = inner.backplane.kind(), "node running");
 
-        shutdown.await;
+        // Another live node took this node's id: drain and fail loudly.
+        let lost = tokio::select! {
+            _ = shutdown => None,
+            e = inner.backplane.node_id_lost() => Some(e),
+        };
         let started = Instant::now();
         let open = inner.connections.load(Ordering::Relaxed);
         tracing::info!(connections = open, timeout = ?inner.config.drain_timeout, "draining");
@@ -353,7 +362,7 @@ impl Node {
         }
         stop_listening.cancel();
         tracing::info!(took = ?started.elapsed(), "drained");
-        Ok(())
+        lost.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 

@@ -6,10 +6,12 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use config::LogFormat;
+use switchboard_backplane::BackplaneError;
 use switchboard_gateway::{Node, NodeError};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Exit code for a bad configuration (EX_USAGE).
+/// Exit code for a bad configuration (EX_USAGE), a node id held by another
+/// live node included.
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
@@ -45,6 +47,17 @@ fn main() -> ExitCode {
         Err(e) if matches!(e.downcast_ref(), Some(NodeError::Config { .. })) => {
             eprintln!("error: {e}");
             eprintln!("switchboard: 1 bad setting(s); not starting (see --help)");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        // Another live node holds this id: a configuration fault too.
+        Err(e)
+            if matches!(
+                e.downcast_ref(),
+                Some(NodeError::Backplane(BackplaneError::NodeIdInUse { .. }))
+            ) =>
+        {
+            tracing::error!(error = %e, "not running: duplicate node id");
+            eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
         Err(e) => {

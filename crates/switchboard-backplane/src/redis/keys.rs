@@ -41,9 +41,14 @@ impl Keys {
         format!("{}:meta:{{{channel}}}", self.prefix)
     }
 
-    /// A channel's presence: a hash of connection id to member JSON.
+    /// A channel's presence: a sorted set of member entries (JSON with the
+    /// owner's node id and incarnation) scored by their expiry time in
+    /// milliseconds of the Redis clock (same hash tag as its pub/sub channel).
+    ///
+    /// Versions before per-entry expiry kept a hash under `PREFIX:presence:{C}`;
+    /// the new name keeps a rolling upgrade free of `WRONGTYPE` errors.
     pub fn presence(&self, channel: &str) -> String {
-        format!("{}:presence:{{{channel}}}", self.prefix)
+        format!("{}:members:{{{channel}}}", self.prefix)
     }
 
     /// The pub/sub channel that reaches one node.
@@ -81,5 +86,6 @@ mod tests {
         assert_eq!(k.history("c"), "sb:hist:{c}");
         assert_eq!(k.meta("c"), "sb:meta:{c}");
         assert_eq!(k.user("u"), "sb:user:{u}");
+        assert_eq!(k.presence("c"), "sb:members:{c}");
     }
 }

@@ -8,13 +8,16 @@
 //!   when it breaks, reconnects with backoff and jitter, resubscribes every
 //!   channel in batches, and marks the reconnect in every lane. Publishes are
 //!   refused while it is down or resubscribing.
-//! - Each node registers itself with a heartbeat (`registry.rs`).
+//! - Each node claims its id and registers itself with a heartbeat
+//!   (`registry.rs`); the heartbeat also refreshes the node's presence entries
+//!   (`presence.rs`).
 //!
 //! Every key and pub/sub channel starts with the configured prefix; a client
 //! channel's pub/sub name carries the channel in braces (a Redis Cluster hash
 //! tag), so the channel's history keys land on the same slot.
 
 mod keys;
+mod presence;
 mod registry;
 mod resp;
 mod scripts;
@@ -69,6 +72,7 @@ pub struct RedisBackplane {
     pool: deadpool_redis::Pool,
     subscriber: Arc<Subscriber>,
     registry: registry::Registry,
+    presence: Arc<presence::Presence>,
     token: CancellationToken,
     tasks: TaskTracker,
 }
@@ -109,13 +113,25 @@ impl RedisBackplane {
             config.ping_interval,
         ));
         tasks.spawn(subscriber.clone().run(token.clone()));
+        // A fresh id per process: tells this process from an earlier (or a
+        // duplicate) one with the same node id.
+        let incarnation = ulid::Ulid::new().to_string();
+        let presence = Arc::new(presence::Presence::new(
+            pool.clone(),
+            keys.clone(),
+            config.node_id.clone(),
+            incarnation.clone(),
+            registry::Registry::ttl(config.registry_interval),
+        ));
         let registry = registry::Registry::new(
             pool.clone(),
             keys.clone(),
             config.node_id.clone(),
+            incarnation,
             config.registry_interval,
             stats,
             now_ms(),
+            presence.clone(),
         );
         tasks.spawn(registry.clone().run(token.clone()));
         tasks.close();
@@ -124,6 +140,7 @@ impl RedisBackplane {
             pool,
             subscriber,
             registry,
+            presence,
             token,
             tasks,
         })
@@ -239,19 +256,8 @@ impl RedisBackplane {
         channel: &str,
         member: &PresenceMember,
     ) -> Result<(), BackplaneError> {
-        let json = serde_json::to_string(member)
-            .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
-        let add = async {
-            let mut conn = self.connection().await?;
-            let _: i64 = redis::cmd("HSET")
-                .arg(self.keys.presence(channel))
-                .arg(&member.conn)
-                .arg(json)
-                .query_async(&mut *conn)
-                .await?;
-            Ok(())
-        };
-        self.timed("presence", add).await
+        self.timed("presence", self.presence.add(channel, member))
+            .await
     }
 
     pub(crate) async fn presence_remove(
@@ -259,51 +265,35 @@ impl RedisBackplane {
         channel: &str,
         conn_id: &str,
     ) -> Result<(), BackplaneError> {
-        let remove = async {
-            let mut conn = self.connection().await?;
-            let _: i64 = redis::cmd("HDEL")
-                .arg(self.keys.presence(channel))
-                .arg(conn_id)
-                .query_async(&mut *conn)
-                .await?;
-            Ok(())
-        };
-        self.timed("presence", remove).await
+        self.timed("presence", self.presence.remove(channel, conn_id))
+            .await
     }
 
-    /// Every member whose node is alive; members of dead nodes are removed.
+    /// Every live member (see `presence.rs` for what "live" means).
     pub(crate) async fn presence(
         &self,
         channel: &str,
     ) -> Result<Vec<PresenceMember>, BackplaneError> {
-        let live: std::collections::HashSet<String> =
-            self.registry.live_ids().await?.into_iter().collect();
-        let read = async {
-            let mut conn = self.connection().await?;
-            let key = self.keys.presence(channel);
-            let entries: Vec<(String, String)> = redis::cmd("HGETALL")
-                .arg(&key)
-                .query_async(&mut *conn)
-                .await?;
-            let mut members = Vec::with_capacity(entries.len());
-            let mut dead = Vec::new();
-            for (conn_id, json) in entries {
-                match serde_json::from_str::<PresenceMember>(&json) {
-                    Ok(m) if live.contains(&m.node) => members.push(m),
-                    _ => dead.push(conn_id),
-                }
-            }
-            if !dead.is_empty() {
-                let _: i64 = redis::cmd("HDEL")
-                    .arg(&key)
-                    .arg(&dead)
-                    .query_async(&mut *conn)
-                    .await?;
-            }
-            members.sort_by(|a, b| a.conn.cmp(&b.conn));
-            Ok(members)
-        };
+        let read = self
+            .presence
+            .members(channel, |ids| self.registry.incarnations(ids));
         self.timed("presence", read).await
+    }
+
+    /// Waits for the outcome of this node's first claim of its id (see
+    /// `registry.rs`): an error when another live node holds it.
+    ///
+    /// Cancel-safe.
+    pub async fn claim_node_id(&self) -> Result<(), BackplaneError> {
+        self.registry.claimed().await
+    }
+
+    /// Resolves once another live node is found holding this node's id while
+    /// it runs; its registry heartbeat and presence refresh have stopped then.
+    ///
+    /// Cancel-safe.
+    pub async fn node_id_lost(&self) -> BackplaneError {
+        self.registry.lost().await
     }
 
     pub(crate) async fn subscribe(&self, topic: Topic<'_>) -> Result<(), BackplaneError> {

@@ -719,3 +719,25 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
         labels.push((key.trim().to_owned(), value));
     }
 }
+
+/// Freezing a node (a process that stops heartbeating without dying).
+impl Node {
+    /// SIGSTOPs the node.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONTs a paused node.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// The exit code, once the process has exited with one.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        if self.has_exited() {
+            self.exited.and_then(|s| s.code())
+        } else {
+            None
+        }
+    }
+}

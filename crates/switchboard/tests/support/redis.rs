@@ -217,3 +217,39 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Freezing the server (tests of a Redis that hangs rather than goes away).
+impl RedisServer {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id()
+    }
+
+    /// SIGSTOPs the server: connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        send_signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONTs a paused server.
+    pub fn resume(&self) {
+        send_signal(self.pid(), "CONT");
+    }
+
+    /// `FLUSHALL`: every key gone, as after a restart without data.
+    pub async fn flushall(&self) {
+        let _: String = self.query(&::redis::cmd("FLUSHALL")).await;
+    }
+}
+
+/// `kill -NAME PID`.
+pub(crate) fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
