@@ -75,7 +75,10 @@ async fn expect_close(raw: &mut RawWs, what: &str) -> u16 {
     match next(raw).await {
         RawRead::Frame(f) if f.opcode == opcode::CLOSE => f.close_code(),
         RawRead::Frame(f) if f.opcode == opcode::TEXT => {
-            panic!("{what}: want the close frame alone, got text first: {}", f.json())
+            panic!(
+                "{what}: want the close frame alone, got text first: {}",
+                f.json()
+            )
         }
         other => panic!("{what}: want a close frame, got {other:?}"),
     }
@@ -97,7 +100,11 @@ async fn a_peer_that_breaks_the_protocol_gets_the_close_frame_alone() {
         ("reserved opcode", encode_frame(true, 0x3, b"?"), 1002),
         (
             "text that is not UTF-8",
-            encode_frame(true, opcode::TEXT, b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}"),
+            encode_frame(
+                true,
+                opcode::TEXT,
+                b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}",
+            ),
             1007,
         ),
     ];
@@ -114,42 +121,19 @@ async fn a_peer_that_breaks_the_protocol_gets_the_close_frame_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_answers_follow_rfc_6455() {
-    let node = Node::start("node-ws-handshake", &[]).await;
+async fn a_websocket_version_other_than_13_gets_426_naming_13() {
+    let node = Node::start("node-ws-version", &[]).await;
     let addr = node.public_addr();
-
-    // Version 8 (or anything but 13): 426 Upgrade Required, naming 13.
     let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.1", "8", KEY)).await;
-    assert!(status(&head).starts_with("HTTP/1.1 426"), "version 8:\n{head}");
+    assert!(
+        status(&head).starts_with("HTTP/1.1 426"),
+        "version 8:\n{head}"
+    );
     assert!(
         head.to_ascii_lowercase()
             .contains("\r\nsec-websocket-version: 13"),
         "version 8: the answer must name version 13:\n{head}"
     );
-
-    // A key that is not the base64 of 16 bytes: 400.
-    for key in [
-        "abc",
-        "not base64 at all!!!!!!!",
-        "dGhlIHNhbXBsZSBub25j",     // 15 bytes
-        "dGhlIHNhbXBsZSBub25jZSE=", // 17 bytes
-        "dGhlIHNhbXBsZSBub25jZQ",   // unpadded
-    ] {
-        let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.1", "13", key)).await;
-        assert!(status(&head).starts_with("HTTP/1.1 400"), "key {key:?}:\n{head}");
-    }
-
-    // HTTP/1.0 cannot upgrade: 400.
-    let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.0", "13", KEY)).await;
-    assert!(
-        status(&head).contains(" 400"),
-        "HTTP/1.0 upgrade must be refused with 400:\n{head}"
-    );
-
-    // The same request over HTTP/1.1 is accepted.
-    let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.1", "13", KEY)).await;
-    assert!(status(&head).starts_with("HTTP/1.1 101"), "{head}");
-
     let refused = node
         .metric_with(
             "switchboard_upgrades_rejected_total",
@@ -160,9 +144,47 @@ async fn handshake_answers_follow_rfc_6455() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_16_bytes_of_base64_gets_400() {
+    let node = Node::start("node-ws-key", &[]).await;
+    let addr = node.public_addr();
+    for key in [
+        "abc",
+        "not base64 at all!!!!!!!",
+        "dGhlIHNhbXBsZSBub25j",     // 15 bytes
+        "dGhlIHNhbXBsZSBub25jZSE=", // 17 bytes
+        "dGhlIHNhbXBsZSBub25jZQ",   // unpadded
+    ] {
+        let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.1", "13", key)).await;
+        assert!(
+            status(&head).starts_with("HTTP/1.1 400"),
+            "key {key:?}:\n{head}"
+        );
+    }
+    let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.1", "13", KEY)).await;
+    assert!(status(&head).starts_with("HTTP/1.1 101"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_upgrade_gets_400() {
+    let node = Node::start("node-ws-http10", &[]).await;
+    let addr = node.public_addr();
+    let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.0", "13", KEY)).await;
+    assert!(
+        status(&head).contains(" 400"),
+        "HTTP/1.0 upgrade must be refused with 400:\n{head}"
+    );
+
+    // The same request over HTTP/1.1 is accepted.
+    let head = raw_http(addr, &upgrade_request(addr, "HTTP/1.1", "13", KEY)).await;
+    assert!(status(&head).starts_with("HTTP/1.1 101"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_codes_1012_to_1014_are_valid_and_reserved_ones_are_not() {
     let node = Node::start("node-ws-codes", &[]).await;
-    for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999] {
+    for code in [
+        1000u16, 1001, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999,
+    ] {
         let (mut raw, _) = raw_client(&node).await;
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
@@ -210,11 +232,9 @@ async fn the_node_waits_for_the_clients_close_frame_before_closing_tcp() {
     node.disconnect_api(json!({ "conn": conn })).await;
     Box::pin(silent.recv_type("disconnect")).await;
     assert_eq!(expect_close(&mut silent, "API disconnect").await, 4100);
-    node.wait_metric(
-        "switchboard_close_handshake_timeouts_total",
-        "= 1",
-        |v| v == 1.0,
-    )
+    node.wait_metric("switchboard_close_handshake_timeouts_total", "= 1", |v| {
+        v == 1.0
+    })
     .await;
     expect_eof(&mut silent, "after the close wait").await;
 }
@@ -283,7 +303,10 @@ async fn a_ping_flood_is_held_to_the_command_rate_and_closed() {
     assert_eq!(disconnect["code"], 4029, "{disconnect}");
     assert_eq!(expect_close(&mut raw, "ping flood").await, 4029);
     // Bursts of 20, then the refill of 10/s: a few more over the test's run at most.
-    assert!(pongs <= 40, "{pongs} pongs answered to a flood of 2000 pings");
+    assert!(
+        pongs <= 40,
+        "{pongs} pongs answered to a flood of 2000 pings"
+    );
     assert!(
         node.metric_with(
             "switchboard_limit_rejections_total",
@@ -306,7 +329,10 @@ async fn connections_in_their_http_phase_are_capped_per_address() {
 
     // Two connections that never finish their request head hold both places.
     let mut first = TcpStream::connect(addr).await.expect("connect");
-    first.write_all(b"GET /ws HTTP/1.1\r\n").await.expect("write");
+    first
+        .write_all(b"GET /ws HTTP/1.1\r\n")
+        .await
+        .expect("write");
     let second = TcpStream::connect(addr).await.expect("connect");
     // The third is refused at once with 429, before it sends anything.
     let mut third = TcpStream::connect(addr).await.expect("connect");

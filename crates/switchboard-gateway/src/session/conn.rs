@@ -14,14 +14,14 @@ use tokio::time::Instant;
 
 use super::frames::{self, OpCode};
 use super::outbox::Flushed;
-use crate::ws::closing::{self, Closing};
-use crate::ws::{Event, Parser, Violation};
 use super::{
     End, HEARTBEAT_TIMEOUT, INVALID_UTF8, Outbound, PROTOCOL_ERROR, SHUTDOWN, SLOW_CONSUMER,
     SessionHandle, TOKEN_EXPIRED, TOO_LARGE, commands,
 };
 use crate::node::NodeInner;
 use crate::protocol::{Reply, encode_reply};
+use crate::ws::closing::{self, Closing};
+use crate::ws::{Event, Parser, Violation};
 
 /// How long a full socket may take no bytes before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -66,7 +66,10 @@ pub(crate) async fn finish(socket: &TcpStream, parser: &mut Parser, closing: Clo
     };
     if finished == Finished::TimedOut {
         metrics::counter!("switchboard_close_handshake_timeouts_total").increment(1);
-        tracing::debug!(?closing, "the client did not complete the closing handshake in time");
+        tracing::debug!(
+            ?closing,
+            "the client did not complete the closing handshake in time"
+        );
     }
     if closing != Closing::Failed {
         shutdown(socket);
@@ -117,7 +120,11 @@ async fn read(socket: &TcpStream, mut take: impl FnMut(&[u8])) -> io::Result<boo
                 take(&chunk[..n]);
                 return Ok(true);
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(e),
         }
     }

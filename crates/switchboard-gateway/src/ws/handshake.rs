@@ -49,7 +49,10 @@ impl Refusal {
 /// and a `Sec-WebSocket-Key` that is the base64 of exactly 16 bytes.
 pub fn check<B>(req: &Request<B>) -> Result<(), Refusal> {
     if req.method() != Method::GET {
-        return Err(Refusal::bad("not_websocket", "a WebSocket upgrade is a GET"));
+        return Err(Refusal::bad(
+            "not_websocket",
+            "a WebSocket upgrade is a GET",
+        ));
     }
     if req.version() < Version::HTTP_11 {
         return Err(Refusal::bad(
@@ -129,7 +132,7 @@ mod tests {
         ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
 
-    fn with(replace: (&str, &str)) -> Vec<(&str, &str)> {
+    fn with<'a>(replace: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
         GOOD.iter()
             .map(|&(k, v)| if k == replace.0 { replace } else { (k, v) })
             .collect()
@@ -150,11 +153,17 @@ mod tests {
     #[test]
     fn other_versions_get_426_naming_13() {
         for v in ["8", "12", "14", "", "13, 8"] {
-            let refusal =
-                check(&request(Version::HTTP_11, &with(("sec-websocket-version", v)))).unwrap_err();
+            let refusal = check(&request(
+                Version::HTTP_11,
+                &with(("sec-websocket-version", v)),
+            ))
+            .unwrap_err();
             assert_eq!(refusal.status, StatusCode::UPGRADE_REQUIRED, "{v:?}");
             assert_eq!(
-                refusal.headers().get(header::SEC_WEBSOCKET_VERSION).unwrap(),
+                refusal
+                    .headers()
+                    .get(header::SEC_WEBSOCKET_VERSION)
+                    .unwrap(),
                 "13"
             );
         }
@@ -165,23 +174,33 @@ mod tests {
         for key in [
             "",
             "abc",
-            "dGhlIHNhbXBsZSBub25jZQ",     // no padding
-            "dGhlIHNhbXBsZSBub25jZQ=",    // short padding
-            "dGhlIHNhbXBsZSBub25jZR==",   // stray bits in the last character
-            "dGhlIHNhbXBsZSBub25j",       // 15 bytes
-            "dGhlIHNhbXBsZSBub25jZSE=",   // 17 bytes
-            "dGhlIHNhbXBsZSBub25j!Q==",   // not base64
-            "dGhlIHNhbXBsZSBub25jZQ== ",  // trailing space kept by the header
+            "dGhlIHNhbXBsZSBub25jZQ",    // no padding
+            "dGhlIHNhbXBsZSBub25jZQ=",   // short padding
+            "dGhlIHNhbXBsZSBub25jZR==",  // stray bits in the last character
+            "dGhlIHNhbXBsZSBub25j",      // 15 bytes
+            "dGhlIHNhbXBsZSBub25jZSE=",  // 17 bytes
+            "dGhlIHNhbXBsZSBub25j!Q==",  // not base64
+            "dGhlIHNhbXBsZSBub25jZQ== ", // trailing space kept by the header
         ] {
-            let refusal =
-                check(&request(Version::HTTP_11, &with(("sec-websocket-key", key)))).unwrap_err();
+            let refusal = check(&request(
+                Version::HTTP_11,
+                &with(("sec-websocket-key", key)),
+            ))
+            .unwrap_err();
             assert_eq!(refusal.status, StatusCode::BAD_REQUEST, "{key:?}");
             assert_eq!(refusal.reason, "websocket_key", "{key:?}");
         }
         // Random 16-byte keys of real clients.
-        for key in ["x3JJHMbDL1EzLkh9GBhXDw==", "AAAAAAAAAAAAAAAAAAAAAA==", "/////////////////////w=="] {
+        for key in [
+            "x3JJHMbDL1EzLkh9GBhXDw==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/////////////////////w==",
+        ] {
             assert_eq!(
-                check(&request(Version::HTTP_11, &with(("sec-websocket-key", key)))),
+                check(&request(
+                    Version::HTTP_11,
+                    &with(("sec-websocket-key", key))
+                )),
                 Ok(()),
                 "{key}"
             );

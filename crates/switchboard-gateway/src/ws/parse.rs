@@ -463,6 +463,65 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_fails_at_the_first_bad_fragment() {
+        // Nothing after the bad fragment is needed to fail.
+        for bad in [&b"ab\xed\xa0\x80"[..], b"\xf4\x90", b"\x80", b"ok\xc0"] {
+            let mut p = Parser::new(1024);
+            p.feed(&frame(false, OP_TEXT, bad));
+            assert_eq!(p.next(), Err(Violation::InvalidUtf8), "{bad:?}");
+        }
+        let mut p = Parser::new(1024);
+        p.feed(&frame(false, OP_TEXT, b"ok"));
+        p.feed(&frame(false, OP_CONTINUATION, b"\xce"));
+        assert_eq!(
+            p.next(),
+            Ok(None),
+            "a split character may still be finished"
+        );
+        p.feed(&frame(false, OP_CONTINUATION, b"\xff"));
+        assert_eq!(p.next(), Err(Violation::InvalidUtf8));
+        // A message that ends inside a character is invalid.
+        let mut p = Parser::new(1024);
+        p.feed(&frame(false, OP_TEXT, b"ok"));
+        p.feed(&frame(true, OP_CONTINUATION, b"\xe2\x98"));
+        assert_eq!(p.next(), Err(Violation::InvalidUtf8));
+        // A 4-byte character split over three fragments, then another message.
+        let mut p = Parser::new(1024);
+        let emoji = "\u{1F600}".as_bytes();
+        p.feed(&frame(false, OP_TEXT, &emoji[..1]));
+        p.feed(&frame(false, OP_CONTINUATION, &emoji[1..3]));
+        p.feed(&frame(true, OP_CONTINUATION, &emoji[3..]));
+        p.feed(&frame(true, OP_TEXT, b"next"));
+        assert_eq!(p.next(), Ok(Some(message(true, emoji))));
+        assert_eq!(p.next(), Ok(Some(message(true, b"next"))));
+    }
+
+    #[test]
+    fn close_codes_follow_the_registry() {
+        for code in [1000u16, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999] {
+            let mut p = Parser::new(1024);
+            p.feed(&frame(true, OP_CLOSE, &code.to_be_bytes()));
+            assert_eq!(p.next(), Ok(Some(Event::Close(Some(code)))), "{code}");
+        }
+        for code in [
+            0u16,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            let mut p = Parser::new(1024);
+            p.feed(&frame(true, OP_CLOSE, &code.to_be_bytes()));
+            assert!(matches!(p.next(), Err(Violation::Protocol(_))), "{code}");
+        }
+    }
+
+    #[test]
     fn close_codes_are_echoed() {
         let mut p = Parser::new(1024);
         p.feed(&frame(true, OP_CLOSE, &[]));

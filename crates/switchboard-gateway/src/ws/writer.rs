@@ -8,9 +8,9 @@ use super::closing::{self, Closing};
 use super::frames::{self, OpCode};
 use super::parse::Parser;
 use crate::metrics::HotMetrics;
+use crate::session::Outbound;
 use crate::session::outbox::{Flushed, Outbox, Pushed};
 use crate::session::signal::Signal;
-use crate::session::Outbound;
 
 /// Writes frames to one client socket: straight to the socket when it takes
 /// them, else queued (bounded) and written as it drains, in order.
@@ -39,10 +39,12 @@ impl Writer {
             OpCode::Text | OpCode::Binary => frames::whole(opcode, payload),
             OpCode::Close | OpCode::Ping | OpCode::Pong => frames::control(opcode, payload),
         };
-        match self
-            .outbox
-            .push(socket, &Outbound::Control(frame), &self.metrics, &self.queued)
-        {
+        match self.outbox.push(
+            socket,
+            &Outbound::Control(frame),
+            &self.metrics,
+            &self.queued,
+        ) {
             Pushed::Written => Ok(()),
             Pushed::Queued => self.drain(socket).await,
             Pushed::Full => Err(io::Error::other("outbound queue full")),
