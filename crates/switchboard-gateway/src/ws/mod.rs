@@ -19,7 +19,7 @@ pub mod handshake;
 mod parse;
 mod writer;
 
-pub use closing::Closing;
+pub use closing::{CLOSE_WAIT, Closing};
 pub use frames::OpCode;
 pub use parse::{Event, Parser, Violation};
 pub use writer::Writer;
