@@ -67,7 +67,9 @@ pub(super) async fn run(
     drop(read_ahead);
     let mut command: Option<Command<'_>> = None;
     let end = serve(node, session, &mut parser, &mut command).await;
-    goodbye(session, &end, &mut parser).await;
+    // Boxed: the closing handshake's state is needed once, at the end, and
+    // must not enlarge the task every idle connection keeps.
+    Box::pin(goodbye(session, &end, &mut parser)).await;
     drop(parser);
     // A command in progress always finishes (its reply goes nowhere now): a
     // subscription half made would leave the hub and the backplane disagreeing.

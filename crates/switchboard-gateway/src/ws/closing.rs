@@ -111,22 +111,33 @@ async fn discard(socket: &TcpStream) -> Finished {
 
 /// Waits for bytes and hands them to `take`; false at the end of the stream.
 async fn read(socket: &TcpStream, mut take: impl FnMut(&[u8])) -> io::Result<bool> {
-    let mut chunk = [0u8; 4096];
     loop {
         socket.readable().await?;
-        match socket.try_read(&mut chunk) {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                take(&chunk[..n]);
-                return Ok(true);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e),
+        if let Some(more) = try_read(socket, &mut take)? {
+            return Ok(more);
         }
+    }
+}
+
+/// One non-blocking read; `None` when there was nothing after all. The buffer
+/// is on this call's stack, never in the (per-connection) future of [`read`].
+fn try_read(socket: &TcpStream, take: &mut impl FnMut(&[u8])) -> io::Result<Option<bool>> {
+    let mut chunk = [0u8; 4096];
+    match socket.try_read(&mut chunk) {
+        Ok(0) => Ok(Some(false)),
+        Ok(n) => {
+            take(&chunk[..n]);
+            Ok(Some(true))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
