@@ -101,7 +101,7 @@ impl Default for Limits {
             client_burst: 200,
             ip_connect_rate: 50.0,
             max_channel_length: 255,
-            max_pending_per_ip: 256,
+            max_pending_per_ip: 1024,
         }
     }
 }

@@ -110,7 +110,7 @@ pub struct Cli {
     /// New connections per second per client IP; beyond, HTTP 429. [default: 50]
     #[arg(long, env = "SWITCHBOARD_IP_CONNECT_RATE", value_name = "PER_SECOND")]
     pub ip_connect_rate: Option<String>,
-    /// Connections per client IP on the public listener still in their HTTP phase (request head not yet read, or upgrade not yet done); beyond, HTTP 429 at once. [default: 256]
+    /// Connections per client IP on the public listener still in their HTTP phase (request head not yet read, or upgrade not yet done); beyond, HTTP 429 at once. [default: 1024]
     #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP", value_name = "N")]
     pub max_pending_per_ip: Option<String>,
     /// Listen backlog of both listeners: connections waiting to be accepted, e.g. during a reconnect storm (capped by the kernel's net.core.somaxconn). [default: 4096]
@@ -349,7 +349,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
     let max_pending_per_ip = r.get(
         "max_pending_per_ip",
         flag_value(&cli.max_pending_per_ip),
-        "256",
+        "1024",
         |s| parse_count(s, 1, 1_000_000),
     );
     let max_channel_length = r.get(
