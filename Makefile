@@ -24,7 +24,7 @@ SHELL := bash
 .ONESHELL:
 .DEFAULT_GOAL := help
 
-.PHONY: help run build test lint fmt cluster cluster-stop bench bench-fanout loadtest image
+.PHONY: help run build test lint fmt cluster cluster-stop bench bench-fanout loadtest autobahn image
 
 help:
 	@cat <<'TEXT'
@@ -37,6 +37,7 @@ help:
 	make cluster-stop  stop that cluster
 	make bench         the standard benchmark set (fanout, ramp, rooms, connect, idle); writes its table into BENCHMARKS.md
 	make bench-fanout  one fan-out benchmark: Redis + 2 nodes + 1,000 subscribers (BENCH_ARGS=...)
+	make autobahn      the Autobahn TestSuite (sections 1-10) against the node's WebSocket layer
 	make loadtest      the k6 load tests: Redis + 2 nodes, loadtest/*.js at this machine's size (LOADTEST_ARGS=--smoke)
 	make image         build the container image from deploy/Dockerfile (IMAGE=switchboard, needs docker)
 	TEXT
@@ -180,6 +181,10 @@ bench:
 BENCH_ARGS ?= --subscribers 1000 --rate 100 --duration 20 --warmup 3 --payload 64
 bench-fanout:
 	scripts/bench-fanout.sh $(BENCH_ARGS)
+
+# The Autobahn TestSuite (kosoku) against the gateway's autobahn_echo example.
+autobahn:
+	bash .ci/steps/15-autobahn.sh
 
 # The k6 load tests (loadtest/README.md): a private redis-server and two release nodes on free
 # ports, then connect, fanout, chat and reconnect; fails if any threshold fails.

@@ -10,6 +10,8 @@
 //! - [`metrics`]: the Prometheus recorder and the hot-path handles.
 //! - [`auth`]: identities and JWT verification; `limits`: rate limits and the
 //!   connection cap.
+//! - [`ws`]: the WebSocket layer (upgrade checks, frame parser and writer,
+//!   closing handshake) that sessions run on.
 
 pub mod auth;
 mod http;
@@ -20,6 +22,7 @@ pub mod namespace;
 pub mod node;
 pub mod protocol;
 mod session;
+pub mod ws;
 
 pub use namespace::{Namespace, Namespaces};
 pub use node::{AuthConfig, BackplaneConfig, Limits, Node, NodeConfig, NodeError};

@@ -1,6 +1,7 @@
-//! Client limits: the per-connection command rate, the per-node connection
-//! cap, and the per-IP rate of new connections. Every limit that bites is
-//! counted in `switchboard_limit_rejections_total{limit}`.
+//! Client limits: the per-connection command rate (which control frames draw
+//! on too), the per-node connection cap, the per-IP rate of new connections
+//! and the per-IP number of connections still in their HTTP phase. Every
+//! limit that bites is counted in `switchboard_limit_rejections_total{limit}`.
 //!
 //! Buckets take the time as an argument (the tokio clock, so paused-time
 //! tests work) and never allocate.
@@ -104,11 +105,13 @@ impl CommandLimiter {
     }
 }
 
-/// Who may open a WebSocket: the node's connection cap and the per-IP rate.
+/// Who may open a WebSocket: the node's connection cap, the per-IP rate, and
+/// the per-IP number of connections not yet upgraded.
 pub(crate) struct ConnectionGate {
     slots: Arc<Semaphore>,
     max: usize,
     per_ip: IpLimiter,
+    pending: IpPending,
     /// `switchboard_limit_rejections_total` by limit.
     pub(crate) rejections: Rejections,
 }
@@ -128,6 +131,10 @@ pub(crate) struct Rejections {
     pub(crate) connections: Counter,
     pub(crate) ip_connect_rate: Counter,
     pub(crate) channel_length: Counter,
+    /// Pings and pongs over the command rate.
+    pub(crate) control_rate: Counter,
+    /// Connections refused because their address has too many in the HTTP phase.
+    pub(crate) pending_per_ip: Counter,
 }
 
 impl ConnectionGate {
@@ -138,6 +145,7 @@ impl ConnectionGate {
             slots: Arc::new(Semaphore::new(max)),
             max,
             per_ip: IpLimiter::new(limits.ip_connect_rate),
+            pending: IpPending::new(limits.max_pending_per_ip),
             rejections: Rejections::new(),
         }
     }
@@ -171,6 +179,22 @@ impl ConnectionGate {
         }
         admitted
     }
+
+    /// Counts a new connection from `ip` on the public listener while it is
+    /// in its HTTP phase (request head, upgrade): `None` (counted) when the
+    /// address already has `max_pending_per_ip` there.
+    pub(crate) fn enter_pending(&self, ip: IpAddr) -> Option<PendingGuard> {
+        let guard = self.pending.enter(ip);
+        if guard.is_none() {
+            self.rejections.pending_per_ip.increment(1);
+        }
+        guard
+    }
+
+    /// The per-address cap on connections in their HTTP phase.
+    pub(crate) fn max_pending_per_ip(&self) -> usize {
+        self.pending.max
+    }
 }
 
 impl Rejections {
@@ -188,6 +212,8 @@ impl Rejections {
             connections: counter("connections"),
             ip_connect_rate: counter("ip_connect_rate"),
             channel_length: counter("channel_length"),
+            control_rate: counter("control_rate"),
+            pending_per_ip: counter("pending_per_ip"),
         }
     }
 }
@@ -266,6 +292,62 @@ impl IpLimiter {
     #[cfg(test)]
     fn tracked(&self) -> usize {
         crate::lock(&self.map).buckets.len()
+    }
+}
+
+/// Connections per client address (keyed as [`IpLimiter`] keys them) that
+/// have not finished their HTTP phase: a request head still arriving, or an
+/// upgrade not yet done. The map holds only addresses with such connections,
+/// so it is bounded by the open sockets.
+pub(crate) struct IpPending {
+    max: usize,
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection counted by [`IpPending`]; uncounted on drop.
+#[derive(Debug)]
+pub(crate) struct PendingGuard {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl IpPending {
+    pub(crate) fn new(max: usize) -> Self {
+        IpPending {
+            max,
+            map: Arc::default(),
+        }
+    }
+
+    /// Counts a connection from `ip`, unless it has `max` already.
+    pub(crate) fn enter(&self, ip: IpAddr) -> Option<PendingGuard> {
+        let key = ip_key(ip);
+        let mut map = crate::lock(&self.map);
+        if map.get(&key).copied().unwrap_or(0) >= self.max {
+            return None;
+        }
+        *map.entry(key).or_insert(0) += 1;
+        Some(PendingGuard {
+            map: self.map.clone(),
+            key,
+        })
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        crate::lock(&self.map).len()
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut map = crate::lock(&self.map);
+        if let Some(count) = map.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -420,6 +502,25 @@ mod tests {
         assert_eq!(slow.tracked(), MAX_TRACKED_IPS);
         assert!(!slow.admit(ip(1), t0), "tracked ones stay limited");
         assert!(!slow.admit(ip(1), t0));
+    }
+
+    #[test]
+    fn pending_connections_are_capped_per_address_and_given_back() {
+        let p = IpPending::new(2);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let first = p.enter(a).expect("first");
+        let _second = p.enter(a).expect("second");
+        assert!(p.enter(a).is_none(), "a third from one address");
+        let _other = p.enter(b).expect("other addresses count apart");
+        drop(first);
+        let _third = p.enter(a).expect("a freed place");
+        assert!(p.enter(a).is_none());
+        drop((_second, _third, _other));
+        assert_eq!(p.tracked(), 0, "no entry outlives its connections");
+        let refused = IpPending::new(0);
+        assert!(refused.enter(a).is_none());
+        assert_eq!(refused.tracked(), 0, "a refusal leaves no entry");
     }
 
     #[test]

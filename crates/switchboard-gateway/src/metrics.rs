@@ -139,7 +139,11 @@ fn describe() {
     );
     describe_counter!(
         "switchboard_limit_rejections_total",
-        "Client limits that bit, by limit (message_size, message_rate, subscriptions, connections, ip_connect_rate, channel_length)."
+        "Client limits that bit, by limit (message_size, message_rate, subscriptions, connections, ip_connect_rate, channel_length, control_rate, pending_per_ip)."
+    );
+    describe_counter!(
+        "switchboard_close_handshake_timeouts_total",
+        "Connections closed without the client's part of the closing handshake (its close frame or end of stream) within the wait."
     );
 }
 

@@ -90,6 +90,9 @@ pub struct Limits {
     pub ip_connect_rate: f64,
     /// Longest channel name, in bytes (at most 255).
     pub max_channel_length: usize,
+    /// Connections per client IP on the public listener still in their HTTP
+    /// phase (request head or upgrade not done); beyond, HTTP 429.
+    pub max_pending_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -101,6 +104,7 @@ impl Default for Limits {
             client_burst: 200,
             ip_connect_rate: 50.0,
             max_channel_length: 255,
+            max_pending_per_ip: 1024,
         }
     }
 }

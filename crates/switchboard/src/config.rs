@@ -110,6 +110,9 @@ pub struct Cli {
     /// New connections per second per client IP; beyond, HTTP 429. [default: 50]
     #[arg(long, env = "SWITCHBOARD_IP_CONNECT_RATE", value_name = "PER_SECOND")]
     pub ip_connect_rate: Option<String>,
+    /// Connections per client IP on the public listener still in their HTTP phase (request head not yet read, or upgrade not yet done); beyond, HTTP 429 at once. [default: 1024]
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP", value_name = "N")]
+    pub max_pending_per_ip: Option<String>,
     /// Listen backlog of both listeners: connections waiting to be accepted, e.g. during a reconnect storm (capped by the kernel's net.core.somaxconn). [default: 4096]
     #[arg(long, env = "SWITCHBOARD_LISTEN_BACKLOG", value_name = "N")]
     pub listen_backlog: Option<String>,
@@ -184,6 +187,7 @@ const TOML_KEYS: &[&str] = &[
     "client_rate",
     "client_burst",
     "ip_connect_rate",
+    "max_pending_per_ip",
     "max_channel_length",
     "demo",
     "fanout_lane_capacity",
@@ -346,6 +350,12 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         "50",
         parse_rate,
     );
+    let max_pending_per_ip = r.get(
+        "max_pending_per_ip",
+        flag_value(&cli.max_pending_per_ip),
+        "1024",
+        |s| parse_count(s, 1, 1_000_000),
+    );
     let max_channel_length = r.get(
         "max_channel_length",
         flag_value(&cli.max_channel_length),
@@ -422,6 +432,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         Some(client_rate),
         Some(client_burst),
         Some(ip_connect_rate),
+        Some(max_pending_per_ip),
         Some(max_channel_length),
         Some(demo),
         Some(listen_backlog),
@@ -432,6 +443,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
         client_rate,
         client_burst,
         ip_connect_rate,
+        max_pending_per_ip,
         max_channel_length,
         demo,
         listen_backlog,
@@ -473,6 +485,7 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
                 client_burst,
                 ip_connect_rate,
                 max_channel_length,
+                max_pending_per_ip,
             },
             demo,
             fanout_lane_capacity,

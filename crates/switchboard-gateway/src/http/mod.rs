@@ -61,8 +61,18 @@ pub(crate) async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
         }
+        // The public listener caps, per client address, the connections still
+        // in their HTTP phase; the guard goes with the connection's task.
+        let pending = match kind {
+            Listener::Public => match public::admit(&node, &tcp, peer) {
+                Some(guard) => Some(guard),
+                None => continue,
+            },
+            Listener::Internal => None,
+        };
         let node = node.clone();
         tokio::spawn(async move {
+            let _pending = pending;
             let service = service_fn(move |mut req: Request<Incoming>| {
                 // For the per-address connection rate of `/ws`.
                 req.extensions_mut().insert(public::PeerAddr(peer));

@@ -2,7 +2,10 @@
 //! client (`/client.js`) and, unless switched off, the demo page (`/`,
 //! `/demo.js`) with its cluster panel's `/status`.
 //!
-//! An upgrade request passes, in order: drain, WebSocket headers, `Origin`,
+//! Before its request is read, a connection passes the client address's cap
+//! on connections still in their HTTP phase (429, [`admit`]). An upgrade
+//! request then passes, in order: drain, the WebSocket handshake rules
+//! (`ws::handshake`: 400, or 426 for a version other than 13), `Origin`,
 //! subprotocol, the client address's connection rate (429), the node's
 //! connection cap (503), and the token (401), then the handshake.
 
@@ -21,6 +24,7 @@ use tokio::net::TcpStream;
 
 use super::{Body, text};
 use crate::auth::TokenError;
+use crate::limits::PendingGuard;
 use crate::node::{NodeInner, StatusSample};
 use crate::protocol::{ErrorCode, Protocol};
 use crate::session;
@@ -146,12 +150,10 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
             "node is draining; connect to another node".into(),
         );
     }
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "expected a WebSocket upgrade request".into(),
-        );
+    if let Err(refusal) = crate::ws::handshake::check(&req) {
+        let mut response = refuse(refusal.status, refusal.reason, refusal.message.into());
+        response.headers_mut().extend(refusal.headers());
+        return response;
     }
     if let Some(origin) = req.headers().get(header::ORIGIN)
         && !origin_allowed(&node.config.allowed_origins, origin)
@@ -262,6 +264,32 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
         }
     });
     response
+}
+
+/// Admits a new connection on the public listener, or refuses it at once
+/// with a 429 when its address already has `max_pending_per_ip` connections
+/// in their HTTP phase. The guard is held until the connection's HTTP phase
+/// ends: its last response, or the hand-over of an upgraded socket to its
+/// session (open WebSockets do not count).
+pub(super) fn admit(node: &NodeInner, tcp: &TcpStream, peer: SocketAddr) -> Option<PendingGuard> {
+    if let Some(guard) = node.gate.enter_pending(peer.ip()) {
+        return Some(guard);
+    }
+    tracing::debug!(%peer, "too many connections in their HTTP phase from one address");
+    let body = format!(
+        "{{\"error\":{{\"code\":\"rate_limited\",\"message\":\"too many connections being set up from your address: the limit is {}\"}}}}\n",
+        node.gate.max_pending_per_ip()
+    );
+    let response = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // A fresh socket's send buffer takes these few bytes at once; if it does
+    // not, the client is refused all the same (it sees the connection close).
+    if let Err(e) = tcp.try_write(response.as_bytes()) {
+        tracing::debug!(%peer, error = %e, "429 not written");
+    }
+    None
 }
 
 /// A refused upgrade with a JSON error body, counted by reason.

@@ -14,13 +14,14 @@ use tokio::time::Instant;
 
 use super::frames::{self, OpCode};
 use super::outbox::Flushed;
-use super::parse::{Event, Parser, Violation};
 use super::{
     End, HEARTBEAT_TIMEOUT, INVALID_UTF8, Outbound, PROTOCOL_ERROR, SHUTDOWN, SLOW_CONSUMER,
     SessionHandle, TOKEN_EXPIRED, TOO_LARGE, commands,
 };
 use crate::node::NodeInner;
 use crate::protocol::{Reply, encode_reply};
+use crate::ws::closing::{self, Closing};
+use crate::ws::{Event, Parser, Violation};
 
 /// How long a full socket may take no bytes before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,8 +67,10 @@ pub(super) async fn run(
     drop(read_ahead);
     let mut command: Option<Command<'_>> = None;
     let end = serve(node, session, &mut parser, &mut command).await;
+    // Boxed: the closing handshake's state is needed once, at the end, and
+    // must not enlarge the task every idle connection keeps.
+    Box::pin(goodbye(session, &end, &mut parser)).await;
     drop(parser);
-    goodbye(session, &end).await;
     // A command in progress always finishes (its reply goes nowhere now): a
     // subscription half made would leave the hub and the backplane disagreeing.
     if let Some(command) = command {
@@ -107,10 +110,16 @@ async fn serve<'a>(
                 Ok(Some(Event::Message { text, data })) => {
                     *command = Some(Box::pin(commands::handle(node, session, text, data)));
                 }
+                // Control frames cost the sender as commands do: a ping
+                // flood is not answered beyond the command rate.
                 Ok(Some(Event::Ping(payload))) => {
-                    session.push(Outbound::Control(frames::control(OpCode::Pong, &payload)));
+                    if session.admit_control(node) {
+                        session.push(Outbound::Control(frames::control(OpCode::Pong, &payload)));
+                    }
                 }
-                Ok(Some(Event::Pong)) => {}
+                Ok(Some(Event::Pong)) => {
+                    session.admit_control(node);
+                }
                 Ok(Some(Event::Close(code))) => {
                     let echo = code.map(u16::to_be_bytes);
                     let payload: &[u8] = echo.as_ref().map_or(&[], |c| c);
@@ -258,47 +267,65 @@ fn read(session: &SessionHandle, parser: &mut Parser) -> io::Result<Read> {
 
 /// Queues the goodbye (for a node-decided end), writes what is owed within
 /// `CLOSE_TIMEOUT` (a slow consumer: only what its socket takes at once), and
-/// shuts the socket's write side.
-async fn goodbye(session: &SessionHandle, end: &End) {
+/// completes the closing handshake (`ws::closing`): the socket is left shut
+/// for writing, after the client's close frame when the node closed first.
+async fn goodbye(session: &SessionHandle, end: &End, parser: &mut Parser) {
     // A slow consumer gets its goodbye only if its socket takes it now: waiting
     // on the client whose backlog is the problem would hold its memory longer.
     let wait = *end != End::Disconnect(SLOW_CONSUMER);
-    match end {
+    let how = match end {
         End::Disconnect(d) => {
-            let last = encode_reply(session.protocol, None, &Reply::Disconnect(d));
+            // A peer that broke RFC 6455 gets the close frame alone (no
+            // `disconnect` push): it is owed no more messages, and a text frame
+            // before the close is what the RFC's fail-the-connection forbids.
+            let broken = [PROTOCOL_ERROR.code, INVALID_UTF8.code, TOO_LARGE.code].contains(&d.code);
+            let last = (d.code != PROTOCOL_ERROR.code && d.code != INVALID_UTF8.code)
+                .then(|| encode_reply(session.protocol, None, &Reply::Disconnect(d)));
             let close = frames::control(OpCode::Close, &frames::close_payload(d.code, &d.reason));
             // What was queued before the decision to close still goes out (the
             // last replies, the messages of a draining node), except to a slow
             // consumer, whose queue is the problem.
             session
                 .outbox
-                .close(Some(last), close, d.code == SLOW_CONSUMER.code);
+                .close(last, close, d.code == SLOW_CONSUMER.code);
+            if broken {
+                Closing::Failed
+            } else {
+                Closing::Awaiting
+            }
         }
         // The close echo, if the client sent a close frame, is queued already.
-        End::ClientClosed => session.outbox.seal(),
+        End::ClientClosed => {
+            session.outbox.seal();
+            Closing::Echoed
+        }
         End::Io => {
             session.outbox.seal();
             return;
         }
-    }
+    };
     let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
         loop {
             match session.outbox.flush(&session.socket, &session.metrics) {
-                Ok(Flushed::Drained) | Err(_) => return,
+                Ok(Flushed::Drained) => return true,
+                Err(_) => return false,
                 Ok(Flushed::Blocked { .. }) => {
                     if !wait || session.socket.writable().await.is_err() {
-                        return;
+                        return false;
                     }
                 }
             }
         }
     })
     .await;
-    if flushed.is_err() {
-        tracing::debug!(conn = %session.conn, "last frames not written within the close timeout");
-    }
-    // The peer may be gone already (ENOTCONN): the connection is closing either way.
-    if let Err(e) = socket2::SockRef::from(&session.socket).shutdown(std::net::Shutdown::Write) {
-        tracing::debug!(conn = %session.conn, error = %e, "socket shutdown failed");
+    match flushed {
+        Ok(true) => {
+            closing::finish(&session.socket, parser, how).await;
+        }
+        Ok(false) => closing::shutdown(&session.socket),
+        Err(_) => {
+            tracing::debug!(conn = %session.conn, "last frames not written within the close timeout");
+            closing::shutdown(&session.socket);
+        }
     }
 }

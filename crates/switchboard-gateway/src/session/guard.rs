@@ -53,6 +53,23 @@ impl SessionHandle {
         })
     }
 
+    /// Called for every control frame the client sends (ping, pong): it
+    /// draws on the same bucket as commands. Over the rate the frame is
+    /// dropped (a ping is not answered); when that goes on too long, the
+    /// connection is closed with 4029, as for commands. Returns whether the
+    /// frame may be acted on.
+    pub(crate) fn admit_control(&self, node: &NodeInner) -> bool {
+        let verdict = crate::lock(&self.limiter).check(tokio::time::Instant::now());
+        if verdict == Verdict::Admit {
+            return true;
+        }
+        node.gate.rejections.control_rate.increment(1);
+        if verdict == Verdict::Disconnect && self.end_with(super::End::Disconnect(RATE_LIMITED)) {
+            tracing::info!(conn = %self.conn, "control frame rate limit exceeded repeatedly: closing");
+        }
+        false
+    }
+
     /// Whether this session may read `channel` without subscribing (`history`,
     /// `presence`): channel length and the token's `channels` claim.
     pub(crate) fn may_read(&self, node: &NodeInner, channel: &str) -> Result<(), Refusal> {

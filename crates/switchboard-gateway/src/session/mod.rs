@@ -19,12 +19,12 @@
 
 pub(crate) mod commands;
 mod conn;
-pub(crate) mod frames;
+// The frame writer lives in the WebSocket layer; the outbox reaches it here.
+pub(crate) use crate::ws::frames;
 pub(crate) use outbox::MAX_RUN;
 mod guard;
-mod outbox;
-mod parse;
-mod signal;
+pub(crate) mod outbox;
+pub(crate) mod signal;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

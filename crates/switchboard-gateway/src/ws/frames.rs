@@ -8,11 +8,16 @@ use bytes::Bytes;
 
 /// WebSocket opcodes the server sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum OpCode {
+pub enum OpCode {
+    /// A text message (UTF-8).
     Text = 0x1,
+    /// A binary message.
     Binary = 0x2,
+    /// A close frame.
     Close = 0x8,
+    /// A ping.
     Ping = 0x9,
+    /// A pong.
     Pong = 0xA,
 }
 
@@ -53,6 +58,17 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// A whole control frame (payload cut to the 125 bytes a control frame may carry).
 pub(crate) fn control(opcode: OpCode, payload: &[u8]) -> Bytes {
     let payload = &payload[..payload.len().min(125)];
+    let mut h = [0u8; MAX_HEADER];
+    let n = header(opcode, payload.len(), &mut h);
+    let mut frame = Vec::with_capacity(n + payload.len());
+    frame.extend_from_slice(&h[..n]);
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
+}
+
+/// A whole frame of any size (header, then a copy of the payload): for
+/// frames that go to one peer only, such as an echo.
+pub(crate) fn whole(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut h = [0u8; MAX_HEADER];
     let n = header(opcode, payload.len(), &mut h);
     let mut frame = Vec::with_capacity(n + payload.len());

@@ -12,13 +12,16 @@
 //! bits and opcodes are refused, control frames must be whole and at most 125
 //! bytes, and a message (all of its fragments) may not exceed the size limit.
 //! The length in a frame header is checked before its payload is buffered, so
-//! a peer can never make the node hold more than one limit's worth.
+//! a peer can never make the node hold more than one limit's worth. The UTF-8
+//! of a text message is checked fragment by fragment (a character may be split
+//! between fragments), so an invalid message fails at the first bad fragment,
+//! not when its last one arrives.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 /// What a client sent, one complete unit at a time.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Event {
+pub enum Event {
     /// A whole data message (its fragments joined), unmasked.
     Message { text: bool, data: Bytes },
     /// A ping; owed a pong with the same payload.
@@ -31,13 +34,24 @@ pub(crate) enum Event {
 
 /// Why the connection must be failed.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Violation {
+pub enum Violation {
     /// A message over the size limit (close 1009).
     TooLarge,
     /// A text message that is not UTF-8 (close 1007, RFC 6455 8.1).
     InvalidUtf8,
     /// Anything else the RFC forbids (close 1002); the text is for the log.
     Protocol(&'static str),
+}
+
+impl Violation {
+    /// The close code the connection is failed with: 1009, 1007 or 1002.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Violation::TooLarge => 1009,
+            Violation::InvalidUtf8 => 1007,
+            Violation::Protocol(_) => 1002,
+        }
+    }
 }
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -49,32 +63,39 @@ const OP_PONG: u8 = 0xA;
 
 /// Frame parser state of one connection.
 #[derive(Debug)]
-pub(crate) struct Parser {
+pub struct Parser {
     /// Received bytes not yet parsed: at most one incomplete frame after
     /// [`Parser::next`] returns `Ok(None)`. Empty (no allocation) when idle.
     buf: BytesMut,
     /// A fragmented message being assembled: its kind and the bytes so far.
     partial: Option<(bool, BytesMut)>,
+    /// Bytes at the start of `partial` known to be whole, valid UTF-8 (text
+    /// only); what follows is at most the start of one split character.
+    checked: usize,
     /// Largest message accepted, in bytes (inclusive).
     max: usize,
 }
 
 impl Parser {
-    pub(crate) fn new(max: usize) -> Self {
+    /// A parser accepting messages of up to `max` bytes (inclusive).
+    pub fn new(max: usize) -> Self {
         Parser {
             buf: BytesMut::new(),
             partial: None,
+            checked: 0,
             max,
         }
     }
 
     /// Appends received bytes.
-    pub(crate) fn feed(&mut self, data: &[u8]) {
+    pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
-    /// The next complete event, `Ok(None)` when more bytes are needed.
-    pub(crate) fn next(&mut self) -> Result<Option<Event>, Violation> {
+    /// The next complete event, `Ok(None)` when more bytes are needed. After
+    /// an `Err` the connection must be failed: the parser is not usable.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Event>, Violation> {
         loop {
             let Some(frame) = self.frame()? else {
                 self.release_idle();
@@ -94,6 +115,7 @@ impl Parser {
                     if fin {
                         message(text, payload)?
                     } else {
+                        self.checked = if text { utf8_prefix(&payload, 0)? } else { 0 };
                         self.partial = Some((text, payload));
                         continue;
                     }
@@ -103,12 +125,25 @@ impl Parser {
                         return Err(Violation::Protocol("continuation without a message"));
                     };
                     assembled.extend_from_slice(&payload);
+                    if *text {
+                        // Fail fast: check this fragment now, from where the
+                        // last check stopped (inside a split character, maybe).
+                        self.checked = utf8_prefix(assembled, self.checked)?;
+                    }
                     if !fin {
                         continue;
                     }
                     let text = *text;
                     let (_, data) = self.partial.take().unwrap_or_default();
-                    message(text, data)?
+                    let whole = self.checked == data.len();
+                    self.checked = 0;
+                    if text && !whole {
+                        return Err(Violation::InvalidUtf8);
+                    }
+                    Event::Message {
+                        text,
+                        data: data.freeze(),
+                    }
                 }
                 OP_PING => Event::Ping(payload.freeze()),
                 OP_PONG => Event::Pong,
@@ -217,6 +252,17 @@ fn message(text: bool, data: BytesMut) -> Result<Event, Violation> {
     })
 }
 
+/// How far `data` is whole, valid UTF-8, given that its first `from` bytes
+/// are: the rest is at most an incomplete character that more bytes may
+/// finish. A byte that no continuation can make valid is an error at once.
+fn utf8_prefix(data: &[u8], from: usize) -> Result<usize, Violation> {
+    match std::str::from_utf8(&data[from..]) {
+        Ok(_) => Ok(data.len()),
+        Err(e) if e.error_len().is_none() => Ok(from + e.valid_up_to()),
+        Err(_) => Err(Violation::InvalidUtf8),
+    }
+}
+
 /// XORs the payload with the client's masking key.
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let word = u32::from_ne_bytes(mask);
@@ -237,7 +283,10 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, Violation> {
         1 => Err(Violation::Protocol("close frame with a 1-byte payload")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            // RFC 6455 7.4 and the IANA registry: 1004-1006 and 1015 are never
+            // sent on the wire, 1016-2999 are unassigned (reserved for this
+            // protocol), 3000-4999 belong to libraries and applications.
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !valid {
                 return Err(Violation::Protocol("close frame with an invalid code"));
             }
@@ -411,6 +460,65 @@ mod tests {
         p.feed(&frame(true, OP_BINARY, b"\xff"));
         assert_eq!(p.next(), Ok(Some(message(true, snowman))));
         assert_eq!(p.next(), Ok(Some(message(false, b"\xff"))));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_the_first_bad_fragment() {
+        // Nothing after the bad fragment is needed to fail.
+        for bad in [&b"ab\xed\xa0\x80"[..], b"\xf4\x90", b"\x80", b"ok\xc0"] {
+            let mut p = Parser::new(1024);
+            p.feed(&frame(false, OP_TEXT, bad));
+            assert_eq!(p.next(), Err(Violation::InvalidUtf8), "{bad:?}");
+        }
+        let mut p = Parser::new(1024);
+        p.feed(&frame(false, OP_TEXT, b"ok"));
+        p.feed(&frame(false, OP_CONTINUATION, b"\xce"));
+        assert_eq!(
+            p.next(),
+            Ok(None),
+            "a split character may still be finished"
+        );
+        p.feed(&frame(false, OP_CONTINUATION, b"\xff"));
+        assert_eq!(p.next(), Err(Violation::InvalidUtf8));
+        // A message that ends inside a character is invalid.
+        let mut p = Parser::new(1024);
+        p.feed(&frame(false, OP_TEXT, b"ok"));
+        p.feed(&frame(true, OP_CONTINUATION, b"\xe2\x98"));
+        assert_eq!(p.next(), Err(Violation::InvalidUtf8));
+        // A 4-byte character split over three fragments, then another message.
+        let mut p = Parser::new(1024);
+        let emoji = "\u{1F600}".as_bytes();
+        p.feed(&frame(false, OP_TEXT, &emoji[..1]));
+        p.feed(&frame(false, OP_CONTINUATION, &emoji[1..3]));
+        p.feed(&frame(true, OP_CONTINUATION, &emoji[3..]));
+        p.feed(&frame(true, OP_TEXT, b"next"));
+        assert_eq!(p.next(), Ok(Some(message(true, emoji))));
+        assert_eq!(p.next(), Ok(Some(message(true, b"next"))));
+    }
+
+    #[test]
+    fn close_codes_follow_the_registry() {
+        for code in [1000u16, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999] {
+            let mut p = Parser::new(1024);
+            p.feed(&frame(true, OP_CLOSE, &code.to_be_bytes()));
+            assert_eq!(p.next(), Ok(Some(Event::Close(Some(code)))), "{code}");
+        }
+        for code in [
+            0u16,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            let mut p = Parser::new(1024);
+            p.feed(&frame(true, OP_CLOSE, &code.to_be_bytes()));
+            assert!(matches!(p.next(), Err(Violation::Protocol(_))), "{code}");
+        }
     }
 
     #[test]
