@@ -11,9 +11,12 @@
 //! Recovery seam: a subscription to a channel with history starts *buffering*.
 //! Live messages go to its buffer while the session reads the history; then,
 //! atomically, the session queues its reply and the missed messages, sets the
-//! subscription's *floor* (the newest offset it has been given) and flushes
-//! the buffered messages above the floor. From then on a message at or below
-//! the floor is dropped: nothing is missed and nothing is seen twice.
+//! subscription's *floor* (the epoch and newest offset it has been given) and
+//! flushes the buffered messages above the floor. From then on a message of
+//! that epoch at or below the floor is dropped: nothing is missed and nothing
+//! is seen twice. The floor is let go at the first message above it or of
+//! another epoch (offsets only grow within an epoch, and a new epoch, after
+//! Redis lost the history, starts again at 1 and must not be held back).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -69,13 +72,14 @@ pub(crate) struct Subscription {
 }
 
 struct SubscriptionState {
-    /// Live messages held while the session reads the history.
-    buffer: Option<Vec<Outbound>>,
+    /// Live messages held while the session reads the history, with their epoch.
+    buffer: Option<Vec<(Outbound, Box<str>)>>,
     /// The buffer overflowed and its channel messages were let go (they are
     /// in the history): the session must read further before going live.
     lagging: bool,
-    /// Messages with an offset at or below this were given to the session already.
-    floor: u64,
+    /// Messages of this epoch with an offset at or below this were given to
+    /// the session already; `None` once passed.
+    floor: Option<(Box<str>, u64)>,
     /// Removed from the hub: a fan-out still holding an older subscriber list
     /// must not deliver through it (the session may already be subscribed anew).
     closed: bool,
@@ -88,7 +92,7 @@ impl Subscription {
             state: Mutex::new(SubscriptionState {
                 buffer: buffering.then(Vec::new),
                 lagging: false,
-                floor: 0,
+                floor: None,
                 closed: false,
             }),
         }
@@ -99,23 +103,40 @@ impl Subscription {
     /// reads the history further first). Atomically with respect to
     /// deliveries, the floor is set (everything up to it was given to the
     /// session from history) and the buffered messages above it are queued.
-    pub(crate) fn go_live(&self, floor: u64) -> bool {
+    pub(crate) fn go_live(&self, epoch: &str, floor: u64) -> bool {
         let mut state = crate::lock(&self.state);
         if std::mem::take(&mut state.lagging) {
             return false;
         }
-        state.floor = floor;
-        for item in state.buffer.take().unwrap_or_default() {
-            if item.offset() == 0 || item.offset() > floor {
+        state.floor = Some((epoch.into(), floor));
+        for (item, item_epoch) in state.buffer.take().unwrap_or_default() {
+            if Self::passes(&mut state.floor, &item, &item_epoch) {
                 self.session.push(item);
             }
         }
         true
     }
 
+    /// Whether an item goes to the session past the floor; lets the floor go
+    /// once a message is above it or of another epoch.
+    fn passes(floor: &mut Option<(Box<str>, u64)>, item: &Outbound, epoch: &str) -> bool {
+        let offset = item.offset();
+        let Some((floor_epoch, floor_offset)) = floor else {
+            return true;
+        };
+        if offset == 0 {
+            return true;
+        }
+        if **floor_epoch == *epoch && offset <= *floor_offset {
+            return false;
+        }
+        *floor = None;
+        true
+    }
+
     /// Delivers one message, or a run of messages, of this topic in order: a
     /// run in one write when the session can take it all now.
-    fn deliver(&self, items: &[Outbound], capacity: usize) {
+    fn deliver(&self, items: &[Outbound], epoch: &str, capacity: usize) {
         let mut guard = crate::lock(&self.state);
         let state = &mut *guard;
         if state.closed {
@@ -126,7 +147,7 @@ impl Subscription {
                 // Channel messages can be read again from history: let them
                 // go rather than the session. What history does not hold
                 // (join, leave, missed) is kept, within the same bound.
-                buffer.retain(|item| item.offset() == 0);
+                buffer.retain(|(item, _)| item.offset() == 0);
                 state.lagging = true;
                 metrics::counter!("switchboard_recovery_buffer_spills_total").increment(1);
                 if buffer.len() + items.len() > capacity {
@@ -134,19 +155,23 @@ impl Subscription {
                     return;
                 }
             }
-            buffer.extend(items.iter().cloned());
+            buffer.extend(
+                items
+                    .iter()
+                    .map(|item| (item.clone(), Box::<str>::from(epoch))),
+            );
             return;
         }
-        let floor = state.floor;
-        // What recovery already gave the session is not given again.
-        let above = |item: &Outbound| item.offset() == 0 || item.offset() > floor;
-        if items.iter().all(above) {
+        if state.floor.is_none() {
             match items {
                 [one] => self.session.push(one.clone()),
                 run => self.session.push_run(run),
             }
-        } else {
-            for item in items.iter().filter(|item| above(item)) {
+            return;
+        }
+        // What recovery already gave the session is not given again.
+        for item in items {
+            if Self::passes(&mut state.floor, item, epoch) {
                 self.session.push(item.clone());
             }
         }
@@ -402,9 +427,19 @@ impl Hub {
     /// Each envelope is encoded at most once per subprotocol and shared; each
     /// subscriber gets the whole run in one write when its socket takes it.
     pub(crate) fn fanout_run(&self, envelopes: &[Envelope]) -> usize {
-        let Some(first) = envelopes.first() else {
+        let (Some(first), Some(last)) = (envelopes.first(), envelopes.last()) else {
             return 0;
         };
+        if first.epoch != last.epoch {
+            // The history was lost and restarted within the run: each epoch
+            // on its own, since a subscription's floor belongs to one epoch.
+            let split = envelopes
+                .iter()
+                .position(|e| e.epoch != first.epoch)
+                .unwrap_or(envelopes.len());
+            let (old, new) = envelopes.split_at(split);
+            return self.fanout_run(old).max(self.fanout_run(new));
+        }
         // Borrowed for channels: the lookup needs no allocation per message.
         let key: Cow<'_, str> = match run_key(first) {
             Some(RunKey::Channel(c)) => Cow::Borrowed(c),
@@ -451,7 +486,7 @@ impl Hub {
                     .collect()
             });
             if !items.is_empty() {
-                s.deliver(items, self.buffer_capacity);
+                s.deliver(items, &first.epoch, self.buffer_capacity);
             }
         }
         subscribers.len()
@@ -517,7 +552,7 @@ impl Hub {
                 published_us: now_us(),
                 offset: 0,
             };
-            s.deliver(std::slice::from_ref(&item), self.buffer_capacity);
+            s.deliver(std::slice::from_ref(&item), "", self.buffer_capacity);
         }
         let n = entry.subscribers.len();
         metrics::counter!("switchboard_missed_total", "reason" => reason.as_str())

@@ -765,3 +765,38 @@ async fn a_recovery_larger_than_the_outbound_queue_streams_at_the_clients_pace()
         "nobody was cut off"
     );
 }
+
+/// After Redis loses a channel's history while the node stays connected
+/// (FLUSHALL), the next epoch starts again at offset 1: a subscriber whose
+/// seam was set at a higher offset of the old epoch still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_below_the_old_offset_is_delivered() {
+    let redis = RedisServer::start().await;
+    let node = Node::builder("node-a")
+        .redis(&redis)
+        .namespaces()
+        .start()
+        .await;
+    let ch = unique_channel("hist:wiped");
+    for n in 1..=5 {
+        node.publish(&ch, json!({"n": n})).await;
+    }
+    let mut client = WsClient::connect_json(&node.ws_url()).await;
+    let epoch = subscribe_fresh(&mut client, &ch, 5).await;
+    let mut recovering = WsClient::connect_json(&node.ws_url()).await;
+    recover_ok(&mut recovering, &ch, &epoch, 3, 5).await;
+    expect_messages(&mut recovering, &ch, 4, 5, &epoch).await;
+
+    let _: () = redis.query(&::redis::cmd("FLUSHALL")).await;
+    let (offset, new_epoch) = node.publish_offset(&ch, json!({"n": 1})).await;
+    assert_eq!(offset, 1);
+    assert_ne!(new_epoch, epoch);
+    for c in [&mut client, &mut recovering] {
+        assert_eq!(
+            c.recv_json().await,
+            message(&ch, 1, &new_epoch),
+            "{}: the new epoch's first message",
+            c.describe()
+        );
+    }
+}

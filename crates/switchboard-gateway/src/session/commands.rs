@@ -316,7 +316,7 @@ async fn catch_up(
         _ => page.offset,
     };
     loop {
-        if after >= newest && subscription.go_live(after) {
+        if after >= newest && subscription.go_live(&epoch, after) {
             return Ok(());
         }
         let Some(room) = session.room().await else {
