@@ -1241,7 +1241,7 @@ async fn run_subscriber(
                 shared.connected.fetch_sub(1, Ordering::AcqRel);
                 if let Ended::Stop = ended {
                     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-                    break;
+                    return sub.log;
                 }
                 sub.dropped();
             }
