@@ -1142,6 +1142,8 @@ impl Sub {
                 self.log.epoch_changes += 1;
                 self.signal(SignalKind::EpochChange, now);
                 self.epoch = Some(String::from_utf8_lossy(epoch).into_owned());
+                // A new epoch numbers from its own start: no gap or step back to check.
+                self.last = offset;
             } else if offset > self.last + 1 && !self.signalled {
                 self.log.gaps += 1;
                 let last = self.last;
@@ -2194,6 +2196,101 @@ mod tests {
         s.first_sub_us = None;
         let a = account(&pubs(), &[s], 1, 5);
         assert_eq!((a.expected, a.lost), (0, 0));
+    }
+
+    fn history_sub(shared: &Arc<SubShared>) -> Sub {
+        let (_tx, control) = mpsc::channel(1);
+        let mut sub = Sub {
+            log: SubLog::default(),
+            shared: shared.clone(),
+            control,
+            seen: HashSet::new(),
+            epoch: None,
+            last: 0,
+            signalled: false,
+            replay_until: None,
+            marker: None,
+            finished: false,
+        };
+        sub.subscribed(
+            &json!({"type":"subscribed","id":1,"channel":"h:0","epoch":"e1","offset":10}),
+            0,
+        );
+        sub
+    }
+
+    fn sub_shared() -> Arc<SubShared> {
+        Arc::new(SubShared {
+            clock: Clock(Instant::now()),
+            channels: Arc::new(vec![Chan {
+                name: "h:0".into(),
+                history: true,
+            }]),
+            urls: vec![Arc::from("ws://127.0.0.1:1/ws")],
+            backoff: Backoff {
+                min: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            setup_timeout: Duration::from_secs(1),
+            seed: 1,
+            connected: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+        })
+    }
+
+    fn frame(seq: u64, offset: u64, epoch: &str) -> Vec<u8> {
+        format!(
+            r#"{{"type":"message","channel":"h:0","data":{{"seq":{seq},"p":0,"t":1}},"offset":{offset},"epoch":"{epoch}"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn subscribers_check_offsets_across_epochs_recoveries_and_signals() {
+        let shared = sub_shared();
+        let mut sub = history_sub(&shared);
+        for (seq, offset) in [(1, 11), (2, 12)] {
+            sub.frame(&frame(seq, offset, "e1"));
+        }
+        // Redis lost the history: the new epoch starts again at 1.
+        for (seq, offset) in [(3, 1), (4, 2)] {
+            sub.frame(&frame(seq, offset, "e2"));
+        }
+        assert_eq!((sub.log.gaps, sub.log.backwards, sub.log.epoch_changes), (0, 0, 1));
+        assert_eq!(sub.log.signals.len(), 1);
+        // A gap with no signal is an error; after a `missed` push it is not.
+        sub.frame(&frame(5, 4, "e2"));
+        assert_eq!(sub.log.gaps, 1);
+        sub.frame(br#"{"type":"missed","channel":"h:0","reason":"backplane"}"#);
+        sub.frame(&frame(6, 9, "e2"));
+        assert_eq!((sub.log.gaps, sub.log.missed_pushes), (1, 1));
+        // A duplicate is counted once, not kept; a step back is an order error.
+        sub.frame(&frame(6, 9, "e2"));
+        sub.frame(&frame(7, 8, "e2"));
+        assert_eq!((sub.log.duplicates, sub.log.backwards), (1, 1));
+        // A recovery: the replay up to the reply's offset is `repaired`, then live again.
+        sub.dropped();
+        sub.subscribed(
+            &json!({"type":"subscribed","id":1,"channel":"h:0","epoch":"e2","offset":11,"recovered":true}),
+            0,
+        );
+        for (seq, offset) in [(8, 10), (9, 11), (10, 12)] {
+            sub.frame(&frame(seq, offset, "e2"));
+        }
+        let repaired: Vec<bool> = sub.log.received.iter().map(|r| r.repaired).collect();
+        assert_eq!(&repaired[repaired.len() - 3..], &[true, true, false]);
+        assert_eq!(sub.log.recovered, (1, 0));
+        // recovered:false is a signal, and the next offset follows the reply's.
+        sub.dropped();
+        sub.subscribed(
+            &json!({"type":"subscribed","id":1,"channel":"h:0","epoch":"e3","offset":50,"recovered":false}),
+            0,
+        );
+        sub.frame(&frame(11, 51, "e3"));
+        assert_eq!(sub.log.recovered, (1, 1));
+        assert_eq!((sub.log.gaps, sub.log.backwards), (1, 1));
+        assert_eq!(sub.log.connections.len(), 3);
+        assert!(sub.log.signals.iter().any(|s| s.kind == SignalKind::NotRecovered));
     }
 
     #[test]
