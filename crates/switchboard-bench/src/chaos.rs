@@ -451,8 +451,20 @@ impl Cluster {
         }
         let log = append(&self.work.join("redis.log"))?;
         let child = Command::new(&self.redis_bin)
-            .args(["--port", &self.redis_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--port",
+                &self.redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&data)
             .stdin(Stdio::null())
@@ -474,7 +486,10 @@ impl Cluster {
             if let Some(c) = self.redis.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                bail!("redis-server exited ({status}): see {}/redis.log", self.work.display());
+                bail!(
+                    "redis-server exited ({status}): see {}/redis.log",
+                    self.work.display()
+                );
             }
             ensure!(
                 Instant::now() < deadline,
@@ -555,7 +570,10 @@ impl Cluster {
                 && let Ok(Some(status)) = c.try_wait()
             {
                 self.nodes[i] = None;
-                bail!("node {id} exited ({status}): see {}/{id}.log", self.work.display());
+                bail!(
+                    "node {id} exited ({status}): see {}/{id}.log",
+                    self.work.display()
+                );
             }
             ensure!(
                 Instant::now() < deadline,
@@ -1133,7 +1151,8 @@ impl Sub {
         }
         let mut repaired = false;
         if self.history() {
-            let (Some(offset), Some(epoch)) = (payload::parse_offset(frame), payload::parse_epoch(frame))
+            let (Some(offset), Some(epoch)) =
+                (payload::parse_offset(frame), payload::parse_epoch(frame))
             else {
                 self.unexpected(|| String::from_utf8_lossy(frame).into_owned());
                 return;
@@ -1147,15 +1166,15 @@ impl Sub {
             } else if offset > self.last + 1 && !self.signalled {
                 self.log.gaps += 1;
                 let last = self.last;
-                self.log
-                    .first_offset_error
-                    .get_or_insert_with(|| format!("offset {offset} after {last} at {:.3} s", now as f64 / 1e6));
+                self.log.first_offset_error.get_or_insert_with(|| {
+                    format!("offset {offset} after {last} at {:.3} s", now as f64 / 1e6)
+                });
             } else if offset <= self.last {
                 self.log.backwards += 1;
                 let last = self.last;
-                self.log
-                    .first_offset_error
-                    .get_or_insert_with(|| format!("offset {offset} after {last} at {:.3} s", now as f64 / 1e6));
+                self.log.first_offset_error.get_or_insert_with(|| {
+                    format!("offset {offset} after {last} at {:.3} s", now as f64 / 1e6)
+                });
             }
             if let Some(n) = self.replay_until {
                 repaired = offset <= n;
@@ -1473,24 +1492,30 @@ pub async fn run(opts: &Opts) -> anyhow::Result<ChaosReport> {
 }
 
 fn validate(opts: &Opts) -> anyhow::Result<()> {
-    ensure!(
-        (1..=26).contains(&opts.nodes),
-        "--nodes must be 1 to 26"
-    );
+    ensure!((1..=26).contains(&opts.nodes), "--nodes must be 1 to 26");
     ensure!(opts.subscribers > 0, "--subscribers must be at least 1");
     ensure!(
         opts.history_channels + opts.plain_channels > 0,
         "at least one channel is needed"
     );
     ensure!(opts.publishers > 0, "--publishers must be at least 1");
-    ensure!(opts.ws_publishers < 100, "--ws-publishers must be below 100");
+    ensure!(
+        opts.ws_publishers < 100,
+        "--ws-publishers must be below 100"
+    );
     setup::check_positive(&[
         ("--duration", opts.duration),
         ("--rate", opts.rate),
         ("--ws-rate", opts.ws_rate),
     ])?;
-    ensure!(opts.warmup >= 0.0 && opts.warmup.is_finite(), "--warmup must be >= 0");
-    ensure!(opts.gap_max >= opts.gap_min, "--gap-max must be at least --gap-min");
+    ensure!(
+        opts.warmup >= 0.0 && opts.warmup.is_finite(),
+        "--warmup must be >= 0"
+    );
+    ensure!(
+        opts.gap_max >= opts.gap_min,
+        "--gap-max must be at least --gap-min"
+    );
     ensure!(
         opts.publish_timeout > Duration::ZERO && opts.settle_timeout > Duration::ZERO,
         "timeouts must be above zero"
@@ -1526,7 +1551,10 @@ async fn soak(
     eprintln!(
         "chaos: redis on 127.0.0.1:{}, nodes {}; logs in {}",
         cluster.redis_port,
-        urls.iter().map(|u| u.as_ref()).collect::<Vec<_>>().join(" "),
+        urls.iter()
+            .map(|u| u.as_ref())
+            .collect::<Vec<_>>()
+            .join(" "),
         cluster.work.display()
     );
 
@@ -1631,7 +1659,11 @@ async fn soak(
             (record.end_us - start_us) as f64 / 1e6
         );
         if let Err(e) = note {
-            fault_errors.push(format!("{} at {:.2} s: {e:#}", p.kind.name(), start_us as f64 / 1e6));
+            fault_errors.push(format!(
+                "{} at {:.2} s: {e:#}",
+                p.kind.name(),
+                start_us as f64 / 1e6
+            ));
             // Whatever it left broken, mend it before the next fault.
             cluster.heal().await?;
         }
@@ -1794,7 +1826,8 @@ async fn inject(
             Ok(format!("redis paused {outage}"))
         }
         FaultKind::PubsubKill => {
-            let reply = redis_command(cluster.redis_port, &["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
+            let reply =
+                redis_command(cluster.redis_port, &["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
             ensure!(reply.starts_with(':'), "CLIENT KILL answered {reply:?}");
             Ok(format!("{} pub/sub connections killed", &reply[1..]))
         }
@@ -1860,7 +1893,10 @@ impl ChaosReport {
             f.push(format!("{} messages nobody sent", a.unknown_received));
         }
         if self.never_subscribed > 0 {
-            f.push(format!("{} subscribers never subscribed", self.never_subscribed));
+            f.push(format!(
+                "{} subscribers never subscribed",
+                self.never_subscribed
+            ));
         }
         if !self.missing_marker.is_empty() {
             f.push(format!(
@@ -1871,7 +1907,10 @@ impl ChaosReport {
             ));
         }
         if !self.fault_errors.is_empty() {
-            f.push(format!("faults that failed: {}", self.fault_errors.join("; ")));
+            f.push(format!(
+                "faults that failed: {}",
+                self.fault_errors.join("; ")
+            ));
         }
         if a.acknowledged == 0 {
             f.push("nothing was acknowledged".to_owned());
@@ -1893,7 +1932,15 @@ impl ChaosReport {
             .faults
             .iter()
             .filter(|f| f.start_us <= s.start_us + 1_000_000 && f.end_us + 5_000_000 >= s.start_us)
-            .map(|f| format!("{} {:.2}-{:.2} s ({})", f.kind.name(), t(f.start_us), t(f.end_us), f.note))
+            .map(|f| {
+                format!(
+                    "{} {:.2}-{:.2} s ({})",
+                    f.kind.name(),
+                    t(f.start_us),
+                    t(f.end_us),
+                    f.note
+                )
+            })
             .collect();
         format!(
             "lost: {chan} p{p}#{seq}{} published {:.3}-{:.3} s via {} ({}) -> subscriber {} {}; \
@@ -1902,7 +1949,11 @@ impl ChaosReport {
             t(s.start_us),
             t(s.ack_us.unwrap_or(s.start_us)),
             node(usize::from(s.node)),
-            if s.client { "client publish" } else { "server API" },
+            if s.client {
+                "client publish"
+            } else {
+                "server API"
+            },
             l.subscriber,
             l.node
                 .map(|n| format!("on {}", node(n)))
@@ -1946,7 +1997,11 @@ impl ChaosReport {
         let _ = writeln!(
             s,
             "faults:      {}",
-            if counts.is_empty() { "none".to_owned() } else { counts.join(", ") }
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts.join(", ")
+            }
         );
         let errors: Vec<String> = self
             .publish_errors
@@ -1960,7 +2015,11 @@ impl ChaosReport {
             self.api_attempted,
             self.client_attempted,
             self.client_acknowledged,
-            if errors.is_empty() { "none".to_owned() } else { errors.join(", ") }
+            if errors.is_empty() {
+                "none".to_owned()
+            } else {
+                errors.join(", ")
+            }
         );
         let disconnects: Vec<String> = self
             .disconnects
@@ -2115,7 +2174,10 @@ mod tests {
     #[test]
     fn a_missing_message_without_a_signal_is_lost() {
         let s = sub(
-            [1, 3, 4].iter().map(|&i| recv(0, i, i * 1000 + 200)).collect(),
+            [1, 3, 4]
+                .iter()
+                .map(|&i| recv(0, i, i * 1000 + 200))
+                .collect(),
             vec![],
         );
         let a = account(&pubs(), &[s], 1, 5);
@@ -2126,7 +2188,10 @@ mod tests {
 
     #[test]
     fn a_signal_between_publish_and_the_next_receipt_covers_it() {
-        let received: Vec<Recv> = [1, 3, 4].iter().map(|&i| recv(0, i, i * 1000 + 200)).collect();
+        let received: Vec<Recv> = [1, 3, 4]
+            .iter()
+            .map(|&i| recv(0, i, i * 1000 + 200))
+            .collect();
         let point = |at| Signal {
             kind: SignalKind::Missed,
             from_us: at,
@@ -2256,7 +2321,10 @@ mod tests {
         for (seq, offset) in [(3, 1), (4, 2)] {
             sub.frame(&frame(seq, offset, "e2"));
         }
-        assert_eq!((sub.log.gaps, sub.log.backwards, sub.log.epoch_changes), (0, 0, 1));
+        assert_eq!(
+            (sub.log.gaps, sub.log.backwards, sub.log.epoch_changes),
+            (0, 0, 1)
+        );
         assert_eq!(sub.log.signals.len(), 1);
         // A gap with no signal is an error; after a `missed` push it is not.
         sub.frame(&frame(5, 4, "e2"));
@@ -2290,7 +2358,12 @@ mod tests {
         assert_eq!(sub.log.recovered, (1, 1));
         assert_eq!((sub.log.gaps, sub.log.backwards), (1, 1));
         assert_eq!(sub.log.connections.len(), 3);
-        assert!(sub.log.signals.iter().any(|s| s.kind == SignalKind::NotRecovered));
+        assert!(
+            sub.log
+                .signals
+                .iter()
+                .any(|s| s.kind == SignalKind::NotRecovered)
+        );
     }
 
     #[test]
@@ -2331,8 +2404,16 @@ mod tests {
         assert!(last.at + last.outage <= Duration::from_secs(60));
         assert!(a.iter().all(|p| p.node < 3));
         assert!(
-            schedule(1, &[], Duration::from_secs(60), Duration::ZERO, (Duration::ZERO, Duration::ZERO), Duration::ZERO, 3)
-                .is_empty()
+            schedule(
+                1,
+                &[],
+                Duration::from_secs(60),
+                Duration::ZERO,
+                (Duration::ZERO, Duration::ZERO),
+                Duration::ZERO,
+                3
+            )
+            .is_empty()
         );
     }
 }
