@@ -1447,6 +1447,8 @@ pub struct ChaosReport {
     subscribers: usize,
     never_subscribed: usize,
     missing_marker: Vec<usize>,
+    /// For the first few of those: where each was and what it last received.
+    missing_marker_details: Vec<String>,
     settle_secs: f64,
     settled: bool,
     api_attempted: u64,
@@ -1774,6 +1776,27 @@ async fn soak(
             r.never_subscribed += 1;
         } else if !s.got_marker {
             r.missing_marker.push(s.index);
+            if r.missing_marker_details.len() < opts.details {
+                let node = |i: usize| r.node_ids.get(i).map_or("?", String::as_str);
+                let conn = match s.connections.last() {
+                    Some(&(from, u64::MAX, n)) => {
+                        format!("on {} since {:.2} s", node(n), from as f64 / 1e6)
+                    }
+                    Some(&(_, to, n)) => format!("off {} since {:.2} s", node(n), to as f64 / 1e6),
+                    None => "never connected".to_owned(),
+                };
+                let last = s.received.last().map_or("nothing".to_owned(), |m| {
+                    format!("{:.2} s", m.at_us as f64 / 1e6)
+                });
+                let detail = format!(
+                    "no marker: subscriber {} of {} {conn}, last message received at {last}, \
+                     {} connections",
+                    s.index,
+                    r.channels[s.channel].name,
+                    s.connections.len()
+                );
+                r.missing_marker_details.push(detail);
+            }
         }
         r.reconnects += s.connections.len().saturating_sub(1) as u64;
         r.failed_attempts += s.failed_attempts;
@@ -2060,6 +2083,9 @@ impl ChaosReport {
         );
         for l in &self.accounting.lost_examples {
             let _ = writeln!(s, "{}", self.describe(l));
+        }
+        for d in &self.missing_marker_details {
+            let _ = writeln!(s, "{d}");
         }
         let failures = self.failures();
         if !failures.is_empty() {
