@@ -626,6 +626,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits until every node's `/readyz` answers 200 (its backplane is connected), up to
+    /// `timeout`; says which nodes were not ready.
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for spec in &self.specs {
+            let endpoint = ApiEndpoint::parse(&format!("http://127.0.0.1:{}", spec.api), None)?;
+            loop {
+                let mut c = ApiClient::new(endpoint.clone(), Duration::from_millis(500));
+                match c.get("/readyz").await {
+                    Ok((status, _)) if status.is_success() => break,
+                    _ if Instant::now() >= deadline => {
+                        bail!("node {} not ready after the faults", spec.id)
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Stops everything (nodes first), waiting for each process.
     async fn shutdown(&mut self) {
         for i in 0..self.nodes.len() {
@@ -1681,6 +1701,7 @@ async fn soak(
     pubs.append(&mut *bursts.lock().await);
     let settle_started = Instant::now();
     let settle_deadline = settle_started + opts.settle_timeout;
+    cluster.wait_ready(opts.settle_timeout).await?;
     eprintln!("chaos: publishing over; waiting for every subscriber to be subscribed");
     while sub_shared.connected.load(Ordering::Acquire) < opts.subscribers
         && Instant::now() < settle_deadline
