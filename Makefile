@@ -24,7 +24,7 @@ SHELL := bash
 .ONESHELL:
 .DEFAULT_GOAL := help
 
-.PHONY: help run build test lint fmt cluster cluster-stop bench bench-fanout loadtest autobahn image
+.PHONY: help run build test lint fmt cluster cluster-stop bench bench-fanout loadtest chaos autobahn image
 
 help:
 	@cat <<'TEXT'
@@ -39,6 +39,7 @@ help:
 	make bench-fanout  one fan-out benchmark: Redis + 2 nodes + 1,000 subscribers (BENCH_ARGS=...)
 	make autobahn      the Autobahn TestSuite (sections 1-10) against the node's WebSocket layer
 	make loadtest      the k6 load tests: Redis + 2 nodes, loadtest/*.js at this machine's size (LOADTEST_ARGS=--smoke)
+	make chaos         fault soak: Redis + 3 nodes killed and paused on a seeded schedule, one accounting line, fails on loss (CHAOS_DURATION=180 CHAOS_SEED=N CHAOS_FAULTS=none)
 	make image         build the container image from deploy/Dockerfile (IMAGE=switchboard, needs docker)
 	TEXT
 
@@ -192,6 +193,15 @@ autobahn:
 LOADTEST_ARGS ?=
 loadtest:
 	scripts/loadtest.sh $(LOADTEST_ARGS)
+
+# The chaos soak (scripts/chaos.sh, crates/switchboard-bench/README.md "chaos"): a private
+# redis-server and three release nodes, killed, paused and restarted on a seeded schedule while
+# publishers and recovering subscribers run; prints one accounting line and fails when an
+# acknowledged message was lost (neither delivered, repaired nor signalled). The seed is printed
+# first: CHAOS_SEED=<it> replays the schedule. CHAOS_ARGS passes more options to the generator.
+CHAOS_ARGS ?=
+chaos:
+	scripts/chaos.sh $(CHAOS_ARGS)
 
 # The container image (docs/DEPLOYMENT.md, "The image"): IMAGE names and tags it,
 # IMAGE_ARGS passes more to docker build, e.g.

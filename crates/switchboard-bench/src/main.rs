@@ -9,6 +9,7 @@
 //! out-of-order, disconnects, publish errors, failed connections), 2 when it could not run at
 //! all.
 
+mod chaos;
 mod connect;
 mod fanout;
 mod http;
@@ -62,6 +63,10 @@ enum Command {
     /// The fanout scenario at rising rates until loss appears or p99 passes a bound: every
     /// step's figures and the highest clean step.
     Ramp(ramp::Opts),
+    /// A bounded fault soak: starts Redis and three nodes, kills and pauses them on a seeded
+    /// schedule while publishers and recovering subscribers run, and accounts for every
+    /// acknowledged message (delivered, repaired, signalled or lost).
+    Chaos(chaos::Opts),
 }
 
 /// A finished run's report, whatever the scenario.
@@ -93,7 +98,8 @@ run_report!(
     recover::RecoverReport,
     idle::IdleReport,
     connect::ConnectReport,
-    ramp::RampReport
+    ramp::RampReport,
+    chaos::ChaosReport
 );
 
 /// Boxes a scenario's result with its `--json` flag.
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
             Command::Idle(o) => boxed(idle::run(o).await, o.json),
             Command::Connect(o) => boxed(connect::run(o, threads).await, o.json),
             Command::Ramp(o) => boxed(ramp::run(o, threads).await, o.common.json),
+            Command::Chaos(o) => boxed(chaos::run(o).await, o.json),
         }
     });
     match result {
