@@ -152,6 +152,9 @@ export function clients(data) {
       return;
     }
     const o = f.offset;
+    // Subscribed before the channel had history (epoch ""): the first message names the
+    // epoch that began since, and recovery resumes in it.
+    if (st.epoch === '' && o === 1) st.epoch = f.epoch;
     if (!st.seen.add(o)) duplicates.add(1);
     else if (o < st.last) outOfOrder.add(1);
     else if (o > st.last + 1) gaps.add(1);
@@ -182,7 +185,8 @@ export function clients(data) {
             reconnects.add(1);
             resubscribeTime.add(at - startedAt);
             if (!r.recovered) notRecovered.add(1);
-            if (r.epoch !== st.epoch) epochChanged.add(1);
+            // A client that had seen no history yet (epoch "") takes the epoch that began since.
+            if (st.epoch !== '' && r.epoch !== st.epoch) epochChanged.add(1);
             st.replayTo = r.offset;
           } else {
             st.start = r.offset;

@@ -487,7 +487,14 @@ impl Client {
         if frame.starts_with(MESSAGE_PREFIX) {
             match payload::parse_offset(frame) {
                 Some(offset) => {
-                    if payload::parse_epoch(frame) != Some(self.epoch.as_bytes()) {
+                    let epoch = payload::parse_epoch(frame);
+                    if self.epoch.is_empty() && offset == 1 {
+                        // Subscribed before the channel had history (epoch ""): the
+                        // first message names the epoch that began since.
+                        if let Some(e) = epoch {
+                            self.epoch = String::from_utf8_lossy(e).into_owned();
+                        }
+                    } else if epoch != Some(self.epoch.as_bytes()) {
                         self.out.epoch_changes += 1;
                     }
                     self.out.check.see(offset);
@@ -572,7 +579,10 @@ impl Client {
                 self.out.resubscribed_after = self.since_kill();
                 self.out.phases = Some(phases);
             }
-            if sub.epoch != self.epoch {
+            if self.epoch.is_empty() {
+                // Subscribed before the channel had history: take the epoch that began since.
+                self.epoch.clone_from(&sub.epoch);
+            } else if sub.epoch != self.epoch {
                 self.out.epoch_changes += 1;
             }
             let last = self.out.check.last;
