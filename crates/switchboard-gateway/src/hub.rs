@@ -28,7 +28,6 @@ use switchboard_backplane::envelope::Kind;
 use switchboard_backplane::{Backplane, BackplaneError, Envelope, Topic};
 use switchboard_proto::backplane::envelope::Control;
 
-use bytes::Bytes;
 use switchboard_backplane::envelope::now_us;
 
 use crate::protocol::{
@@ -246,6 +245,21 @@ fn admit<'a>(stream: &Mutex<Stream>, run: &'a [Envelope]) -> Cow<'a, [Envelope]>
                 .increment((run.len() - kept.len()) as u64);
             Cow::Owned(kept)
         }
+    }
+}
+
+/// A `missed` push in one subprotocol (`at`: microseconds since the epoch,
+/// for the delivery-latency histogram); never held back by a seam floor.
+pub(crate) fn missed_push(
+    protocol: Protocol,
+    topic: MissedTopic<'_>,
+    reason: MissedReason,
+    at: u64,
+) -> Outbound {
+    Outbound::Message {
+        frame: encode_push_for(protocol, &Push::Missed { topic, reason }),
+        published_us: at,
+        offset: 0,
     }
 }
 
@@ -538,21 +552,16 @@ impl Hub {
             Some(user) => MissedTopic::User(user),
             None => MissedTopic::Channel(key),
         };
-        let push = Push::Missed { topic, reason };
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let at = now_us();
+        let mut items: [Option<Outbound>; 2] = [None, None];
         for s in entry.subscribers.iter() {
             let protocol = s.session.protocol;
             let slot = match protocol {
                 Protocol::Json => 0,
                 Protocol::Proto => 1,
             };
-            let frame = frames[slot].get_or_insert_with(|| encode_push_for(protocol, &push));
-            let item = Outbound::Message {
-                frame: frame.clone(),
-                published_us: now_us(),
-                offset: 0,
-            };
-            s.deliver(std::slice::from_ref(&item), "", self.buffer_capacity);
+            let item = items[slot].get_or_insert_with(|| missed_push(protocol, topic, reason, at));
+            s.deliver(std::slice::from_ref(item), "", self.buffer_capacity);
         }
         let n = entry.subscribers.len();
         metrics::counter!("switchboard_missed_total", "reason" => reason.as_str())

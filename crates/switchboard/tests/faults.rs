@@ -223,7 +223,6 @@ async fn fault_story(fault: Fault) {
     )
     .await;
 
-    let pid = redis_pid(&redis).await;
     match fault {
         Fault::RestartWithData | Fault::RestartEmpty => {
             redis.kill();
@@ -231,11 +230,11 @@ async fn fault_story(fault: Fault) {
             redis.restart().await;
         }
         Fault::Hang => {
-            signal(pid, "STOP");
+            redis.pause();
             // Long enough for both nodes to declare the link dead.
             a.wait_readyz(503, Duration::from_secs(15)).await;
             b.wait_readyz(503, Duration::from_secs(15)).await;
-            signal(pid, "CONT");
+            redis.resume();
         }
         Fault::KillPubsub => {
             let killed: i64 = redis
@@ -335,23 +334,6 @@ async fn fault_story(fault: Fault) {
         ));
     }
     eprintln!("{fault:?}: {}", summary.join("; "));
-}
-
-/// The pid of the test's redis-server, as it reports it.
-async fn redis_pid(redis: &RedisServer) -> u32 {
-    let info: String = redis.query(redis::cmd("INFO").arg("server")).await;
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("process_id in INFO server")
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

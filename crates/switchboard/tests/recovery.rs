@@ -787,7 +787,7 @@ async fn a_new_epoch_below_the_old_offset_is_delivered() {
     recover_ok(&mut recovering, &ch, &epoch, 3, 5).await;
     expect_messages(&mut recovering, &ch, 4, 5, &epoch).await;
 
-    let _: () = redis.query(&::redis::cmd("FLUSHALL")).await;
+    redis.flushall().await;
     let (offset, new_epoch) = node.publish_offset(&ch, json!({"n": 1})).await;
     assert_eq!(offset, 1);
     assert_ne!(new_epoch, epoch);

@@ -372,15 +372,12 @@ fn push_history(
 
 /// Tells one session that messages of a channel may have been missed.
 fn missed(session: &SessionHandle, channel: &str, reason: MissedReason) {
-    let push = Push::Missed {
-        topic: MissedTopic::Channel(channel),
+    session.push(crate::hub::missed_push(
+        session.protocol,
+        MissedTopic::Channel(channel),
         reason,
-    };
-    session.push(Outbound::Message {
-        frame: crate::protocol::encode_push_for(session.protocol, &push),
-        published_us: switchboard_backplane::envelope::now_us(),
-        offset: 0,
-    });
+        switchboard_backplane::envelope::now_us(),
+    ));
     metrics::counter!("switchboard_missed_total", "reason" => reason.as_str()).increment(1);
 }
 
