@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::node::AuthConfig;
+use crate::config::AuthConfig;
 
 /// Seconds of tolerance on `exp` and `nbf`: none (see the module docs).
 pub const LEEWAY_SECS: u64 = 0;

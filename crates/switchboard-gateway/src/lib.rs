@@ -14,6 +14,7 @@
 //!   closing handshake) that sessions run on.
 
 pub mod auth;
+pub mod config;
 mod http;
 mod hub;
 mod limits;
@@ -24,8 +25,9 @@ pub mod protocol;
 mod session;
 pub mod ws;
 
+pub use config::{AuthConfig, BackplaneConfig, Limits, NodeConfig};
 pub use namespace::{Namespace, Namespaces};
-pub use node::{AuthConfig, BackplaneConfig, Limits, Node, NodeConfig, NodeError};
+pub use node::{Node, NodeError};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

@@ -15,7 +15,8 @@ use metrics::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::node::{Limits, NodeInner};
+use crate::config::Limits;
+use crate::node::NodeInner;
 
 /// A token bucket: holds up to `capacity` tokens, refilled at `rate` per second.
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! A node: its configuration, its start, and its drain.
+//! A node: its state, its start, the fan-out workers and its drain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,113 +17,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::{BackplaneConfig, NodeConfig};
 use crate::hub::Hub;
 use crate::metrics::HotMetrics;
-use crate::namespace::Namespaces;
 use crate::protocol::{Disconnect, MissedReason};
 use crate::session::{End, SessionHandle};
 use switchboard_backplane::Envelope;
 use switchboard_backplane::envelope::Kind;
 use switchboard_proto::backplane::envelope::Control;
-
-/// Everything a node needs to know, already validated.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    /// Node id, in welcomes, envelopes and the cluster list.
-    pub node_id: String,
-    /// Public listener: `/ws`, `/healthz`, `/`.
-    pub listen: SocketAddr,
-    /// Internal listener: `/metrics`, `/healthz`, `/readyz`, `/api/v1/*`.
-    pub internal_listen: SocketAddr,
-    /// Which backplane.
-    pub backplane: BackplaneConfig,
-    /// When set, the server API needs `Authorization: apikey <key>`.
-    pub api_key: Option<String>,
-    /// Allowed browser origins (`*` suffix wildcards); empty means any.
-    pub allowed_origins: Vec<String>,
-    /// How long a drain may take before the process exits anyway.
-    pub drain_timeout: Duration,
-    /// Interval between server pings; two without a sign of life close the connection.
-    pub heartbeat: Duration,
-    /// Largest client message (and API body), in bytes.
-    pub max_message_size: usize,
-    /// Frames queued per connection before it is dropped as a slow consumer.
-    pub outbound_queue: usize,
-    /// Listen backlog of both listeners (the kernel caps it at `net.core.somaxconn`).
-    pub listen_backlog: u32,
-    /// Per-namespace settings.
-    pub namespaces: Namespaces,
-    /// JWT authentication.
-    pub auth: AuthConfig,
-    /// Limits on what clients may do.
-    pub limits: Limits,
-    /// Whether the public listener serves the demo page (`/`, `/demo.js`) and `/status`.
-    pub demo: bool,
-    /// Envelopes waiting per fan-out lane before the backplane's reader is
-    /// held back (the backlog then waits in Redis).
-    pub fanout_lane_capacity: usize,
-}
-
-/// JWT authentication settings.
-#[derive(Clone, Debug, Default)]
-pub struct AuthConfig {
-    /// HS256 shared secret.
-    pub jwt_secret: Option<String>,
-    /// PEM public key (RSA for RS256, EC P-256 for ES256), already read from its file.
-    pub jwt_public_key: Option<Vec<u8>>,
-    /// Whether connections without a token are let in as anonymous.
-    pub allow_anonymous: bool,
-}
-
-/// Limits on what clients may do; each counts in `switchboard_limit_rejections_total`.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Open connections per node.
-    pub max_connections: usize,
-    /// Subscriptions per connection.
-    pub max_subscriptions: usize,
-    /// Commands per second per connection (token bucket refill rate).
-    pub client_rate: f64,
-    /// Token bucket size for commands per connection.
-    pub client_burst: u32,
-    /// New connections per second per client IP (burst twice that).
-    pub ip_connect_rate: f64,
-    /// Longest channel name, in bytes (at most 255).
-    pub max_channel_length: usize,
-    /// Connections per client IP on the public listener still in their HTTP
-    /// phase (request head or upgrade not done); beyond, HTTP 429.
-    pub max_pending_per_ip: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_subscriptions: 128,
-            client_rate: 100.0,
-            client_burst: 200,
-            ip_connect_rate: 50.0,
-            max_channel_length: 255,
-            max_pending_per_ip: 1024,
-        }
-    }
-}
-
-/// Which backplane a node runs on.
-#[derive(Clone, Debug)]
-pub enum BackplaneConfig {
-    /// In-process: one node alone.
-    Memory,
-    /// Redis pub/sub.
-    Redis {
-        /// `redis://...`
-        url: String,
-        /// Prefix of every key and pub/sub channel.
-        prefix: String,
-        /// Node-registry heartbeat interval.
-        registry_interval: Duration,
-    },
-}
 
 /// Why a node could not start or run.
 #[derive(Debug, Error)]
