@@ -21,6 +21,7 @@ mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
+pub mod policy;
 pub mod protocol;
 mod session;
 pub mod ws;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::protocol::channel;
+use crate::policy::channel;
 
 /// What a namespace allows and keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,8 +15,9 @@ use switchboard_backplane::{Position, Target};
 
 use super::{Body, json};
 use crate::node::NodeInner;
+use crate::policy::channel;
 use crate::protocol::payload::Unfit;
-use crate::protocol::{ErrorCode, Payload, StreamPosition, channel};
+use crate::protocol::{ErrorCode, Payload, StreamPosition};
 use crate::session::commands;
 
 /// Most channels one broadcast may name.

@@ -2,7 +2,6 @@
 //! ([`Command`]), what the node answers ([`Reply`]), and the two codecs of
 //! `switchboard.v1.json` ([`json`]) and `switchboard.v1.proto` ([`proto`]).
 
-pub mod channel;
 pub mod json;
 pub mod payload;
 pub mod proto;

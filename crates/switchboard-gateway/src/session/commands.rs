@@ -12,9 +12,10 @@ use super::guard::Refusal;
 use super::{End, Outbound, SessionHandle};
 use crate::namespace::Namespace;
 use crate::node::NodeInner;
+use crate::policy::channel;
 use crate::protocol::{
     CommandKind, DecodeError, ErrorCode, MissedReason, MissedTopic, Protocol, Push, Reply,
-    StreamPosition, channel, json, proto,
+    StreamPosition, json, proto,
 };
 
 /// Decodes and executes one client message, answering on the session's queue.

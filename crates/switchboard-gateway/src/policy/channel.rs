@@ -1,4 +1,4 @@
-//! Channel names (PROTOCOL.md section 3).
+//! Channel and namespace names (docs/PROTOCOL.md, "Channels").
 
 /// The longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
@@ -27,6 +27,14 @@ pub fn namespace(channel: &str) -> &str {
     channel.split_once(':').map(|(ns, _)| ns).unwrap_or("")
 }
 
+/// Checks a namespace name, as configured: a channel name without `:`.
+pub fn validate_namespace(name: &str) -> Result<(), String> {
+    if name.contains(':') {
+        return Err("a namespace name uses the channel alphabet without ':'".into());
+    }
+    validate(name).map_err(|_| "a namespace name uses the channel alphabet without ':'".into())
+}
+
 fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '/' | '=')
 }
@@ -48,6 +56,14 @@ mod tests {
         assert!(validate(&"x".repeat(256)).is_err());
         for bad in ["a b", "a#b", "a{b}", "é", "a\"b", "a\\b", "a\nb", "a*"] {
             assert!(validate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn namespace_names_are_channel_names_without_colons() {
+        assert!(validate_namespace("chat").is_ok());
+        for bad in ["", "a:b", "a b", &"x".repeat(256)] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?}");
         }
     }
 
