@@ -148,7 +148,7 @@ impl Inbox {
     }
 
     fn lane_of(&self, envelope: &Envelope) -> usize {
-        let key: &str = match envelope.target.as_ref().and_then(|t| t.kind.as_ref()) {
+        let key: &str = match envelope.target_kind() {
             Some(Kind::Channel(c)) => c,
             Some(Kind::User(u)) => u,
             Some(Kind::Conn(c)) => c,

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-use crate::envelope::{channel_of, now_ms};
+use crate::envelope::now_ms;
 use crate::history::new_epoch;
 use crate::{
     BackplaneError, Envelope, HistoryPage, HistoryPolicy, Inbox, NodeInfo, Position,
@@ -85,7 +85,7 @@ impl MemoryBackplane {
         envelope: &Envelope,
         history: Option<HistoryPolicy>,
     ) -> Result<Option<Position>, BackplaneError> {
-        let (Some(policy), Some(channel)) = (history, channel_of(envelope)) else {
+        let (Some(policy), Some(channel)) = (history, envelope.channel()) else {
             self.inbox.deliver(envelope.clone()).await?;
             self.count();
             return Ok(None);

@@ -31,7 +31,8 @@ use switchboard_proto::backplane::envelope::Control;
 use switchboard_backplane::envelope::now_us;
 
 use crate::protocol::{
-    Disconnect, MissedReason, MissedTopic, Protocol, Push, encode_push, encode_push_for,
+    CloseReason, Disconnect, MissedReason, MissedTopic, Protocol, Push, encode_push,
+    encode_push_for,
 };
 use crate::session::{End, Outbound, SessionHandle};
 
@@ -307,7 +308,7 @@ pub(crate) fn runs(envelopes: &[Envelope]) -> impl Iterator<Item = Run<'_>> {
 
 /// The topic of a channel or user envelope; `None` for connection targets.
 pub(crate) fn run_key(envelope: &Envelope) -> Option<RunKey<'_>> {
-    match envelope.target.as_ref()?.kind.as_ref()? {
+    match envelope.target_kind()? {
         Kind::Channel(c) => Some(RunKey::Channel(c)),
         Kind::User(u) => Some(RunKey::User(u)),
         _ => None,
@@ -475,7 +476,8 @@ impl Hub {
         if let Some(Control::Disconnect(d)) = &first.control {
             let disconnect = Disconnect::from_envelope(d);
             for s in subscribers.iter() {
-                s.session.end_with(End::Disconnect(disconnect.clone()));
+                s.session
+                    .end_with(End::Closed(CloseReason::ServerApi(disconnect.clone())));
             }
             return subscribers.len();
         }

@@ -13,14 +13,14 @@
 //! - [`ws`]: the WebSocket layer (upgrade checks, frame parser and writer,
 //!   closing handshake) that sessions run on.
 
-pub mod auth;
 pub mod config;
+mod fanout;
 mod http;
 mod hub;
-mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
+mod ops;
 pub mod policy;
 pub mod protocol;
 mod session;

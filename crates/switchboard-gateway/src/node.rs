@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
 use switchboard_backplane::{
-    Backplane, BackplaneError, Inbound, Inbox, InboxLane, NodeStats, Since, memory::MemoryBackplane,
+    Backplane, BackplaneError, Inbox, InboxLane, NodeStats, memory::MemoryBackplane,
 };
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -20,11 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{BackplaneConfig, NodeConfig};
 use crate::hub::Hub;
 use crate::metrics::HotMetrics;
-use crate::protocol::{Disconnect, MissedReason};
 use crate::session::{End, SessionHandle};
-use switchboard_backplane::Envelope;
-use switchboard_backplane::envelope::Kind;
-use switchboard_proto::backplane::envelope::Control;
 
 /// Why a node could not start or run.
 #[derive(Debug, Error)]
@@ -71,17 +67,17 @@ pub(crate) struct NodeInner {
     connections: Arc<AtomicU64>,
     next_session: AtomicU64,
     /// Every open session by connection id (for disconnects by the server API).
-    conns: Mutex<HashMap<Arc<str>, Arc<SessionHandle>>>,
+    pub(crate) conns: Mutex<HashMap<Arc<str>, Arc<SessionHandle>>>,
     /// Verifies client tokens.
-    pub(crate) authenticator: crate::auth::Authenticator,
+    pub(crate) authenticator: crate::policy::token::Authenticator,
     /// The connection cap and the per-IP connection rate.
-    pub(crate) gate: crate::limits::ConnectionGate,
+    pub(crate) gate: crate::policy::limits::ConnectionGate,
     /// Envelopes received from the backplane (the demo's messages per second).
     pub(crate) envelopes_in: AtomicU64,
     /// The last answer of the demo's public `/status`, refreshed at most once a second.
     pub(crate) status: tokio::sync::Mutex<Option<StatusSample>>,
     /// Which fan-out lane each topic's envelopes take (for repairs).
-    inbox: Inbox,
+    pub(crate) inbox: Inbox,
 }
 
 /// One answer of the demo's `/status` route, with what its message rate was computed from.
@@ -105,9 +101,11 @@ impl Node {
         };
         // A bad key stops the node before it listens.
         let authenticator =
-            crate::auth::Authenticator::new(&config.auth).map_err(|e| NodeError::Config {
-                setting: "--jwt-public-key",
-                message: e.to_string(),
+            crate::policy::token::Authenticator::new(&config.auth).map_err(|e| {
+                NodeError::Config {
+                    setting: "--jwt-public-key",
+                    message: e.to_string(),
+                }
             })?;
         let public = bind(config.listen).await?;
         let internal = bind(config.internal_listen).await?;
@@ -162,7 +160,7 @@ impl Node {
             next_session: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
             authenticator,
-            gate: crate::limits::ConnectionGate::new(&config.limits),
+            gate: crate::policy::limits::ConnectionGate::new(&config.limits),
             envelopes_in: AtomicU64::new(0),
             status: tokio::sync::Mutex::new(None),
             inbox: lane_map,
@@ -204,7 +202,7 @@ impl Node {
         let stop_listening = CancellationToken::new();
         let background = TaskTracker::new();
         for (index, lane) in lanes.into_iter().enumerate() {
-            background.spawn(inner.clone().fan_out(index, lane));
+            background.spawn(crate::fanout::run(inner.clone(), index, lane));
         }
         background.spawn(crate::http::serve(
             public,
@@ -285,162 +283,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Messages read from history per round trip when a reconnect is repaired.
-const REPAIR_PAGE: usize = 256;
-/// Most pages one channel's repair reads (a bound, far above a real gap).
-const REPAIR_MAX_PAGES: usize = 4096;
-
 impl NodeInner {
-    /// One fan-out worker: takes what piled up in its lane at once (a
-    /// subscriber then gets consecutive messages of a channel in one write)
-    /// and repairs its topics after each backplane reconnect, in lane order.
-    async fn fan_out(self: Arc<Self>, lane_index: usize, mut lane: InboxLane) {
-        let mut batch = Vec::with_capacity(crate::session::MAX_RUN);
-        let mut envelopes = Vec::with_capacity(crate::session::MAX_RUN);
-        while lane.recv_many(&mut batch, crate::session::MAX_RUN).await > 0 {
-            for item in batch.drain(..) {
-                match item {
-                    Inbound::Envelope(e) => envelopes.push(e),
-                    Inbound::Resync(mut marker) => {
-                        self.dispatch(&envelopes);
-                        envelopes.clear();
-                        // Nothing can have been missed before the first connection.
-                        if marker.ready().await && marker.generation > 1 {
-                            self.repair(lane_index).await;
-                        }
-                    }
-                }
-            }
-            self.dispatch(&envelopes);
-            envelopes.clear();
-        }
-    }
-
-    /// After the backplane's receiving connection came back, makes good what
-    /// this lane's subscribers may have missed while it was away: history
-    /// channels get the gap from history, in order, before anything newer
-    /// (the lane waits meanwhile); other topics get a `missed` push.
-    async fn repair(&self, lane: usize) {
-        let started = Instant::now();
-        let (mut repaired, mut signalled) = (0usize, 0usize);
-        // Once history cannot be read (the link broke again), the rest of the
-        // pass only signals: a later reconnect repairs from the same point.
-        let mut readable = true;
-        for key in self.hub.keys() {
-            let (channel, lane_key) = crate::hub::topic_parts(&key);
-            if self.inbox.lane_of_key(lane_key) != lane {
-                continue;
-            }
-            let history = channel.and_then(|c| {
-                crate::session::commands::history_policy(self.config.namespaces.of(c))
-            });
-            match (channel, history) {
-                (Some(channel), Some(_)) if readable && self.backplane.is_up() => {
-                    let (r, s, ok) = self.repair_channel(channel).await;
-                    repaired += r;
-                    signalled += s;
-                    readable = ok;
-                }
-                _ => signalled += self.hub.missed(&key, MissedReason::Backplane),
-            }
-        }
-        metrics::counter!("switchboard_repaired_messages_total").increment(repaired as u64);
-        metrics::histogram!("switchboard_backplane_repair_seconds")
-            .record(started.elapsed().as_secs_f64());
-        tracing::info!(
-            lane,
-            repaired,
-            signalled,
-            took_ms = started.elapsed().as_millis() as u64,
-            "repaired after a backplane reconnect"
-        );
-    }
-
-    /// Delivers a history channel's messages published since the newest one
-    /// this node fanned out; returns how many, how many subscribers were told
-    /// of a gap history could not fill, and whether history could be read.
-    async fn repair_channel(&self, channel: &str) -> (usize, usize, bool) {
-        let (mut repaired, mut signalled) = (0, 0);
-        let Some((mut epoch, mut after)) = self.hub.repair_from(channel) else {
-            // No subscriber has been told a position yet: nothing to measure a gap from.
-            return (0, self.hub.missed(channel, MissedReason::Backplane), true);
-        };
-        for _ in 0..REPAIR_MAX_PAGES {
-            let page = match self
-                .backplane
-                .history_page(channel, Since::After(after), REPAIR_PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(channel, error = %e, "history unreadable: cannot repair the gap");
-                    return (
-                        repaired,
-                        signalled + self.hub.missed(channel, MissedReason::Backplane),
-                        false,
-                    );
-                }
-            };
-            // A subscriber that started before the channel had any history
-            // ("", 0) continues into whatever epoch began since.
-            let continues = page.epoch == epoch || (epoch.is_empty() && after == 0);
-            if !continues {
-                // The history this node delivered from is gone (lost or expired).
-                signalled += self.hub.missed(channel, MissedReason::History);
-                if page.epoch.is_empty() {
-                    return (repaired, signalled, true);
-                }
-                (epoch, after) = (page.epoch, 0);
-                continue;
-            }
-            epoch = page.epoch;
-            if page.first > after.saturating_add(1) {
-                // Trimmed out of history before it could be read.
-                signalled += self.hub.missed(channel, MissedReason::History);
-            }
-            let Some(last) = page.messages.last().map(|m| m.offset) else {
-                return (repaired, signalled, true);
-            };
-            for run in page.messages.chunks(crate::session::MAX_RUN) {
-                self.hub.fanout_run(run);
-            }
-            repaired += page.messages.len();
-            after = last;
-            if after >= page.offset {
-                break;
-            }
-        }
-        (repaired, signalled, true)
-    }
-
-    /// Hands received envelopes to the sessions they are for, in order:
-    /// consecutive envelopes of one topic go out together.
-    fn dispatch(&self, envelopes: &[Envelope]) {
-        for run in crate::hub::runs(envelopes) {
-            match run {
-                crate::hub::Run::Conn(envelope) => self.dispatch_to_conn(envelope),
-                crate::hub::Run::Topic(run) => {
-                    self.envelopes_in
-                        .fetch_add(run.len() as u64, Ordering::Relaxed);
-                    self.metrics.fanout_run();
-                    self.hub.fanout_run(run);
-                }
-            }
-        }
-    }
-
-    /// An envelope for one connection (a disconnect by the server API).
-    fn dispatch_to_conn(&self, envelope: &Envelope) {
-        if let Some(Kind::Conn(conn)) = envelope.target.as_ref().and_then(|t| t.kind.as_ref())
-            && let Some(Control::Disconnect(d)) = &envelope.control
-        {
-            let session = crate::lock(&self.conns).get(conn.as_str()).cloned();
-            if let Some(session) = session {
-                session.end_with(End::Disconnect(Disconnect::from_envelope(d)));
-            }
-        }
-    }
-
     pub(crate) fn register(&self, session: &Arc<SessionHandle>) {
         crate::lock(&self.conns).insert(session.conn.clone(), session.clone());
     }

@@ -17,3 +17,18 @@ pub mod client {
 }
 
 pub use prost::Message;
+
+impl backplane::Envelope {
+    /// Whom the envelope is for: a channel, a user or one connection.
+    pub fn target_kind(&self) -> Option<&backplane::target::Kind> {
+        self.target.as_ref()?.kind.as_ref()
+    }
+
+    /// The client channel the envelope is for, if it targets one.
+    pub fn channel(&self) -> Option<&str> {
+        match self.target_kind()? {
+            backplane::target::Kind::Channel(c) => Some(c),
+            _ => None,
+        }
+    }
+}

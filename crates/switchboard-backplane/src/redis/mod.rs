@@ -151,7 +151,7 @@ impl RedisBackplane {
         envelope: &Envelope,
         history: Option<HistoryPolicy>,
     ) -> Result<Option<Position>, BackplaneError> {
-        let target = envelope.target.as_ref().and_then(|t| t.kind.as_ref());
+        let target = envelope.target_kind();
         let channel = match target {
             Some(Kind::Channel(c)) => self.keys.channel(c),
             Some(Kind::User(u)) => self.keys.user(u),

@@ -1,4 +1,5 @@
-//! The server API (PROTOCOL.md section 5): JSON in, JSON out.
+//! The server API (docs/PROTOCOL.md, "Server API"): JSON in, JSON out. Each
+//! route parses its request, lets `policy` refuse it, and has `ops` perform it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +11,15 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json as j};
-use switchboard_backplane::envelope::{self, Kind};
-use switchboard_backplane::{Position, Target};
+use switchboard_backplane::Position;
+use switchboard_backplane::envelope::Kind;
 
 use super::{Body, json};
 use crate::node::NodeInner;
-use crate::policy::channel;
+use crate::ops;
+use crate::policy::{self, Refusal};
 use crate::protocol::payload::Unfit;
-use crate::protocol::{ErrorCode, Payload, StreamPosition};
-use crate::session::commands;
+use crate::protocol::{Disconnect, ErrorCode, Payload, StreamPosition};
 
 /// Most channels one broadcast may name.
 const MAX_BROADCAST_CHANNELS: usize = 1000;
@@ -50,6 +51,20 @@ impl ApiError {
 
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    /// The answer to a policy's refusal: its code, with the matching status.
+    fn refused(refusal: Refusal) -> Self {
+        let status = match refusal.code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited | ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, refusal.code, refusal.message)
     }
 
     /// JSON `data` unfit for JSON subscribers (too deep, a lone surrogate), counted.
@@ -147,7 +162,7 @@ async fn serve(
     route: Route,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    authorize(node, &req)?;
+    policy::access::api_key(node, req.headers()).map_err(ApiError::refused)?;
     match route {
         Route::Unknown => Err(ApiError {
             status: StatusCode::NOT_FOUND,
@@ -186,31 +201,6 @@ async fn serve(
             )),
         },
     }
-}
-
-/// Checks `Authorization: apikey <key>` when a key is configured.
-fn authorize(node: &NodeInner, req: &Request<Incoming>) -> Result<(), ApiError> {
-    let Some(key) = &node.config.api_key else {
-        return Ok(());
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("apikey "));
-    match given {
-        Some(given) if constant_time_eq(given.trim().as_bytes(), key.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "missing or wrong API key: send Authorization: apikey <key>",
-        )),
-    }
-}
-
-/// Compares without an early exit, so the time taken does not reveal the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Reads a request body into one buffer, within [`BODY_READ_TIMEOUT`] and the
@@ -338,12 +328,7 @@ async fn send(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, ApiError>
         return Err(ApiError::bad_request("user must be 1 to 255 bytes"));
     }
     let data = Payload::json_checked(body.data).map_err(ApiError::unfit)?;
-    let mut envelope = envelope::for_channel(&node.config.node_id, "", data.bytes, data.encoding);
-    envelope.target = Some(Target {
-        kind: Some(Kind::User(body.user)),
-    });
-    node.backplane
-        .publish(&envelope, None)
+    ops::publish::to_user(node, &body.user, data)
         .await
         .map_err(unavailable)?;
     Ok(json(StatusCode::OK, &j!({})))
@@ -363,9 +348,7 @@ async fn disconnect(node: &NodeInner, body: &[u8]) -> Result<Response<Body>, Api
         (None, Some(conn)) if !conn.is_empty() => Kind::Conn(conn),
         _ => return Err(ApiError::bad_request("give exactly one of user or conn")),
     };
-    let envelope = commands::disconnect_envelope(&node.config.node_id, target);
-    node.backplane
-        .publish(&envelope, None)
+    ops::publish::disconnect(node, target, &Disconnect::SERVER_API)
         .await
         .map_err(unavailable)?;
     Ok(json(StatusCode::OK, &j!({})))
@@ -379,7 +362,7 @@ fn channel_in_path(node: &NodeInner, req: &Request<Incoming>) -> Result<String, 
         .strip_prefix("/api/v1/channels/")
         .unwrap_or("");
     let raw = rest.rsplit_once('/').map_or("", |(c, _)| c);
-    let channel = super::public::percent_decode(raw)
+    let channel = super::percent_decode(raw)
         .ok_or_else(|| ApiError::bad_request("bad percent-encoding in the channel name"))?
         .into_owned();
     check_channel(node, &channel)?;
@@ -397,13 +380,7 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 async fn history(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let channel = &channel_in_path(node, req)?;
-    let Some(policy) = commands::history_policy(node.config.namespaces.of(channel)) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "history is not kept for this channel's namespace",
-        ));
-    };
+    let history = policy::access::history_kept(node, channel).map_err(ApiError::refused)?;
     let number = |name: &str| -> Result<Option<u64>, ApiError> {
         query_param(req, name)
             .map(|v| {
@@ -425,7 +402,7 @@ async fn history(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<B
             ));
         }
     };
-    let page = commands::read_history(node, channel, policy, limit, since.as_ref())
+    let page = ops::history::read(node, channel, history, limit, since.as_ref())
         .await
         .map_err(unavailable)?;
     let body = crate::protocol::json::encode_history_answer(
@@ -444,16 +421,8 @@ async fn history(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<B
 
 async fn presence(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let channel = &channel_in_path(node, req)?;
-    if !node.config.namespaces.of(channel).presence {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "presence is not enabled for this channel's namespace",
-        ));
-    }
-    let members = node
-        .backplane
-        .presence(channel)
+    policy::access::presence_enabled(node, channel).map_err(ApiError::refused)?;
+    let members = ops::presence::members(node, channel)
         .await
         .map_err(unavailable)?;
     Ok(json(
@@ -464,9 +433,7 @@ async fn presence(node: &NodeInner, req: &Request<Incoming>) -> Result<Response<
 
 /// Checks a channel name against the protocol and the configured length limit.
 fn check_channel(node: &NodeInner, name: &str) -> Result<(), ApiError> {
-    channel::validate(name).map_err(ApiError::bad_request)?;
-    node.check_channel_length(name)
-        .map_err(ApiError::bad_request)
+    policy::channel::check(node, name).map_err(ApiError::refused)
 }
 
 async fn publish_one(
@@ -474,10 +441,7 @@ async fn publish_one(
     channel: &str,
     data: Payload,
 ) -> Result<Option<Position>, ApiError> {
-    let envelope = envelope::for_channel(&node.config.node_id, channel, data.bytes, data.encoding);
-    let history = commands::history_policy(node.config.namespaces.of(channel));
-    node.backplane
-        .publish(&envelope, history)
+    ops::publish::to_channel(node, channel, data, "")
         .await
         .map_err(unavailable)
 }

@@ -1,9 +1,11 @@
 //! The two HTTP/1.1 listeners.
 
 mod api;
+mod demo;
 mod internal;
 mod public;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,4 +119,43 @@ pub(crate) fn json(status: StatusCode, body: &impl serde::Serialize) -> Response
         header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// Decodes `%XX` escapes; `None` for a broken escape or non-UTF-8 result.
+pub(crate) fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("abc").as_deref(), Some("abc"));
+        assert_eq!(percent_decode("a%20b%2fc").as_deref(), Some("a b/c"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%é1"), None);
+        assert_eq!(percent_decode("%+1"), None);
+    }
 }

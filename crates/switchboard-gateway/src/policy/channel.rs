@@ -1,5 +1,9 @@
 //! Channel and namespace names (docs/PROTOCOL.md, "Channels").
 
+use super::Refusal;
+use crate::node::NodeInner;
+use crate::protocol::ErrorCode;
+
 /// The longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
 
@@ -33,6 +37,30 @@ pub fn validate_namespace(name: &str) -> Result<(), String> {
         return Err("a namespace name uses the channel alphabet without ':'".into());
     }
     validate(name).map_err(|_| "a namespace name uses the channel alphabet without ':'".into())
+}
+
+/// Checks a channel name: the protocol's rule ([`validate`]), then the
+/// node's `--max-channel-length` (counted when it bites).
+pub(crate) fn check(node: &NodeInner, channel: &str) -> Result<(), Refusal> {
+    validate(channel).map_err(|why| Refusal::new(ErrorCode::BadRequest, why))?;
+    check_length(node, channel)
+}
+
+/// Checks a (syntactically valid) channel name against `--max-channel-length`,
+/// counting a rejection.
+pub(crate) fn check_length(node: &NodeInner, channel: &str) -> Result<(), Refusal> {
+    let max = node.config.limits.max_channel_length;
+    if channel.len() > max {
+        node.gate.rejections.channel_length.increment(1);
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "channel name is {} bytes; the limit is {max}",
+                channel.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn allowed(c: char) -> bool {

@@ -2,16 +2,17 @@
 //! ([`Command`]), what the node answers ([`Reply`]), and the two codecs of
 //! `switchboard.v1.json` ([`json`]) and `switchboard.v1.proto` ([`proto`]).
 
+pub mod close;
 pub mod json;
 pub mod payload;
 pub mod proto;
-
-use std::borrow::Cow;
 
 use bytes::Bytes;
 use switchboard_backplane::envelope::{Kind, PayloadEncoding};
 use switchboard_backplane::{Envelope, PresenceMember};
 use switchboard_proto::backplane::envelope::Control;
+
+pub use close::{CloseReason, Disconnect};
 
 /// A negotiated subprotocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,37 +230,6 @@ impl ErrorCode {
     }
 }
 
-/// The `disconnect` push sent before an intentional close.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Disconnect {
-    /// Close code (PROTOCOL.md section 4).
-    pub code: u16,
-    /// Why, for people.
-    pub reason: Cow<'static, str>,
-    /// Whether the client should reconnect.
-    pub reconnect: bool,
-}
-
-impl Disconnect {
-    /// A disconnect with a fixed reason.
-    pub const fn fixed(code: u16, reason: &'static str, reconnect: bool) -> Self {
-        Disconnect {
-            code,
-            reason: Cow::Borrowed(reason),
-            reconnect,
-        }
-    }
-
-    /// The disconnect a backplane envelope asks for (server API).
-    pub fn from_envelope(d: &switchboard_proto::backplane::Disconnect) -> Self {
-        Disconnect {
-            code: u16::try_from(d.code).unwrap_or(4100),
-            reason: Cow::Owned(d.reason.clone()),
-            reconnect: d.reconnect,
-        }
-    }
-}
-
 /// Something the node says to one client, other than a channel message.
 #[derive(Clone, Debug)]
 pub enum Reply<'a> {
@@ -336,7 +306,7 @@ pub fn encode_reply(protocol: Protocol, id: Option<u64>, reply: &Reply<'_>) -> B
 /// message, a join or a leave), once per subprotocol; `None` for envelopes
 /// that push nothing.
 pub fn encode_push(protocol: Protocol, envelope: &Envelope) -> Option<Bytes> {
-    let target = envelope.target.as_ref()?.kind.as_ref()?;
+    let target = envelope.target_kind()?;
     let encoding = PayloadEncoding::try_from(envelope.encoding).unwrap_or(PayloadEncoding::Binary);
     let push = match (&envelope.control, target) {
         (None, Kind::Channel(channel)) => Push::Message {

@@ -1,18 +1,17 @@
-//! Executing client commands (PROTOCOL.md section 3).
+//! Executing one client command: decode it, let `policy` refuse it, have
+//! `ops` perform it, answer (docs/PROTOCOL.md, "Commands"). Subscribing lives
+//! here in full, since it ties the connection to the hub: the reply, the
+//! recovery from history, and the seam with the live stream.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_backplane::envelope::{self, Kind};
-use switchboard_backplane::{HistoryPolicy, PresenceMember, Since, Target};
-use switchboard_proto::backplane::envelope::Control;
-use switchboard_proto::backplane::{Join, Leave};
+use switchboard_backplane::Since;
 
-use super::guard::Refusal;
 use super::{End, Outbound, SessionHandle};
-use crate::namespace::Namespace;
 use crate::node::NodeInner;
-use crate::policy::channel;
+use crate::ops;
+use crate::policy::{self, Refusal};
 use crate::protocol::{
     CommandKind, DecodeError, ErrorCode, MissedReason, MissedTopic, Protocol, Push, Reply,
     StreamPosition, json, proto,
@@ -40,7 +39,7 @@ pub(super) async fn handle(
     };
     // Every message counts against the rate limit, well-formed or not, so a
     // flood of garbage is limited like any other.
-    let admitted = session.admit_command(node);
+    let admitted = policy::access::admit_command(node, session);
     let command = match (decoded, admitted) {
         (Ok(c), Ok(())) => c,
         (Ok(c), Err(refusal)) => return refuse(session, c.id, refusal),
@@ -49,13 +48,13 @@ pub(super) async fn handle(
     };
     let id = command.id;
     if let Some(name) = command.kind.channel()
-        && let Err(why) = channel::validate(name)
+        && let Err(why) = policy::channel::validate(name)
     {
         return error(session, id, ErrorCode::BadRequest, &why);
     }
     match command.kind {
         CommandKind::Subscribe { channel, recover } => {
-            if let Err(refusal) = session.may_subscribe(node, &channel) {
+            if let Err(refusal) = policy::access::may_subscribe(node, session, &channel) {
                 return refuse(session, id, refusal);
             }
             subscribe(node, session, id, channel.into(), recover).await;
@@ -68,14 +67,10 @@ pub(super) async fn handle(
             session.reply(id, &Reply::Unsubscribed { channel: &channel });
         }
         CommandKind::Publish { channel, data } => {
-            if let Err(refusal) = session.may_publish(node, &channel) {
+            if let Err(refusal) = policy::access::may_publish(node, &session.identity, &channel) {
                 return refuse(session, id, refusal);
             }
-            let mut envelope =
-                envelope::for_channel(&node.config.node_id, &channel, data.bytes, data.encoding);
-            envelope.publisher = session.user.to_string();
-            let history = history_policy(node.config.namespaces.of(&channel));
-            match node.backplane.publish(&envelope, history).await {
+            match ops::publish::to_channel(node, &channel, data, &session.user).await {
                 Ok(position) => session.reply(
                     id,
                     &Reply::Published {
@@ -96,18 +91,14 @@ pub(super) async fn handle(
             limit,
             since,
         } => {
-            let Some(policy) = history_policy(node.config.namespaces.of(&channel)) else {
-                return error(
-                    session,
-                    id,
-                    ErrorCode::Forbidden,
-                    "history is not kept for this channel's namespace",
-                );
+            let allowed = policy::access::history_kept(node, &channel).and_then(|history| {
+                policy::access::may_read(node, &session.identity, &channel).map(|()| history)
+            });
+            let history = match allowed {
+                Ok(history) => history,
+                Err(refusal) => return refuse(session, id, refusal),
             };
-            if let Err(refusal) = session.may_read(node, &channel) {
-                return refuse(session, id, refusal);
-            }
-            match read_history(node, &channel, policy, limit, since.as_ref()).await {
+            match ops::history::read(node, &channel, history, limit, since.as_ref()).await {
                 Ok(page) => session.reply(
                     id,
                     &Reply::History {
@@ -126,18 +117,12 @@ pub(super) async fn handle(
             }
         }
         CommandKind::Presence { channel } => {
-            if !node.config.namespaces.of(&channel).presence {
-                return error(
-                    session,
-                    id,
-                    ErrorCode::Forbidden,
-                    "presence is not enabled for this channel's namespace",
-                );
-            }
-            if let Err(refusal) = session.may_read(node, &channel) {
+            if let Err(refusal) = policy::access::presence_enabled(node, &channel)
+                .and_then(|()| policy::access::may_read(node, &session.identity, &channel))
+            {
                 return refuse(session, id, refusal);
             }
-            match node.backplane.presence(&channel).await {
+            match ops::presence::members(node, &channel).await {
                 Ok(members) => session.reply(
                     id,
                     &Reply::Presence {
@@ -157,48 +142,6 @@ pub(super) async fn handle(
     }
 }
 
-/// The history policy of a namespace, if it keeps history.
-pub(crate) fn history_policy(namespace: &Namespace) -> Option<HistoryPolicy> {
-    namespace.has_history().then_some(HistoryPolicy {
-        size: namespace.history_size,
-        ttl: namespace.history_ttl,
-    })
-}
-
-/// Reads history for the `history` command and the API: without `since`, the
-/// newest `limit`; with `since` in the current epoch, the oldest `limit` after
-/// it; with `since` from another epoch, as without it.
-pub(crate) async fn read_history(
-    node: &NodeInner,
-    channel: &str,
-    policy: HistoryPolicy,
-    limit: Option<u32>,
-    since: Option<&StreamPosition>,
-) -> Result<switchboard_backplane::HistoryPage, switchboard_backplane::BackplaneError> {
-    let mut page = node
-        .backplane
-        .history(
-            channel,
-            policy,
-            since.map_or(Since::All, |s| Since::After(s.offset)),
-        )
-        .await?;
-    let same_epoch = since.is_some_and(|s| s.epoch == page.epoch);
-    if since.is_some() && !same_epoch {
-        page = node.backplane.history(channel, policy, Since::All).await?;
-    }
-    if let Some(limit) = limit.map(|l| l as usize)
-        && page.messages.len() > limit
-    {
-        if same_epoch {
-            page.messages.truncate(limit);
-        } else {
-            page.messages.drain(..page.messages.len() - limit);
-        }
-    }
-    Ok(page)
-}
-
 async fn subscribe(
     node: &NodeInner,
     session: &Arc<SessionHandle>,
@@ -215,11 +158,11 @@ async fn subscribe(
         );
     }
     let namespace = node.config.namespaces.of(&channel);
-    let history = history_policy(namespace);
+    let history = ops::history::policy(namespace);
     // Presence is written before the reply: a member who has been told
     // `subscribed` is in every presence list asked for after that.
     if namespace.presence {
-        presence(node, session, &channel, true).await;
+        ops::presence::update(node, &channel, &session.conn, &session.user, true).await;
     }
     let subscribed = node
         .hub
@@ -240,7 +183,7 @@ async fn subscribe(
         Err(e) => {
             crate::lock(&session.channels).remove(&channel);
             if namespace.presence {
-                presence(node, session, &channel, false).await;
+                ops::presence::update(node, &channel, &session.conn, &session.user, false).await;
             }
             return error(
                 session,
@@ -255,7 +198,7 @@ async fn subscribe(
     {
         crate::lock(&session.channels).remove(&channel);
         if namespace.presence {
-            presence(node, session, &channel, false).await;
+            ops::presence::update(node, &channel, &session.conn, &session.user, false).await;
         }
         node.hub.unsubscribe(&channel, session.id).await;
         return error(
@@ -266,7 +209,7 @@ async fn subscribe(
         );
     }
     if namespace.join_leave {
-        join_leave(node, session, &channel, true).await;
+        ops::publish::join_leave(node, &channel, &session.conn, &session.user, true).await;
     }
 }
 
@@ -307,49 +250,40 @@ async fn catch_up(
             history: Some((&page.epoch, page.offset, recovered)),
         },
     );
-    let (mut epoch, mut newest) = (page.epoch.clone(), page.offset);
     // Everything up to `after` has been given to the session.
-    let mut after = match (&recover, recovered) {
+    let after = match (&recover, recovered) {
         (Some(r), true) => {
             push_history(session, channel, &page.messages);
             page.messages.last().map_or(r.offset, |m| m.offset)
         }
         _ => page.offset,
     };
+    let mut reader = ops::history::Reader::new(node, channel, page.epoch, after, page.offset);
     loop {
-        if after >= newest && subscription.go_live(&epoch, after) {
-            return Ok(());
+        if reader.caught_up() {
+            let (epoch, after) = reader.position();
+            if subscription.go_live(epoch, after) {
+                return Ok(());
+            }
         }
         let Some(room) = session.room().await else {
             return Ok(());
         };
-        let page = match node
-            .backplane
-            .history_page(channel, Since::After(after), room)
-            .await
-        {
-            Ok(page) => page,
+        match reader.next(room).await {
+            Ok(step) => {
+                // The history moved on under the recovery (trimmed, or lost
+                // and begun again): say so, and go on from what it holds.
+                if step.gap {
+                    missed(session, channel, MissedReason::History);
+                }
+                push_history(session, channel, &step.messages);
+            }
             Err(e) => {
                 tracing::warn!(channel, conn = %session.conn, error = %e, "history unreadable mid-recovery: ending the session");
                 session.overflowed();
                 return Ok(());
             }
-        };
-        // The history moved on under the recovery: say so, and go on from
-        // what it still holds.
-        if page.epoch != epoch {
-            // Lost or expired: a new epoch, read from its start.
-            missed(session, channel, MissedReason::History);
-            (epoch, after, newest) = (page.epoch, 0, page.offset);
-            continue;
         }
-        if page.first > after.saturating_add(1) {
-            // Trimmed past what was read.
-            missed(session, channel, MissedReason::History);
-        }
-        newest = page.offset;
-        push_history(session, channel, &page.messages);
-        after = page.messages.last().map_or(page.offset, |m| m.offset);
     }
 }
 
@@ -387,77 +321,18 @@ pub(crate) async fn leave(node: &NodeInner, session: &SessionHandle, channel: &s
     node.hub.unsubscribe(channel, session.id).await;
     let namespace = node.config.namespaces.of(channel);
     if namespace.presence {
-        presence(node, session, channel, false).await;
+        ops::presence::update(node, channel, &session.conn, &session.user, false).await;
     }
     if namespace.join_leave {
-        join_leave(node, session, channel, false).await;
+        ops::publish::join_leave(node, channel, &session.conn, &session.user, false).await;
     }
-}
-
-/// Records (or removes) the session in the channel's presence.
-async fn presence(node: &NodeInner, session: &SessionHandle, channel: &str, present: bool) {
-    let result = if present {
-        let member = PresenceMember {
-            conn: session.conn.to_string(),
-            user: session.user.to_string(),
-            node: node.config.node_id.clone(),
-        };
-        node.backplane.presence_add(channel, &member).await
-    } else {
-        node.backplane.presence_remove(channel, &session.conn).await
-    };
-    if let Err(e) = result {
-        tracing::warn!(channel, conn = %session.conn, error = %e, "presence update failed");
-    }
-}
-
-/// Publishes a join (or leave) event to the channel's subscribers.
-async fn join_leave(node: &NodeInner, session: &SessionHandle, channel: &str, join: bool) {
-    let (conn, user) = (session.conn.to_string(), session.user.to_string());
-    let node_id = node.config.node_id.clone();
-    let mut envelope = envelope::for_channel(
-        &node.config.node_id,
-        channel,
-        Bytes::new(),
-        Default::default(),
-    );
-    envelope.control = Some(if join {
-        Control::Join(Join {
-            conn,
-            user,
-            node: node_id,
-        })
-    } else {
-        Control::Leave(Leave {
-            conn,
-            user,
-            node: node_id,
-        })
-    });
-    if let Err(e) = node.backplane.publish(&envelope, None).await {
-        tracing::warn!(channel, error = %e, "join/leave event not published");
-    }
-}
-
-/// A disconnect command for every connection of a user, or one connection.
-pub(crate) fn disconnect_envelope(node_id: &str, target: Kind) -> switchboard_backplane::Envelope {
-    let mut envelope = envelope::for_channel(node_id, "", Bytes::new(), Default::default());
-    envelope.target = Some(Target { kind: Some(target) });
-    envelope.control = Some(Control::Disconnect(
-        switchboard_proto::backplane::Disconnect {
-            code: u32::from(super::API_DISCONNECT.code),
-            reason: super::API_DISCONNECT.reason.to_string(),
-            reconnect: super::API_DISCONNECT.reconnect,
-        },
-    ));
-    envelope
 }
 
 /// Answers a refused command, and ends the session when the refusal says so.
 fn refuse(session: &SessionHandle, id: Option<u64>, refusal: Refusal) {
     error(session, id, refusal.code, &refusal.message);
-    if let Some(d) = refusal.disconnect {
-        session.end_with(End::Disconnect(d));
+    if let Some(why) = refusal.close {
+        session.end_with(End::Closed(why));
     }
 }
 

@@ -14,12 +14,9 @@ use tokio::time::Instant;
 
 use super::frames::{self, OpCode};
 use super::outbox::Flushed;
-use super::{
-    End, HEARTBEAT_TIMEOUT, INVALID_UTF8, Outbound, PROTOCOL_ERROR, SHUTDOWN, SLOW_CONSUMER,
-    SessionHandle, TOKEN_EXPIRED, TOO_LARGE, commands,
-};
+use super::{End, Outbound, SessionHandle, commands};
 use crate::node::NodeInner;
-use crate::protocol::{Reply, encode_reply};
+use crate::protocol::{CloseReason, Reply, encode_reply};
 use crate::ws::closing::{self, Closing};
 use crate::ws::{Event, Parser, Violation};
 
@@ -91,7 +88,7 @@ async fn serve<'a>(
         expires: session
             .identity
             .expires_at
-            .and_then(crate::auth::expiry_deadline),
+            .and_then(crate::policy::token::expiry_deadline),
         drain: None,
         stall: None,
     };
@@ -113,12 +110,12 @@ async fn serve<'a>(
                 // Control frames cost the sender as commands do: a ping
                 // flood is not answered beyond the command rate.
                 Ok(Some(Event::Ping(payload))) => {
-                    if session.admit_control(node) {
+                    if crate::policy::access::admit_control(node, session) {
                         session.push(Outbound::Control(frames::control(OpCode::Pong, &payload)));
                     }
                 }
                 Ok(Some(Event::Pong)) => {
-                    session.admit_control(node);
+                    crate::policy::access::admit_control(node, session);
                 }
                 Ok(Some(Event::Close(code))) => {
                     let echo = code.map(u16::to_be_bytes);
@@ -133,10 +130,10 @@ async fn serve<'a>(
                     if let Violation::Protocol(what) = violation {
                         tracing::debug!(conn = %session.conn, what, "websocket protocol violation");
                     }
-                    session.end_with(End::Disconnect(match violation {
-                        Violation::TooLarge => TOO_LARGE,
-                        Violation::InvalidUtf8 => INVALID_UTF8,
-                        Violation::Protocol(_) => PROTOCOL_ERROR,
+                    session.end_with(End::Closed(match violation {
+                        Violation::TooLarge => CloseReason::TooLarge,
+                        Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
+                        Violation::Protocol(_) => CloseReason::ProtocolError,
                     }));
                     break;
                 }
@@ -171,15 +168,15 @@ async fn serve<'a>(
             () = &mut timer => {
                 let now = Instant::now();
                 if at.expires.is_some_and(|t| t <= now) {
-                    session.end_with(End::Disconnect(TOKEN_EXPIRED));
+                    session.end_with(End::Closed(CloseReason::TokenExpired));
                 } else if at.stall.is_some_and(|t| t <= now) {
                     session.overflowed();
                 } else if at.drain.is_some_and(|t| t <= now) {
-                    session.end_with(End::Disconnect(SHUTDOWN));
+                    session.end_with(End::Closed(CloseReason::Shutdown));
                 } else if at.ping <= now {
                     let silent_ms = node.uptime_ms().saturating_sub(session.last_seen_ms());
                     if silent_ms > 2 * heartbeat.as_millis() as u64 {
-                        session.end_with(End::Disconnect(HEARTBEAT_TIMEOUT));
+                        session.end_with(End::Closed(CloseReason::HeartbeatTimeout));
                     } else {
                         session.push(Outbound::Control(frames::PING));
                     }
@@ -272,22 +269,24 @@ fn read(session: &SessionHandle, parser: &mut Parser) -> io::Result<Read> {
 async fn goodbye(session: &SessionHandle, end: &End, parser: &mut Parser) {
     // A slow consumer gets its goodbye only if its socket takes it now: waiting
     // on the client whose backlog is the problem would hold its memory longer.
-    let wait = *end != End::Disconnect(SLOW_CONSUMER);
+    let wait = *end != End::Closed(CloseReason::SlowConsumer);
     let how = match end {
-        End::Disconnect(d) => {
+        End::Closed(why) => {
+            let d = why.disconnect();
             // A peer that broke RFC 6455 gets the close frame alone (no
             // `disconnect` push): it is owed no more messages, and a text frame
             // before the close is what the RFC's fail-the-connection forbids.
-            let broken = [PROTOCOL_ERROR.code, INVALID_UTF8.code, TOO_LARGE.code].contains(&d.code);
-            let last = (d.code != PROTOCOL_ERROR.code && d.code != INVALID_UTF8.code)
-                .then(|| encode_reply(session.protocol, None, &Reply::Disconnect(d)));
+            let broken = why.fails_connection();
+            let last = why
+                .tells_client()
+                .then(|| encode_reply(session.protocol, None, &Reply::Disconnect(&d)));
             let close = frames::control(OpCode::Close, &frames::close_payload(d.code, &d.reason));
             // What was queued before the decision to close still goes out (the
             // last replies, the messages of a draining node), except to a slow
             // consumer, whose queue is the problem.
             session
                 .outbox
-                .close(last, close, d.code == SLOW_CONSUMER.code);
+                .close(last, close, *why == CloseReason::SlowConsumer);
             if broken {
                 Closing::Failed
             } else {

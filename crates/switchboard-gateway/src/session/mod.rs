@@ -22,7 +22,6 @@ mod conn;
 // The frame writer lives in the WebSocket layer; the outbox reaches it here.
 pub(crate) use crate::ws::frames;
 pub(crate) use outbox::MAX_RUN;
-mod guard;
 pub(crate) mod outbox;
 pub(crate) mod signal;
 
@@ -33,10 +32,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use crate::auth::Identity;
 use crate::metrics::HotMetrics;
 use crate::node::NodeInner;
-use crate::protocol::{Disconnect, Protocol, Reply, encode_reply};
+use crate::policy::token::Identity;
+use crate::protocol::{CloseReason, Protocol, Reply, encode_reply};
 use outbox::{Outbox, Pushed};
 use signal::Signal;
 
@@ -75,7 +74,7 @@ pub(crate) enum End {
     /// A read or write failed.
     Io,
     /// The node closes it on purpose: `disconnect`, then a close frame.
-    Disconnect(Disconnect),
+    Closed(CloseReason),
 }
 
 impl End {
@@ -84,35 +83,10 @@ impl End {
         match self {
             End::ClientClosed => "client_closed",
             End::Io => "io_error",
-            End::Disconnect(d) => match d.code {
-                4008 => "slow_consumer",
-                1009 => "too_large",
-                1002 | 1007 => "protocol_error",
-                4100 => "api",
-                4001 => "token_expired",
-                4029 => "rate_limit",
-                1011 => "internal",
-                _ if d.reason == HEARTBEAT_TIMEOUT.reason => "heartbeat_timeout",
-                _ => "shutdown",
-            },
+            End::Closed(why) => why.label(),
         }
     }
 }
-
-pub(crate) const SLOW_CONSUMER: Disconnect =
-    Disconnect::fixed(4008, "slow consumer: outbound queue overflowed", true);
-pub(crate) const TOO_LARGE: Disconnect = Disconnect::fixed(1009, "message too large", false);
-pub(crate) const PROTOCOL_ERROR: Disconnect =
-    Disconnect::fixed(1002, "websocket protocol error", false);
-pub(crate) const INVALID_UTF8: Disconnect =
-    Disconnect::fixed(1007, "text message is not valid UTF-8", false);
-pub(crate) const SHUTDOWN: Disconnect = Disconnect::fixed(1001, "node shutting down", true);
-pub(crate) const API_DISCONNECT: Disconnect =
-    Disconnect::fixed(4100, "disconnected by the server API", false);
-pub(crate) const INTERNAL: Disconnect = Disconnect::fixed(1011, "internal error", true);
-pub(crate) const HEARTBEAT_TIMEOUT: Disconnect = Disconnect::fixed(1001, "heartbeat timeout", true);
-pub(crate) const TOKEN_EXPIRED: Disconnect = Disconnect::fixed(4001, "token expired", true);
-pub(crate) const RATE_LIMITED: Disconnect = Disconnect::fixed(4029, "rate limit exceeded", true);
 
 /// The part of a session the hub and the node hold.
 pub(crate) struct SessionHandle {
@@ -139,7 +113,7 @@ pub(crate) struct SessionHandle {
     /// Channels this session is subscribed to (touched by commands only).
     pub(crate) channels: Mutex<HashSet<Arc<str>>>,
     /// The command rate limit (`limits::CommandLimiter`).
-    pub(crate) limiter: Mutex<crate::limits::CommandLimiter>,
+    pub(crate) limiter: Mutex<crate::policy::limits::CommandLimiter>,
 }
 
 impl SessionHandle {
@@ -177,7 +151,7 @@ impl SessionHandle {
 
     /// Ends the session as a slow consumer (its queue or a buffer overflowed).
     pub(crate) fn overflowed(&self) {
-        if self.end_with(End::Disconnect(SLOW_CONSUMER)) {
+        if self.end_with(End::Closed(CloseReason::SlowConsumer)) {
             metrics::counter!("switchboard_slow_consumer_disconnects_total").increment(1);
             tracing::info!(conn = %self.conn, "slow consumer disconnected");
         }
@@ -263,7 +237,7 @@ pub(crate) async fn run(
         attention: Signal::default(),
         last_seen_ms: AtomicU64::new(node.uptime_ms()),
         channels: Mutex::new(HashSet::new()),
-        limiter: Mutex::new(crate::limits::CommandLimiter::new(
+        limiter: Mutex::new(crate::policy::limits::CommandLimiter::new(
             &node.config.limits,
             tokio::time::Instant::now(),
         )),
@@ -288,7 +262,7 @@ pub(crate) async fn run(
         && let Err(e) = Box::pin(node.hub.subscribe(key, &session, false, || {})).await
     {
         tracing::warn!(conn = %session.conn, error = %e, "cannot receive user messages: closing");
-        session.end_with(End::Disconnect(INTERNAL));
+        session.end_with(End::Closed(CloseReason::Internal));
     }
 
     let end = conn::run(&node, &session, read_ahead).await;
@@ -304,7 +278,7 @@ pub(crate) async fn run(
     })
     .await;
     node.unregister(&session);
-    if end == End::Disconnect(TOO_LARGE) {
+    if end == End::Closed(CloseReason::TooLarge) {
         node.gate.rejections.message_size.increment(1);
     }
     node.session_closed(&end);

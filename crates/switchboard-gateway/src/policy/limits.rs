@@ -16,7 +16,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::node::NodeInner;
 
 /// A token bucket: holds up to `capacity` tokens, refilled at `rate` per second.
 #[derive(Clone, Debug)]
@@ -216,22 +215,6 @@ impl Rejections {
             control_rate: counter("control_rate"),
             pending_per_ip: counter("pending_per_ip"),
         }
-    }
-}
-
-impl NodeInner {
-    /// Checks a (syntactically valid) channel name against `--max-channel-length`,
-    /// counting a rejection; the error is the message of a `bad_request` / HTTP 400.
-    pub(crate) fn check_channel_length(&self, channel: &str) -> Result<(), String> {
-        let max = self.config.limits.max_channel_length;
-        if channel.len() > max {
-            self.gate.rejections.channel_length.increment(1);
-            return Err(format!(
-                "channel name is {} bytes; the limit is {max}",
-                channel.len()
-            ));
-        }
-        Ok(())
     }
 }
 

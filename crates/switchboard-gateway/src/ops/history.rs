@@ -1,0 +1,134 @@
+//! Reading a channel's history: the `history` command and API route
+//! ([`read`]), and the forward reader ([`Reader`]) that both a recovering
+//! subscription (`session::commands`) and the repair after a backplane
+//! reconnect (`fanout`) page through (docs/PROTOCOL.md, "History and recovery").
+
+use switchboard_backplane::{BackplaneError, Envelope, HistoryPage, HistoryPolicy, Since};
+
+use crate::namespace::Namespace;
+use crate::node::NodeInner;
+use crate::protocol::StreamPosition;
+
+/// The history policy of a namespace, if it keeps history.
+pub(crate) fn policy(namespace: &Namespace) -> Option<HistoryPolicy> {
+    namespace.has_history().then_some(HistoryPolicy {
+        size: namespace.history_size,
+        ttl: namespace.history_ttl,
+    })
+}
+
+/// Reads history for the `history` command and the API: without `since`, the
+/// newest `limit`; with `since` in the current epoch, the oldest `limit` after
+/// it; with `since` from another epoch, as without it.
+pub(crate) async fn read(
+    node: &NodeInner,
+    channel: &str,
+    policy: HistoryPolicy,
+    limit: Option<u32>,
+    since: Option<&StreamPosition>,
+) -> Result<HistoryPage, BackplaneError> {
+    let mut page = node
+        .backplane
+        .history(
+            channel,
+            policy,
+            since.map_or(Since::All, |s| Since::After(s.offset)),
+        )
+        .await?;
+    let same_epoch = since.is_some_and(|s| s.epoch == page.epoch);
+    if since.is_some() && !same_epoch {
+        page = node.backplane.history(channel, policy, Since::All).await?;
+    }
+    if let Some(limit) = limit.map(|l| l as usize)
+        && page.messages.len() > limit
+    {
+        if same_epoch {
+            page.messages.truncate(limit);
+        } else {
+            page.messages.drain(..page.messages.len() - limit);
+        }
+    }
+    Ok(page)
+}
+
+/// One page read forward.
+pub(crate) struct Step {
+    /// The messages after the reader's position, in order.
+    pub(crate) messages: Vec<Envelope>,
+    /// Whether messages between the position and these are gone from history
+    /// (trimmed, or the history was lost or expired and a new epoch began):
+    /// whoever relies on this reader must be told they may have missed some.
+    pub(crate) gap: bool,
+}
+
+/// Reads a channel's history forward from a position, a page at a time,
+/// until it has caught up with the newest message it has seen. The one
+/// place that decides what continues a position:
+///
+/// - the same epoch continues it; a gap shows as `first > after + 1`;
+/// - a position in the empty epoch at offset 0 (the channel had no history
+///   yet) continues into whatever epoch began since, from its start;
+/// - any other epoch means the history read from is gone: a gap, and the
+///   reader goes on from the start of the new epoch.
+pub(crate) struct Reader<'a> {
+    node: &'a NodeInner,
+    channel: &'a str,
+    epoch: String,
+    after: u64,
+    newest: u64,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader that has delivered everything up to `after` in `epoch`, and
+    /// knows of messages up to `newest`.
+    pub(crate) fn new(
+        node: &'a NodeInner,
+        channel: &'a str,
+        epoch: String,
+        after: u64,
+        newest: u64,
+    ) -> Self {
+        Reader {
+            node,
+            channel,
+            epoch,
+            after,
+            newest,
+        }
+    }
+
+    /// The epoch and offset everything up to which has been read.
+    pub(crate) fn position(&self) -> (&str, u64) {
+        (&self.epoch, self.after)
+    }
+
+    /// Whether everything the reader knows of has been read.
+    pub(crate) fn caught_up(&self) -> bool {
+        self.after >= self.newest
+    }
+
+    /// Reads the next page of at most `limit` messages.
+    pub(crate) async fn next(&mut self, limit: usize) -> Result<Step, BackplaneError> {
+        let page = self
+            .node
+            .backplane
+            .history_page(self.channel, Since::After(self.after), limit)
+            .await?;
+        let continues = page.epoch == self.epoch || (self.epoch.is_empty() && self.after == 0);
+        if !continues {
+            (self.epoch, self.after, self.newest) = (page.epoch, 0, page.offset);
+            return Ok(Step {
+                messages: Vec::new(),
+                gap: true,
+            });
+        }
+        let gap = page.first > self.after.saturating_add(1);
+        self.epoch = page.epoch;
+        self.newest = page.offset;
+        self.after = page.messages.last().map_or(page.offset, |m| m.offset);
+        Ok(Step {
+            messages: page.messages,
+            gap,
+        })
+    }
+}
