@@ -75,20 +75,6 @@ pub struct Limits {
     pub max_pending_per_ip: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_subscriptions: 128,
-            client_rate: 100.0,
-            client_burst: 200,
-            ip_connect_rate: 50.0,
-            max_channel_length: 255,
-            max_pending_per_ip: 1024,
-        }
-    }
-}
-
 /// Which backplane a node runs on.
 #[derive(Clone, Debug)]
 pub enum BackplaneConfig {

@@ -356,7 +356,21 @@ mod tests {
         Limits {
             client_rate: rate,
             client_burst: burst,
-            ..Limits::default()
+            ..defaults()
+        }
+    }
+
+    /// Limits as a test builds them (the node's defaults live in the binary's
+    /// settings table).
+    fn defaults() -> Limits {
+        Limits {
+            max_connections: 10_000,
+            max_subscriptions: 128,
+            client_rate: 100.0,
+            client_burst: 200,
+            ip_connect_rate: 50.0,
+            max_channel_length: 255,
+            max_pending_per_ip: 1024,
         }
     }
 
@@ -511,7 +525,7 @@ mod tests {
     fn connection_slots_are_given_back() {
         let gate = ConnectionGate::new(&Limits {
             max_connections: 2,
-            ..Limits::default()
+            ..defaults()
         });
         let a = gate.try_slot().expect("first");
         let b = gate.try_slot().expect("second");

@@ -12,12 +12,12 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::frames::{self, OpCode};
 use super::outbox::Flushed;
 use super::{End, Outbound, SessionHandle, commands};
 use crate::node::NodeInner;
 use crate::protocol::{CloseReason, Reply, encode_reply};
 use crate::ws::closing::{self, Closing};
+use crate::ws::frames::{self, OpCode};
 use crate::ws::{Event, Parser, Violation};
 
 /// How long a full socket may take no bytes before the client counts as gone.

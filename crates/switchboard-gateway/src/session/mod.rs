@@ -19,8 +19,6 @@
 
 pub(crate) mod commands;
 mod conn;
-// The frame writer lives in the WebSocket layer; the outbox reaches it here.
-pub(crate) use crate::ws::frames;
 pub(crate) use outbox::MAX_RUN;
 pub(crate) mod outbox;
 pub(crate) mod signal;
@@ -211,6 +209,46 @@ impl SessionHandle {
     }
 }
 
+#[cfg(test)]
+impl SessionHandle {
+    /// A JSON session over `socket`, outside any node, with an outbound
+    /// queue of `queue` frames: for tests of what reaches a client.
+    pub(crate) fn for_test(id: u64, socket: TcpStream, queue: usize) -> Arc<SessionHandle> {
+        let limits = crate::config::Limits {
+            max_connections: 1,
+            max_subscriptions: 1,
+            client_rate: 1.0,
+            client_burst: 1,
+            ip_connect_rate: 1.0,
+            max_channel_length: 255,
+            max_pending_per_ip: 1,
+        };
+        Arc::new(SessionHandle {
+            id,
+            conn: format!("c_test{id}").into(),
+            user: "".into(),
+            identity: Identity::anonymous(),
+            protocol: Protocol::Json,
+            socket,
+            outbox: Outbox::new(queue, crate::ws::OpCode::Text),
+            metrics: Arc::new(HotMetrics::new()),
+            end: OnceLock::new(),
+            attention: Signal::default(),
+            last_seen_ms: AtomicU64::new(0),
+            channels: Mutex::new(HashSet::new()),
+            limiter: Mutex::new(crate::policy::limits::CommandLimiter::new(
+                &limits,
+                tokio::time::Instant::now(),
+            )),
+        })
+    }
+
+    /// Why the session is ending, if it is.
+    pub(crate) fn ending(&self) -> Option<&End> {
+        self.ended()
+    }
+}
+
 /// Runs a connection from the end of the handshake until it closes, then
 /// removes it from every channel.
 pub(crate) async fn run(
@@ -221,8 +259,8 @@ pub(crate) async fn run(
     identity: Identity,
 ) {
     let data_opcode = match protocol {
-        Protocol::Json => frames::OpCode::Text,
-        Protocol::Proto => frames::OpCode::Binary,
+        Protocol::Json => crate::ws::OpCode::Text,
+        Protocol::Proto => crate::ws::OpCode::Binary,
     };
     let session = Arc::new(SessionHandle {
         id: node.next_session_id(),

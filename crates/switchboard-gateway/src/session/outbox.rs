@@ -21,9 +21,9 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::Outbound;
-use super::frames::{self, MAX_BATCH, MAX_HEADER, OpCode};
 use super::signal::Signal;
 use crate::metrics::HotMetrics;
+use crate::ws::frames::{self, MAX_BATCH, MAX_HEADER, OpCode};
 
 /// How a push went.
 #[derive(Debug, PartialEq, Eq)]
