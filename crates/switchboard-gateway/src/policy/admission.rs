@@ -7,13 +7,14 @@
 //! token (401). Every refusal is counted in
 //! `switchboard_upgrades_rejected_total{reason}` (docs/PROTOCOL.md, "Connecting").
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 
 use super::limits::{ConnectionSlot, PendingGuard};
-use super::token::{self, Identity};
+use super::token::{Identity, TokenError};
 use crate::node::NodeInner;
 use crate::protocol::{ErrorCode, Protocol};
 
@@ -122,7 +123,7 @@ pub(crate) fn admit_upgrade<B>(
         )
         .with_code(ErrorCode::Unavailable));
     };
-    let identity = token::bearer_token(req).and_then(|token| {
+    let identity = bearer_token(req).and_then(|token| {
         node.authenticator
             .identify(token.as_deref().filter(|t| !t.is_empty()))
     });
@@ -176,6 +177,31 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: &HeaderValue) -> bool {
     })
 }
 
+/// The token a client presents: `?token=` (percent-decoded) first, else an
+/// `Authorization: Bearer` header; `None` when there is neither.
+fn bearer_token<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, TokenError> {
+    if let Some(query) = req.uri().query() {
+        for pair in query.split('&') {
+            if let Some(value) = pair.strip_prefix("token=") {
+                return crate::http::percent_decode(value).map(Some).ok_or_else(|| {
+                    TokenError::Malformed("bad percent-encoding in ?token=".into())
+                });
+            }
+        }
+    }
+    for value in req.headers().get_all(header::AUTHORIZATION) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        if let Some((scheme, token)) = value.trim().split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            return Ok(Some(Cow::Borrowed(token.trim())));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +222,47 @@ mod tests {
             &[],
             &HeaderValue::from_static("https://any")
         ));
+    }
+
+    fn request(uri: &str, authorization: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(a) = authorization {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(()).expect("request")
+    }
+
+    fn token(uri: &str, authorization: Option<&str>) -> Result<Option<String>, TokenError> {
+        bearer_token(&request(uri, authorization)).map(|t| t.map(Cow::into_owned))
+    }
+
+    #[test]
+    fn tokens_come_from_the_query_or_the_bearer_header() {
+        assert_eq!(token("/ws?token=a.b.c", None), Ok(Some("a.b.c".into())));
+        assert_eq!(
+            token("/ws?x=1&token=a.b.c&y", None),
+            Ok(Some("a.b.c".into()))
+        );
+        assert_eq!(token("/ws?token=a%2Eb.c", None), Ok(Some("a.b.c".into())));
+        assert_eq!(token("/ws", Some("Bearer a.b.c")), Ok(Some("a.b.c".into())));
+        assert_eq!(
+            token("/ws", Some("bearer   a.b.c ")),
+            Ok(Some("a.b.c".into()))
+        );
+        assert_eq!(
+            token("/ws?token=q.q.q", Some("Bearer h.h.h")),
+            Ok(Some("q.q.q".into())),
+            "the query wins"
+        );
+        assert_eq!(token("/ws", None), Ok(None));
+        assert_eq!(token("/ws?tokens=x&atoken=y", None), Ok(None));
+        assert_eq!(token("/ws", Some("Basic dXNlcjpwdw==")), Ok(None));
+        assert_eq!(token("/ws?token=", None), Ok(Some(String::new())));
+        for bad in ["/ws?token=a%2", "/ws?token=a%zz", "/ws?token=%FF%FE"] {
+            assert!(
+                matches!(token(bad, None), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 }
