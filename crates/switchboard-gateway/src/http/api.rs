@@ -212,22 +212,14 @@ async fn serve(
 /// held is the body's size (the declared `Content-Length`, or what has come).
 async fn read_body(node: &NodeInner, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = node.config.max_message_size;
-    let too_large = || {
-        metrics::counter!("switchboard_limit_rejections_total", "limit" => "message_size")
-            .increment(1);
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            format!("request body over {limit} bytes"),
-        )
-    };
+    let fits = |len: u64| policy::access::body_size(node, len).map_err(ApiError::refused);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+    if let Some(n) = declared {
+        fits(n)?;
     }
     let capacity = declared.map_or(BODY_INITIAL_CAPACITY.min(limit), |n| n as usize);
     let mut buf = BytesMut::with_capacity(capacity);
@@ -237,9 +229,7 @@ async fn read_body(node: &NodeInner, req: Request<Incoming>) -> Result<Bytes, Ap
             let frame = frame
                 .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
             if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(too_large());
-                }
+                fits((buf.len() + data.len()) as u64)?;
                 buf.extend_from_slice(&data);
             }
         }

@@ -159,6 +159,21 @@ pub(crate) fn presence_enabled(node: &NodeInner, channel: &str) -> Result<(), Re
     }
 }
 
+/// Refused when a server-API request body is over `--max-message-size`
+/// (counted). A client message over it is refused by the WebSocket layer
+/// while it is read (close 1009, counted under the same limit).
+pub(crate) fn body_size(node: &NodeInner, len: u64) -> Result<(), Refusal> {
+    let limit = node.config.max_message_size;
+    if len > limit as u64 {
+        node.gate.rejections.message_size.increment(1);
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("request body over {limit} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a server-API request's `Authorization: apikey <key>` when a key is
 /// configured.
 pub(crate) fn api_key(node: &NodeInner, headers: &HeaderMap) -> Result<(), Refusal> {

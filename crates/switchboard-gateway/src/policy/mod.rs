@@ -3,16 +3,17 @@
 //!
 //! - `admission`: who may open a WebSocket (drain, handshake, origin,
 //!   subprotocol, per-address rates, the connection cap, the token);
-//! - `access`: what a connection or API caller may do with a channel (the
-//!   token's claims, the namespace's features, the subscription count, the
-//!   command rate, the API key);
+//! - `access`: what a connection or API caller may do (the token's claims,
+//!   the namespace's features, the subscription count, the command rate,
+//!   the API key, the size of an API body);
 //! - [`channel`]: channel and namespace names and lengths;
 //! - [`token`]: verifying client tokens (JWT) into an identity;
 //! - `limits`: the counters and token buckets the rules above consult.
 //!
-//! Message size is the WebSocket layer's (`ws`: close 1009) and the API's
-//! body reader's (413); JSON data fit for JSON subscribers is
-//! `protocol::payload`'s.
+//! Two refusals happen where the bytes are read, since they must stop the
+//! reading: a client message over the size limit (the WebSocket parser,
+//! close 1009) and JSON data unfit for JSON subscribers (`protocol::payload`,
+//! `bad_request`).
 
 pub(crate) mod access;
 pub(crate) mod admission;

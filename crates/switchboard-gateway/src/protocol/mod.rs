@@ -121,7 +121,7 @@ pub struct Command {
     pub kind: CommandKind,
 }
 
-/// What a client can ask (PROTOCOL.md section 3).
+/// What a client can ask (docs/PROTOCOL.md, "Commands").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandKind {
     /// Start receiving a channel's messages.
@@ -193,7 +193,7 @@ impl DecodeError {
     }
 }
 
-/// The error codes of PROTOCOL.md section 3.
+/// The error codes (docs/PROTOCOL.md, "Errors").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     /// Malformed JSON, unknown type, missing field, bad channel name.
