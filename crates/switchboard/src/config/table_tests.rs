@@ -136,16 +136,24 @@ fn as_docs_row(row: &Row) -> [String; 4] {
 fn the_docs_table_is_the_settings_table() {
     let docs = docs_rows();
     let want: Vec<[String; 4]> = ALL.iter().map(|r| as_docs_row(r)).collect();
-    let show = |rows: &[[String; 4]]| {
-        rows.iter()
-            .map(|r| format!("| {} |", r.join(" | ")))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert_eq!(
-        docs,
-        want,
-        "docs/CONFIGURATION.md, \"Every setting\": its first four columns must be, row by row:\n{}",
-        show(&want)
+    let show = |r: &[String; 4]| format!("| {} |", r.join(" | "));
+    let missing: Vec<String> = want
+        .iter()
+        .filter(|r| !docs.contains(r))
+        .map(show)
+        .collect();
+    let extra: Vec<String> = docs
+        .iter()
+        .filter(|r| !want.contains(r))
+        .map(show)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/CONFIGURATION.md, \"Every setting\" (flag, environment, TOML key, default):\n\
+         rows the table has and the docs lack or write otherwise:\n{}\n\
+         rows of the docs that are no row of the table:\n{}",
+        missing.join("\n"),
+        extra.join("\n")
     );
+    assert_eq!(docs, want, "the docs list the rows in the table's order");
 }
