@@ -216,4 +216,46 @@ mod tests {
         let (_, errors) = read_text("namespaces = 1\n", false);
         assert_eq!(errors[0].setting, "namespaces");
     }
+
+    /// The docs' example of a namespace table names every key with its
+    /// default, and the default is the gateway's.
+    #[test]
+    fn the_docs_give_every_key_with_the_gateways_default() {
+        let docs = include_str!("../../../../docs/CONFIGURATION.md");
+        let section = docs
+            .split("\n### Namespaces\n")
+            .nth(1)
+            .expect("docs/CONFIGURATION.md has a `### Namespaces` section");
+        let section = section.split("\n### ").next().unwrap_or(section);
+        let d = Namespace::default();
+        for key in KEYS {
+            let want = match key.name {
+                "history_size" => d.history_size.to_string(),
+                "history_ttl" => d.history_ttl.as_secs().to_string(),
+                "presence" => d.presence.to_string(),
+                "join_leave" => d.join_leave.to_string(),
+                "client_publish" => d.client_publish.to_string(),
+                other => panic!("a key this test does not know: {other}"),
+            };
+            let line = section
+                .lines()
+                .find(|l| l.starts_with(&format!("{} = ", key.name)))
+                .unwrap_or_else(|| panic!("the docs' namespace example lacks {}", key.name));
+            let documented = line
+                .split("(default ")
+                .nth(1)
+                .and_then(|rest| rest.split([':', ')']).next())
+                .unwrap_or_else(|| panic!("no `(default ...)` on the line of {}", key.name));
+            assert_eq!(documented, want, "the docs' default of {}", key.name);
+        }
+        let documented_keys = section
+            .lines()
+            .filter(|l| l.contains(" = ") && l.contains("# "))
+            .count();
+        assert_eq!(
+            documented_keys,
+            KEYS.len(),
+            "no key the reader does not know"
+        );
+    }
 }
