@@ -8,7 +8,7 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 
 use super::ConfigError;
-use super::table::{self, Default, Kind, Row, Setting};
+use super::table::{self, Fallback, Kind, Row, Setting};
 
 /// Proof that a bad setting was recorded: only [`Reader::fail`] makes one, so
 /// a configuration that could not be built always comes with its errors.
@@ -48,8 +48,8 @@ impl<'a> Reader<'a> {
         let (text, source) = match self.lookup(row)? {
             Some(found) => found,
             None => match row.default {
-                Default::Value(v) => (v.to_owned(), "default".to_owned()),
-                Default::Unset(_) | Default::Derived(_) => {
+                Fallback::Value(v) => (v.to_owned(), "default".to_owned()),
+                Fallback::Unset(_) | Fallback::Derived(_) => {
                     return Err(self.fail(row, "default", "the table gives no default value"));
                 }
             },
@@ -60,7 +60,7 @@ impl<'a> Reader<'a> {
     /// A setting whose row has no default value: `None` when no source has it.
     pub fn optional<T>(&mut self, setting: &Setting<T>) -> Result<Option<T>, Reported> {
         let row = &setting.row;
-        if let Default::Value(_) = row.default {
+        if let Fallback::Value(_) = row.default {
             return Err(self.fail(row, "default", "read without its default value"));
         }
         match self.lookup(row)? {

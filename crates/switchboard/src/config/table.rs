@@ -4,6 +4,10 @@
 //! From it come the command line (`--help` included), the TOML keys the file
 //! may have, the names in error reports, and the check that the table of
 //! `docs/CONFIGURATION.md` says the same.
+//!
+//! A new setting is a `Setting` here, its place in [`ALL`], one read in
+//! `config::read` (which puts the value where the node takes it), and its row
+//! in `docs/CONFIGURATION.md`; the unit tests fail until all four are there.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,7 +30,7 @@ pub struct Row {
     /// What `--help` shows as the value (`ADDR`).
     pub value_name: &'static str,
     /// What applies when no source gives a value.
-    pub default: Default,
+    pub default: Fallback,
     /// How the value is shown and written in the file.
     pub kind: Kind,
     /// The `--help` line (the default is added to it).
@@ -35,7 +39,7 @@ pub struct Row {
 
 /// What applies when no source gives a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Default {
+pub enum Fallback {
     /// This text, parsed like a value from any source.
     Value(&'static str),
     /// Nothing: the feature is off or open; the text says what that means.
@@ -77,8 +81,8 @@ impl Row {
             help.push_str(&format!(" (TOML: {key})"));
         }
         let default = match self.default {
-            Default::Value(v) => v,
-            Default::Unset(text) | Default::Derived(text) => text,
+            Fallback::Value(v) => v,
+            Fallback::Unset(text) | Fallback::Derived(text) => text,
         };
         help.push_str(&format!(" [default: {}]", default.replace('`', "")));
         help
@@ -143,7 +147,7 @@ pub const CONFIG: Setting<String> = Setting {
         env: "SWITCHBOARD_CONFIG",
         toml: None,
         value_name: "FILE",
-        default: Default::Unset("none"),
+        default: Fallback::Unset("none"),
         kind: Kind::Plain,
         help: "TOML file with settings (keys as in the table of docs/CONFIGURATION.md).",
     },
@@ -156,7 +160,7 @@ pub const LISTEN: Setting<SocketAddr> = Setting {
         env: "SWITCHBOARD_LISTEN",
         toml: Some("listen"),
         value_name: "ADDR",
-        default: Default::Value("0.0.0.0:8080"),
+        default: Fallback::Value("0.0.0.0:8080"),
         kind: Kind::Plain,
         help: "Public listener: /ws, /healthz.",
     },
@@ -169,7 +173,7 @@ pub const INTERNAL_LISTEN: Setting<SocketAddr> = Setting {
         env: "SWITCHBOARD_INTERNAL_LISTEN",
         toml: Some("internal_listen"),
         value_name: "ADDR",
-        default: Default::Value("127.0.0.1:9090"),
+        default: Fallback::Value("127.0.0.1:9090"),
         kind: Kind::Plain,
         help: "Internal listener: /metrics, /healthz, /readyz, /api/v1/*. Keep it private.",
     },
@@ -182,7 +186,7 @@ pub const REDIS_URL: Setting<String> = Setting {
         env: "SWITCHBOARD_REDIS_URL",
         toml: Some("redis_url"),
         value_name: "URL",
-        default: Default::Unset("none"),
+        default: Fallback::Unset("none"),
         kind: Kind::Secret,
         help: "Redis URL of the cluster backplane; without it the node runs alone on an in-process backplane.",
     },
@@ -195,7 +199,7 @@ pub const NODE_ID: Setting<String> = Setting {
         env: "SWITCHBOARD_NODE_ID",
         toml: Some("node_id"),
         value_name: "ID",
-        default: Default::Derived("the hostname"),
+        default: Fallback::Derived("the hostname"),
         kind: Kind::Plain,
         help: "Node id, unique in the cluster.",
     },
@@ -208,7 +212,7 @@ pub const API_KEY: Setting<String> = Setting {
         env: "SWITCHBOARD_API_KEY",
         toml: Some("api_key"),
         value_name: "KEY",
-        default: Default::Unset("none"),
+        default: Fallback::Unset("none"),
         kind: Kind::Secret,
         help: "Key the server API requires (`Authorization: apikey KEY`); without it the API is open.",
     },
@@ -221,7 +225,7 @@ pub const ALLOWED_ORIGINS: Setting<Vec<String>> = Setting {
         env: "SWITCHBOARD_ALLOWED_ORIGINS",
         toml: Some("allowed_origins"),
         value_name: "LIST",
-        default: Default::Unset("none (any origin)"),
+        default: Fallback::Unset("none (any origin)"),
         kind: Kind::List,
         help: "Browser origins allowed to connect, comma-separated; `*` as a suffix is a wildcard.",
     },
@@ -234,7 +238,7 @@ pub const DRAIN_TIMEOUT: Setting<Duration> = Setting {
         env: "SWITCHBOARD_DRAIN_TIMEOUT",
         toml: Some("drain_timeout"),
         value_name: "SECONDS",
-        default: Default::Value("30"),
+        default: Fallback::Value("30"),
         kind: Kind::Plain,
         help: "Seconds a drain (SIGTERM/SIGINT) may take before the process exits.",
     },
@@ -247,7 +251,7 @@ pub const LOG_FORMAT: Setting<LogFormat> = Setting {
         env: "SWITCHBOARD_LOG_FORMAT",
         toml: Some("log_format"),
         value_name: "FORMAT",
-        default: Default::Value("text"),
+        default: Fallback::Value("text"),
         kind: Kind::Plain,
         help: "Log format on stderr: text or json.",
     },
@@ -260,7 +264,7 @@ pub const LOG_LEVEL: Setting<String> = Setting {
         env: "SWITCHBOARD_LOG_LEVEL",
         toml: Some("log_level"),
         value_name: "FILTER",
-        default: Default::Value("info"),
+        default: Fallback::Value("info"),
         kind: Kind::Plain,
         help: "Log filter, e.g. `info` or `info,switchboard_gateway=debug`.",
     },
@@ -273,7 +277,7 @@ pub const HEARTBEAT: Setting<Duration> = Setting {
         env: "SWITCHBOARD_HEARTBEAT",
         toml: Some("heartbeat"),
         value_name: "SECONDS",
-        default: Default::Value("25"),
+        default: Fallback::Value("25"),
         kind: Kind::Plain,
         help: "Seconds between server pings; two intervals without a sign of life close a connection.",
     },
@@ -286,7 +290,7 @@ pub const MAX_MESSAGE_SIZE: Setting<usize> = Setting {
         env: "SWITCHBOARD_MAX_MESSAGE_SIZE",
         toml: Some("max_message_size"),
         value_name: "BYTES",
-        default: Default::Value("65536"),
+        default: Fallback::Value("65536"),
         kind: Kind::Plain,
         help: "Largest client message and API body, in bytes; larger messages close the connection with 1009.",
     },
@@ -299,7 +303,7 @@ pub const OUTBOUND_QUEUE: Setting<usize> = Setting {
         env: "SWITCHBOARD_OUTBOUND_QUEUE",
         toml: Some("outbound_queue"),
         value_name: "FRAMES",
-        default: Default::Value("1024"),
+        default: Fallback::Value("1024"),
         kind: Kind::Plain,
         help: "Frames queued per connection; a connection whose queue overflows is closed with 4008.",
     },
@@ -312,7 +316,7 @@ pub const FANOUT_LANE_CAPACITY: Setting<usize> = Setting {
         env: "SWITCHBOARD_FANOUT_LANE_CAPACITY",
         toml: Some("fanout_lane_capacity"),
         value_name: "N",
-        default: Default::Value("4096"),
+        default: Fallback::Value("4096"),
         kind: Kind::Plain,
         help: "Envelopes waiting per fan-out lane; when a lane is full the node stops reading Redis until it has room (the backlog waits in Redis).",
     },
@@ -325,7 +329,7 @@ pub const REDIS_PREFIX: Setting<String> = Setting {
         env: "SWITCHBOARD_REDIS_PREFIX",
         toml: Some("redis_prefix"),
         value_name: "PREFIX",
-        default: Default::Value("switchboard"),
+        default: Fallback::Value("switchboard"),
         kind: Kind::Plain,
         help: "Prefix of every Redis key and pub/sub channel.",
     },
@@ -338,7 +342,7 @@ pub const REGISTRY_INTERVAL: Setting<Duration> = Setting {
         env: "SWITCHBOARD_REGISTRY_INTERVAL",
         toml: Some("registry_interval"),
         value_name: "SECONDS",
-        default: Default::Value("2"),
+        default: Fallback::Value("2"),
         kind: Kind::Plain,
         help: "Seconds between node-registry heartbeats in Redis; a node silent for 3 drops out of the cluster list.",
     },
@@ -351,7 +355,7 @@ pub const JWT_SECRET: Setting<String> = Setting {
         env: "SWITCHBOARD_JWT_SECRET",
         toml: Some("auth.jwt_secret"),
         value_name: "SECRET",
-        default: Default::Unset("none"),
+        default: Fallback::Unset("none"),
         kind: Kind::Secret,
         help: "Shared secret for HS256 tokens.",
     },
@@ -364,7 +368,7 @@ pub const JWT_PUBLIC_KEY: Setting<Vec<u8>> = Setting {
         env: "SWITCHBOARD_JWT_PUBLIC_KEY",
         toml: Some("auth.jwt_public_key"),
         value_name: "FILE",
-        default: Default::Unset("none"),
+        default: Fallback::Unset("none"),
         kind: Kind::Plain,
         help: "PEM public key file for RS256 or ES256 tokens, read at start-up.",
     },
@@ -377,7 +381,7 @@ pub const ALLOW_ANONYMOUS: Setting<bool> = Setting {
         env: "SWITCHBOARD_ALLOW_ANONYMOUS",
         toml: Some("auth.allow_anonymous"),
         value_name: "BOOL",
-        default: Default::Derived("`true` without a JWT key, `false` with one"),
+        default: Fallback::Derived("`true` without a JWT key, `false` with one"),
         kind: Kind::Plain,
         help: "Let connections without a token in as anonymous.",
     },
@@ -390,7 +394,7 @@ pub const MAX_CONNECTIONS: Setting<usize> = Setting {
         env: "SWITCHBOARD_MAX_CONNECTIONS",
         toml: Some("max_connections"),
         value_name: "N",
-        default: Default::Value("10000"),
+        default: Fallback::Value("10000"),
         kind: Kind::Plain,
         help: "Open connections per node; beyond, upgrades get 503 and /readyz is 503.",
     },
@@ -403,7 +407,7 @@ pub const MAX_SUBSCRIPTIONS: Setting<usize> = Setting {
         env: "SWITCHBOARD_MAX_SUBSCRIPTIONS",
         toml: Some("max_subscriptions"),
         value_name: "N",
-        default: Default::Value("128"),
+        default: Fallback::Value("128"),
         kind: Kind::Plain,
         help: "Subscriptions per connection; beyond, `limit_exceeded`.",
     },
@@ -416,7 +420,7 @@ pub const CLIENT_RATE: Setting<f64> = Setting {
         env: "SWITCHBOARD_CLIENT_RATE",
         toml: Some("client_rate"),
         value_name: "PER_SECOND",
-        default: Default::Value("100"),
+        default: Fallback::Value("100"),
         kind: Kind::Plain,
         help: "Commands per second per connection; beyond, `rate_limited`, and close 4029 on sustained abuse.",
     },
@@ -429,7 +433,7 @@ pub const CLIENT_BURST: Setting<u32> = Setting {
         env: "SWITCHBOARD_CLIENT_BURST",
         toml: Some("client_burst"),
         value_name: "N",
-        default: Default::Value("200"),
+        default: Fallback::Value("200"),
         kind: Kind::Plain,
         help: "Burst of commands per connection above the rate.",
     },
@@ -442,7 +446,7 @@ pub const IP_CONNECT_RATE: Setting<f64> = Setting {
         env: "SWITCHBOARD_IP_CONNECT_RATE",
         toml: Some("ip_connect_rate"),
         value_name: "PER_SECOND",
-        default: Default::Value("50"),
+        default: Fallback::Value("50"),
         kind: Kind::Plain,
         help: "New connections per second per client IP; beyond, HTTP 429.",
     },
@@ -455,7 +459,7 @@ pub const MAX_PENDING_PER_IP: Setting<usize> = Setting {
         env: "SWITCHBOARD_MAX_PENDING_PER_IP",
         toml: Some("max_pending_per_ip"),
         value_name: "N",
-        default: Default::Value("1024"),
+        default: Fallback::Value("1024"),
         kind: Kind::Plain,
         help: "Connections per client IP on the public listener still in their HTTP phase (request head not yet read, or upgrade not yet done); beyond, HTTP 429 at once.",
     },
@@ -468,7 +472,7 @@ pub const LISTEN_BACKLOG: Setting<u32> = Setting {
         env: "SWITCHBOARD_LISTEN_BACKLOG",
         toml: Some("listen_backlog"),
         value_name: "N",
-        default: Default::Value("4096"),
+        default: Fallback::Value("4096"),
         kind: Kind::Plain,
         help: "Listen backlog of both listeners: connections waiting to be accepted, e.g. during a reconnect storm (capped by the kernel's net.core.somaxconn).",
     },
@@ -481,7 +485,7 @@ pub const MAX_CHANNEL_LENGTH: Setting<usize> = Setting {
         env: "SWITCHBOARD_MAX_CHANNEL_LENGTH",
         toml: Some("max_channel_length"),
         value_name: "BYTES",
-        default: Default::Value("255"),
+        default: Fallback::Value("255"),
         kind: Kind::Plain,
         help: "Longest channel name in bytes, at most 255.",
     },
@@ -494,7 +498,7 @@ pub const DEMO: Setting<bool> = Setting {
         env: "SWITCHBOARD_DEMO",
         toml: Some("demo"),
         value_name: "BOOL",
-        default: Default::Value("true"),
+        default: Fallback::Value("true"),
         kind: Kind::Plain,
         help: "Serve the demo page at / (with its /status); /client.js is served either way.",
     },

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::source::known_keys;
-use super::table::{self, ALL, Default, Row};
+use super::table::{self, ALL, Fallback, Row};
 
 /// The settings table of `docs/CONFIGURATION.md`.
 const DOCS: &str = include_str!("../../../../docs/CONFIGURATION.md");
@@ -72,7 +72,7 @@ fn help_shows_every_flag_variable_and_default() {
             row.flag
         );
         assert!(help.contains(row.env), "--help lacks {}:\n{help}", row.env);
-        if let Default::Value(v) = row.default {
+        if let Fallback::Value(v) = row.default {
             assert!(
                 help.contains(&format!("[default: {v}]")),
                 "--help lacks the default of {}:\n{help}",
@@ -126,8 +126,8 @@ fn as_docs_row(row: &Row) -> [String; 4] {
         format!("`{}`", row.env),
         row.toml.map(|k| format!("`{k}`")).unwrap_or_default(),
         match row.default {
-            Default::Value(v) => format!("`{v}`"),
-            Default::Unset(text) | Default::Derived(text) => text.to_owned(),
+            Fallback::Value(v) => format!("`{v}`"),
+            Fallback::Unset(text) | Fallback::Derived(text) => text.to_owned(),
         },
     ]
 }
