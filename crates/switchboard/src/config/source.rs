@@ -42,7 +42,9 @@ impl<'a> Reader<'a> {
         r
     }
 
-    /// A setting whose row has a default value.
+    /// A setting whose row has a default value. (Reading a row without one
+    /// this way is a mistake in the code, reported like a bad setting so that
+    /// every test that resolves a configuration fails on it.)
     pub fn value<T>(&mut self, setting: &Setting<T>) -> Result<T, Reported> {
         let row = &setting.row;
         let (text, source) = match self.lookup(row)? {
@@ -58,6 +60,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A setting whose row has no default value: `None` when no source has it.
+    /// (Reading a row with a default this way is a mistake, reported likewise.)
     pub fn optional<T>(&mut self, setting: &Setting<T>) -> Result<Option<T>, Reported> {
         let row = &setting.row;
         if let Fallback::Value(_) = row.default {
