@@ -238,30 +238,43 @@ async fn flags_beat_environment_beat_toml() {
     assert_eq!(client.welcome["heartbeat"], 5);
 }
 
+/// Each source is read, and the first that has a setting wins. Every source
+/// names a different loopback address, so the listening line the node prints
+/// shows which one it took: the public listener from the environment (over the
+/// file's), the internal listener from the file (no flag or variable sets it;
+/// the default is 127.0.0.1), and the heartbeat from a flag over both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_from_environment_and_toml() {
-    let node = Node::builder("env-listen")
-        .without_listen_flags()
-        .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
-        .env("SWITCHBOARD_INTERNAL_LISTEN", "127.0.0.1:0")
-        .start()
-        .await;
-    let mut client = WsClient::connect_json(&node.ws_url()).await;
-    client.ping_pong().await;
-    drop((client, node));
-
     let (_dir, path) = toml_file(
         "listen.toml",
-        "listen = \"127.0.0.1:0\"\ninternal_listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.4:0\"\ninternal_listen = \"127.0.0.3:0\"\nheartbeat = 3\n",
     );
     let path_text = path.to_string_lossy().into_owned();
-    let node = Node::builder("toml-listen")
+    let node = Node::builder("sources")
         .without_listen_flags()
-        .args(["--config", &path_text])
+        .args(["--config", &path_text, "--heartbeat", "5"])
+        .env("SWITCHBOARD_LISTEN", "127.0.0.2:0")
+        .env("SWITCHBOARD_HEARTBEAT", "4")
         .start()
         .await;
+    assert_eq!(
+        node.public_addr().ip().to_string(),
+        "127.0.0.2",
+        "public listener from SWITCHBOARD_LISTEN, over the file's listen"
+    );
+    assert_eq!(
+        node.internal_addr().ip().to_string(),
+        "127.0.0.3",
+        "internal listener from the file's internal_listen"
+    );
     let mut client = WsClient::connect_json(&node.ws_url()).await;
+    assert_eq!(
+        client.welcome["heartbeat"], 5,
+        "--heartbeat 5 over SWITCHBOARD_HEARTBEAT=4 and the file's 3"
+    );
     client.ping_pong().await;
+    let r = node.internal_raw("GET", "/readyz", &[], None).await;
+    assert_eq!(r.status, 200, "the internal listener on 127.0.0.3 serves");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,8 +344,24 @@ async fn api_key_from_environment() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// The flag and variable of each row of the settings table in
+/// `docs/CONFIGURATION.md` (the binary's unit tests check that table against
+/// the one the binary is built from).
+fn documented_settings() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONFIGURATION.md");
+    let docs = std::fs::read_to_string(path).expect("read docs/CONFIGURATION.md");
+    let cell = |c: &str| c.trim().trim_matches('`').to_owned();
+    docs.lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').collect();
+            (cell(cells[0]), cell(cells[1]))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn help_mentions_every_flag() {
+async fn help_lists_every_setting_and_no_other() {
     let out = run_switchboard(&["--help"], &[]).await;
     assert_eq!(
         out.status.code(),
@@ -341,29 +370,47 @@ async fn help_mentions_every_flag() {
         out.status,
         out.stderr
     );
-    for flag in [
-        "--config",
-        "--listen",
-        "--internal-listen",
-        "--redis-url",
-        "--node-id",
-        "--api-key",
-        "--allowed-origins",
-        "--drain-timeout",
-        "--log-format",
-        "--log-level",
-        "--heartbeat",
-        "--max-message-size",
-        "--outbound-queue",
-        "--redis-prefix",
-        "--registry-interval",
-    ] {
+    // Help lines wrap at the terminal's width; words do not.
+    let help = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    let documented = documented_settings();
+    assert_eq!(documented.len(), 28, "the settings table has 28 rows");
+    for (flag, env) in &documented {
         assert!(
-            out.stdout.contains(flag),
-            "--help does not mention {flag}:\n{}",
+            help.contains(&format!("{flag} <")),
+            "--help does not list {flag}:\n{}",
+            out.stdout
+        );
+        assert!(
+            help.contains(&format!("[env: {env}=]")) || help.contains(&format!("[env: {env}]")),
+            "--help does not name {env} for {flag}:\n{}",
             out.stdout
         );
     }
+    // And nothing the table does not have: the option lines (`  --listen <ADDR>`,
+    // `  -h, --help`) and the `[env: ...]` notes.
+    let listed_flags: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
+        .map(|w| w.trim_end_matches(','))
+        .filter(|f| !matches!(*f, "--help" | "--version"))
+        .collect();
+    let listed_envs: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .collect();
+    let flags: Vec<&str> = documented.iter().map(|(f, _)| f.as_str()).collect();
+    let envs: Vec<&str> = documented.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(
+        listed_flags, flags,
+        "the flags of --help, in the table's order"
+    );
+    assert_eq!(
+        listed_envs, envs,
+        "the variables of --help, in the table's order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
