@@ -170,7 +170,7 @@ cluster-stop:
 	stop_cluster
 	echo "cluster stopped"
 
-# The standard benchmark set of issue 4 (scripts/bench.sh): each scenario on its own private
+# The standard benchmark set (scripts/bench.sh): each scenario on its own private
 # redis-server and release nodes, then the results table written into BENCHMARKS.md between
 # the bench:standard markers. BENCH_SET_ARGS: --no-write (print the table only), --smoke.
 BENCH_SET_ARGS ?=

@@ -12,9 +12,11 @@
 //!   (`registry.rs`); the heartbeat also refreshes the node's presence entries
 //!   (`presence.rs`).
 //!
-//! Every key and pub/sub channel starts with the configured prefix; a client
-//! channel's pub/sub name carries the channel in braces (a Redis Cluster hash
-//! tag), so the channel's history keys land on the same slot.
+//! Every key and pub/sub channel starts with the configured prefix (`keys.rs`);
+//! every per-channel name (pub/sub channel, history list, position hash,
+//! presence set) carries the channel in braces, a Redis Cluster hash tag, so
+//! they would share one slot. The backplane itself runs on one Redis server.
+//! The layout is docs/NODE-CONTRACT.md, "Redis layout".
 
 mod keys;
 mod presence;
