@@ -22,7 +22,7 @@
 #
 # Nodes get --ip-connect-rate 100000 (IP_CONNECT_RATE overrides it): every benchmark client
 # connects from 127.0.0.1, and the default of 50 new connections per second per IP
-# (NODE-CONTRACT.md, issue 3) would refuse most of a 1,000-client setup (HTTP 429).
+# (docs/CONFIGURATION.md, `--max-pending-per-ip`) would refuse most of a 1,000-client setup (HTTP 429).
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 

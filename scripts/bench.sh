@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The standard benchmark set (`make bench`): each scenario of issue 4 on its own private
+# The standard benchmark set (`make bench`): each scenario on its own private
 # redis-server and release nodes (scripts/bench-*.sh), then the results table written into
 # BENCHMARKS.md between the `bench:standard` markers (scripts/bench_table.py).
 #

@@ -1,5 +1,5 @@
 // Switchboard browser client: a plain ES module, no build step, no dependencies.
-// Every node serves it at GET /client.js. The wire protocol is docs/NODE-CONTRACT.md.
+// Every node serves it at GET /client.js. The wire protocol is docs/PROTOCOL.md.
 //
 //   import { Switchboard } from '/client.js';
 //   const sb = new Switchboard({ url: ['wss://a.example/ws', 'wss://b.example/ws'], getToken });
