@@ -9,26 +9,17 @@
 //! out-of-order, disconnects, publish errors, failed connections), 2 when it could not run at
 //! all.
 
-mod chaos;
-mod connect;
-mod fanout;
-mod http;
-mod idle;
-mod offsets;
-mod payload;
-mod procstat;
-mod publisher;
-mod ramp;
-mod recover;
-mod rooms;
-mod scrape;
-mod setup;
-mod stats;
-mod subscriber;
+mod clients;
+mod measure;
+mod report;
+mod scenarios;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use report::RunReport;
+use scenarios::{chaos, connect, fanout, idle, ramp, recover, rooms};
 
 /// Load generator for Switchboard clusters.
 #[derive(Debug, Parser)]
@@ -68,39 +59,6 @@ enum Command {
     /// acknowledged message (delivered, repaired, signalled or lost).
     Chaos(chaos::Opts),
 }
-
-/// A finished run's report, whatever the scenario.
-trait RunReport {
-    fn render(&self) -> String;
-    fn json(&self) -> serde_json::Value;
-    fn failures(&self) -> Vec<String>;
-}
-
-/// Implements [`RunReport`] by the report type's own inherent methods.
-macro_rules! run_report {
-    ($($t:ty),*) => {$(
-        impl RunReport for $t {
-            fn render(&self) -> String {
-                <$t>::render(self)
-            }
-            fn json(&self) -> serde_json::Value {
-                <$t>::json(self)
-            }
-            fn failures(&self) -> Vec<String> {
-                <$t>::failures(self)
-            }
-        }
-    )*};
-}
-
-run_report!(
-    stats::Report,
-    recover::RecoverReport,
-    idle::IdleReport,
-    connect::ConnectReport,
-    ramp::RampReport,
-    chaos::ChaosReport
-);
 
 /// Boxes a scenario's result with its `--json` flag.
 fn boxed<R: RunReport + 'static>(
