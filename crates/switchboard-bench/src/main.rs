@@ -90,12 +90,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Fanout(o) => boxed(fanout::run(o, threads).await, o.common.json),
-            Command::Recover(o) => boxed(recover::run(o).await, o.json),
-            Command::Rooms(o) => boxed(rooms::run(o, threads).await, o.common.json),
+            Command::Fanout(o) => boxed(fanout::run(o, threads).await, o.common.run.json),
+            Command::Recover(o) => boxed(recover::run(o).await, o.run.json),
+            Command::Rooms(o) => boxed(rooms::run(o, threads).await, o.common.run.json),
             Command::Idle(o) => boxed(idle::run(o).await, o.json),
             Command::Connect(o) => boxed(connect::run(o, threads).await, o.json),
-            Command::Ramp(o) => boxed(ramp::run(o, threads).await, o.common.json),
+            Command::Ramp(o) => boxed(ramp::run(o, threads).await, o.common.run.json),
             Command::Chaos(o) => boxed(chaos::run(o).await, o.json),
         }
     });

@@ -22,7 +22,7 @@ pub use chaos::ChaosReport;
 pub use connect::ConnectReport;
 pub use fanout::Report;
 pub use idle::{IdleReport, NodeFigures};
-pub use ramp::{RampReport, RampStep};
+pub use ramp::{RampReport, RampStep, Verdict, judge};
 pub use recover::{PubTally, RecoverReport, SLOW_CONNECT};
 
 use crate::measure::offsets::OffsetCheck;

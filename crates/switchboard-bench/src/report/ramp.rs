@@ -9,7 +9,63 @@ use crate::measure::scrape::NodeLatency;
 use crate::report::fanout::Report;
 use crate::report::usage::node_p99_text;
 use crate::report::write_result;
-use crate::scenarios::ramp::Verdict;
+
+/// How a step went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Zero loss, p99 within the bound, the offered load reached.
+    Clean,
+    /// The run found problems (loss, duplicates, order, disconnects, publish errors).
+    Failed(Vec<String>),
+    /// p99 above the bound (ms).
+    SlowP99(f64),
+    /// The publishers did not keep to their schedule: accepted publishes per second, slots
+    /// skipped, and the p99 of the API's answers (ms), which says whether the node answered
+    /// slowly.
+    Shortfall {
+        achieved: f64,
+        skipped: u64,
+        api_p99: f64,
+    },
+}
+
+impl Verdict {
+    /// Short text for the report.
+    pub fn describe(&self, bound_ms: f64) -> String {
+        match self {
+            Verdict::Clean => "clean".to_owned(),
+            Verdict::Failed(f) => format!("failed: {}", f.join("; ")),
+            Verdict::SlowP99(p99) => format!("p99 {p99:.1} ms > {bound_ms} ms"),
+            Verdict::Shortfall {
+                achieved,
+                skipped,
+                api_p99,
+            } => format!(
+                "offered load not reached: {achieved:.1} publishes/s accepted, {skipped} slots \
+                 skipped (API answers p99 {api_p99:.1} ms)"
+            ),
+        }
+    }
+}
+
+/// Judges one step's report.
+pub fn judge(r: &Report, p99_bound_ms: f64) -> Verdict {
+    let failures = r.failures();
+    if !failures.is_empty() {
+        return Verdict::Failed(failures);
+    }
+    if r.latency.p99 > p99_bound_ms {
+        return Verdict::SlowP99(r.latency.p99);
+    }
+    if r.publishes_skipped > 0 || r.publish_rate() < 0.95 * r.target_rate {
+        return Verdict::Shortfall {
+            achieved: r.publish_rate(),
+            skipped: r.publishes_skipped,
+            api_p99: r.publish_latency.p99,
+        };
+    }
+    Verdict::Clean
+}
 
 /// One step of the ramp.
 #[derive(Debug, Clone)]
@@ -204,7 +260,6 @@ mod tests {
     use super::*;
     use crate::measure::latency::LatencySummary;
     use crate::measure::scrape::Bound;
-    use crate::scenarios::ramp::judge;
 
     fn step(rate: f64, p99: f64, lost: u64) -> Report {
         Report {
@@ -302,5 +357,27 @@ mod tests {
             "{:?}",
             r.failures()
         );
+    }
+
+    #[test]
+    fn judging_a_step() {
+        assert_eq!(judge(&step(100.0, 5.0, 0), 100.0), Verdict::Clean);
+        assert_eq!(
+            judge(&step(100.0, 150.0, 0), 100.0),
+            Verdict::SlowP99(150.0)
+        );
+        assert!(matches!(
+            judge(&step(100.0, 150.0, 3), 100.0),
+            Verdict::Failed(f) if f[0].contains("3 deliveries lost")
+        ));
+        let mut short = step(100.0, 5.0, 0);
+        short.publishes_measured = 900; // 90/s of 100/s
+        assert!(matches!(judge(&short, 100.0), Verdict::Shortfall { .. }));
+        let mut skipped = step(100.0, 5.0, 0);
+        skipped.publishes_skipped = 1;
+        assert!(matches!(
+            judge(&skipped, 100.0),
+            Verdict::Shortfall { skipped: 1, .. }
+        ));
     }
 }

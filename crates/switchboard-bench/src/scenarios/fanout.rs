@@ -34,7 +34,7 @@ use crate::measure::publishes::{Tally, drain_targets};
 use crate::measure::scrape;
 use crate::measure::usage::{Snapshot, Window};
 use crate::report::Report;
-use crate::scenarios::checks;
+use crate::scenarios::{RunOpts, checks};
 
 /// Options shared by the scenarios that publish through the server API (`fanout`, `rooms`,
 /// `ramp`).
@@ -57,24 +57,8 @@ pub struct Common {
     /// a Lua script there).
     #[arg(long, value_name = "PID")]
     pub redis_pid: Option<u32>,
-    /// Connections being set up at once.
-    #[arg(long, default_value_t = 200)]
-    pub connect_concurrency: usize,
-    /// Seconds allowed for one subscriber to connect and subscribe.
-    #[arg(long, default_value_t = 10.0)]
-    pub setup_timeout: f64,
-    /// Seconds to wait, after the last publish, for every subscriber to receive it.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain_timeout: f64,
-    /// Seconds allowed for one publish to be answered.
-    #[arg(long, default_value_t = 5.0)]
-    pub publish_timeout: f64,
-    /// API key for the server API (`Authorization: apikey <key>`).
-    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Print the result as one JSON object too (the last line of stdout).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: RunOpts,
 }
 
 /// The one channel of `fanout` and `ramp`, and how many subscribe to it.
@@ -185,7 +169,7 @@ pub async fn measure(
     validate(opts, sc)?;
     let (clk_tck, clk_tck_read) = procstat::clock_ticks_per_sec();
     checks::check_pids(opts.node_pids.iter().chain(&opts.redis_pid).copied())?;
-    let endpoints = checks::endpoints(&opts.api, opts.api_key.as_deref())?;
+    let endpoints = checks::endpoints(&opts.api, opts.run.api_key.as_deref())?;
     let redis_pid: Vec<u32> = opts.redis_pid.into_iter().collect();
 
     let shared = Arc::new(Shared {
@@ -193,7 +177,7 @@ pub async fn measure(
         publishers: sc.publishers as usize,
         warmup_end_us: AtomicU64::new(u64::MAX),
         finished: AtomicUsize::new(0),
-        setup_timeout: Duration::from_secs_f64(opts.setup_timeout),
+        setup_timeout: Duration::from_secs_f64(opts.run.setup_timeout),
         ws_config: WebSocketConfig::default().read_buffer_size(read_buffer_size(opts.payload)),
         latency: ShardedLatency::new(LATENCY_SHARDS_PER_THREAD * runtime_threads),
     });
@@ -213,7 +197,7 @@ pub async fn measure(
             .map(|c| BodyBuilder::new(c, opts.payload))
             .collect::<Vec<_>>(),
     );
-    let publish_timeout = Duration::from_secs_f64(opts.publish_timeout);
+    let publish_timeout = Duration::from_secs_f64(opts.run.publish_timeout);
     let mut client_sets = Vec::new();
     for _ in 0..sc.publishers {
         client_sets.push(checks::api_clients(&endpoints, publish_timeout).await?);
@@ -272,7 +256,7 @@ pub async fn measure(
     let (drained, drain_secs) = fleet::wait_count(
         &shared.finished,
         subscribers.len(),
-        Duration::from_secs_f64(opts.drain_timeout),
+        Duration::from_secs_f64(opts.run.drain_timeout),
     )
     .await;
     let after = Snapshot::take(&opts.node_pids);
@@ -319,7 +303,7 @@ fn validate(opts: &Common, sc: &Scenario) -> anyhow::Result<()> {
     ensure!(sc.subscribers() > 0, "there must be at least 1 subscriber");
     ensure!(sc.publishers > 0, "--publishers must be at least 1");
     ensure!(
-        opts.connect_concurrency > 0,
+        opts.run.connect_concurrency > 0,
         "--connect-concurrency must be at least 1"
     );
     ensure!(
@@ -328,9 +312,9 @@ fn validate(opts: &Common, sc: &Scenario) -> anyhow::Result<()> {
     );
     checks::check_positive(&[
         ("--rate", sc.rate),
-        ("--setup-timeout", opts.setup_timeout),
-        ("--drain-timeout", opts.drain_timeout),
-        ("--publish-timeout", opts.publish_timeout),
+        ("--setup-timeout", opts.run.setup_timeout),
+        ("--drain-timeout", opts.run.drain_timeout),
+        ("--publish-timeout", opts.run.publish_timeout),
     ])?;
     for c in &sc.channels {
         checks::check_channel("channel", c)?;
@@ -353,7 +337,7 @@ async fn spawn_subscribers(
     let per_channel = sc.per_channel.max(1);
     fleet::spawn_all(
         sc.subscribers(),
-        opts.connect_concurrency,
+        opts.run.connect_concurrency,
         "subscribers",
         true,
         |start| {

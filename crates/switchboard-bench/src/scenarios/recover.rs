@@ -41,7 +41,7 @@ use crate::measure::offsets::OffsetCheck;
 use crate::measure::procstat;
 use crate::measure::usage::{Snapshot, Window};
 use crate::report::{PubTally, RecoverReport, SLOW_CONNECT};
-use crate::scenarios::checks;
+use crate::scenarios::{RunOpts, checks};
 
 /// Options of `switchboard-bench recover`.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,24 +91,8 @@ pub struct Opts {
     /// generator waits for every client to recover.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub recover_timeout: Duration,
-    /// Connections being set up at once, before the kill (reconnects are not limited).
-    #[arg(long, default_value_t = 200)]
-    pub connect_concurrency: usize,
-    /// Seconds allowed for one connect + subscribe (before the kill, or one reconnect attempt).
-    #[arg(long, default_value_t = 10.0)]
-    pub setup_timeout: f64,
-    /// Seconds to wait, after the last publish, for every client to receive it.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain_timeout: f64,
-    /// Seconds allowed for one publish to be answered.
-    #[arg(long, default_value_t = 5.0)]
-    pub publish_timeout: f64,
-    /// API key for the server API (`Authorization: apikey <key>`).
-    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Print the result as one JSON object too (the last line of stdout).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: RunOpts,
 }
 
 /// What every client shares with the coordinator.
@@ -494,12 +478,12 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     validate(opts)?;
     let (clk_tck, _) = procstat::clock_ticks_per_sec();
     checks::check_pids(std::iter::once(opts.kill_pid).chain(opts.node_pids.iter().copied()))?;
-    let endpoints = checks::endpoints(&opts.api, opts.api_key.as_deref())?;
+    let endpoints = checks::endpoints(&opts.api, opts.run.api_key.as_deref())?;
     let shared = Arc::new(Shared {
         channel: opts.channel.clone(),
         urls: opts.ws.iter().map(|u| Arc::from(u.as_str())).collect(),
         ws_config: ws::small_config(),
-        setup_timeout: Duration::from_secs_f64(opts.setup_timeout),
+        setup_timeout: Duration::from_secs_f64(opts.run.setup_timeout),
         backoff: Backoff {
             min: opts.backoff_min,
             max: opts.backoff_max,
@@ -513,7 +497,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     let setup_started = Instant::now();
     let clients = fleet::spawn_all(
         opts.clients,
-        opts.connect_concurrency,
+        opts.run.connect_concurrency,
         "clients",
         true,
         |start| run_client(start, shared.clone()),
@@ -526,8 +510,11 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
         opts.clients, opts.ws[0]
     );
 
-    let api_clients =
-        checks::api_clients(&endpoints, Duration::from_secs_f64(opts.publish_timeout)).await?;
+    let api_clients = checks::api_clients(
+        &endpoints,
+        Duration::from_secs_f64(opts.run.publish_timeout),
+    )
+    .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let last_offset = Arc::new(AtomicU64::new(0));
     let publisher = tokio::spawn(publish(
@@ -596,7 +583,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     let (drained, drain_secs) = fleet::wait_count(
         &shared.finished,
         clients.len(),
-        Duration::from_secs_f64(opts.drain_timeout),
+        Duration::from_secs_f64(opts.run.drain_timeout),
     )
     .await;
     let outcomes = fleet::stop_all(clients, Control::Stop).await?;
@@ -647,7 +634,7 @@ fn validate(opts: &Opts) -> anyhow::Result<()> {
         "--rate must be positive"
     );
     ensure!(
-        opts.connect_concurrency > 0,
+        opts.run.connect_concurrency > 0,
         "--connect-concurrency must be at least 1"
     );
     ensure!(
@@ -657,9 +644,9 @@ fn validate(opts: &Opts) -> anyhow::Result<()> {
     checks::check_positive(&[
         ("--before", opts.before),
         ("--after", opts.after),
-        ("--setup-timeout", opts.setup_timeout),
-        ("--drain-timeout", opts.drain_timeout),
-        ("--publish-timeout", opts.publish_timeout),
+        ("--setup-timeout", opts.run.setup_timeout),
+        ("--drain-timeout", opts.run.drain_timeout),
+        ("--publish-timeout", opts.run.publish_timeout),
     ])?;
     checks::check_open_files(opts.clients, opts.api.len(), "clients")
 }

@@ -130,6 +130,20 @@ struct Sub {
 }
 
 impl Sub {
+    fn new(log: SubLog, shared: Arc<SubShared>) -> Self {
+        Self {
+            log,
+            shared,
+            seen: HashSet::new(),
+            epoch: None,
+            last: 0,
+            signalled: false,
+            replay_until: None,
+            marker: None,
+            finished: false,
+        }
+    }
+
     fn history(&self) -> bool {
         self.shared.channels[self.log.channel].history
     }
@@ -335,21 +349,12 @@ pub async fn run_subscriber(
     shared: Arc<SubShared>,
 ) -> SubLog {
     let nodes = shared.urls.len();
-    let mut sub = Sub {
-        log: SubLog {
-            index,
-            channel: index % shared.channels.len(),
-            ..SubLog::default()
-        },
-        seen: HashSet::new(),
-        epoch: None,
-        last: 0,
-        signalled: false,
-        replay_until: None,
-        marker: None,
-        finished: false,
-        shared: shared.clone(),
+    let log = SubLog {
+        index,
+        channel: index % shared.channels.len(),
+        ..SubLog::default()
     };
+    let mut sub = Sub::new(log, shared.clone());
     let seed = shared.seed ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
     let mut redial = Redial::new(shared.urls.clone(), index % nodes, shared.backoff, seed);
     let mut ready = Some(ready);
@@ -409,17 +414,7 @@ mod tests {
     use super::*;
 
     fn history_sub(shared: &Arc<SubShared>) -> Sub {
-        let mut sub = Sub {
-            log: SubLog::default(),
-            shared: shared.clone(),
-            seen: HashSet::new(),
-            epoch: None,
-            last: 0,
-            signalled: false,
-            replay_until: None,
-            marker: None,
-            finished: false,
-        };
+        let mut sub = Sub::new(SubLog::default(), shared.clone());
         sub.subscribed(
             &json!({"type":"subscribed","id":1,"channel":"h:0","epoch":"e1","offset":10}),
             0,
