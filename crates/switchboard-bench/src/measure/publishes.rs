@@ -1,15 +1,23 @@
-//! What a publisher of `fanout`, `rooms` and `ramp` did: publishes attempted, accepted in the
+//! What a publisher did. Of `fanout`, `rooms` and `ramp`: publishes attempted, accepted in the
 //! measure window (overall and per channel), refused, unanswered and skipped, and how long the
 //! API took to answer. A subscriber of a channel must receive every measured publish accepted
-//! on it, and the last accepted seq of every publisher is what the drain waits for.
+//! on it, and the last accepted seq of every publisher is what the drain waits for. Of
+//! `recover`: publishes on a channel with history, each answer's offset and epoch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::clients::http::ApiClient;
+use crate::clients::payload::BodyBuilder;
 #[cfg(doc)]
 use crate::clients::publisher::MAX_LAG;
-use crate::clients::publisher::{Answer, Attempt, Ledger, channel_of_slot};
+use crate::clients::publisher::{Answer, Attempt, Ledger, Pace, Publisher, Until, channel_of_slot};
 use crate::measure::latency::{Latency, micros};
+use crate::report::PubTally;
 
 /// What one publisher did on one channel.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +121,82 @@ pub fn drain_targets(tallies: &[Tally], channels: usize) -> Vec<Arc<Vec<u64>>> {
             )
         })
         .collect()
+}
+
+/// The ledger of `recover`'s publisher: publishes go through the `--api` nodes in turn; every answer must
+/// name an offset and an epoch (the channel keeps history); the newest offset is shared with
+/// the coordinator in `last_offset`.
+pub struct HistoryLedger {
+    /// What the publisher did.
+    pub tally: PubTally,
+    /// The newest offset, shared with the coordinator.
+    pub last_offset: Arc<AtomicU64>,
+}
+
+impl Ledger for HistoryLedger {
+    fn route(&mut self, seq: u64, _slot: u64, nodes: usize) -> (usize, usize) {
+        (0, seq as usize % nodes)
+    }
+
+    fn answered(&mut self, p: &Attempt, answer: Answer) {
+        let t = &mut self.tally;
+        t.attempted = p.stamp.seq;
+        let error = match answer {
+            Ok((status, reply)) if status.is_success() => {
+                t.accepted += 1;
+                let v: Value = serde_json::from_slice(&reply).unwrap_or_default();
+                match (v["offset"].as_u64(), v["epoch"].as_str()) {
+                    (Some(offset), Some(epoch)) => {
+                        t.last_offset = t.last_offset.max(offset);
+                        self.last_offset.store(t.last_offset, Ordering::Release);
+                        if !t.epochs.contains(epoch) {
+                            t.epochs.insert(epoch.to_owned());
+                        }
+                        None
+                    }
+                    _ => Some(format!(
+                        "publish answer without offset/epoch (no history?): {}",
+                        String::from_utf8_lossy(&reply)
+                    )),
+                }
+            }
+            Ok((status, reply)) => Some(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&reply)
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(e) = error {
+            t.errors += 1;
+            t.first_error.get_or_insert(e);
+        }
+    }
+}
+
+/// Publishes at `rate` until `stop`, through `clients` in turn; keeps the newest offset in
+/// `last_offset`.
+pub async fn publish_with_history(
+    clients: Vec<ApiClient>,
+    body: BodyBuilder,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    last_offset: Arc<AtomicU64>,
+) -> PubTally {
+    let started = Instant::now();
+    let until = Until {
+        flag: Some(stop),
+        ..Until::default()
+    };
+    let ledger = HistoryLedger {
+        tally: PubTally::default(),
+        last_offset,
+    };
+    let mut t = Publisher::new(0, clients, Arc::new(vec![body]))
+        .run(Pace::Every(rate), until, ledger)
+        .await
+        .tally;
+    t.secs = started.elapsed().as_secs_f64();
+    t
 }
 
 #[cfg(test)]

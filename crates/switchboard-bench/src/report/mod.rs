@@ -23,7 +23,7 @@ pub use connect::ConnectReport;
 pub use fanout::Report;
 pub use idle::{IdleReport, NodeFigures};
 pub use ramp::{RampReport, RampStep, Verdict, judge};
-pub use recover::{PubTally, RecoverReport, SLOW_CONNECT};
+pub use recover::{ClientOutcome, PubTally, RecoverReport};
 
 use crate::measure::offsets::OffsetCheck;
 

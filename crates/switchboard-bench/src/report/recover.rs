@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::measure::latency::LatencySummary;
+use crate::clients::ws::Phases;
+use crate::measure::latency::{Latency, LatencySummary, micros, peak_rate};
 use crate::measure::offsets::OffsetCheck;
 use crate::measure::usage::MachineUsage;
 use crate::report::{offset_failures, offsets_json, per_sec, write_result};
@@ -83,7 +84,118 @@ pub struct RecoverReport {
     pub machine: Option<MachineUsage>,
 }
 
+/// What one client saw.
+#[derive(Debug, Default)]
+pub struct ClientOutcome {
+    /// Offsets over the whole run.
+    pub check: OffsetCheck,
+    /// Messages or `subscribed` replies with an epoch other than the first one.
+    pub epoch_changes: u64,
+    /// `error` replies, binary frames, frames that are not JSON.
+    pub unexpected: u64,
+    /// Connections lost before the kill.
+    pub early_drops: u32,
+    /// The first reason of such a drop.
+    pub early_reason: Option<String>,
+    /// Reconnect attempts, successful or not.
+    pub attempts: u32,
+    /// Failed reconnect attempts.
+    pub failed_attempts: u32,
+    /// The first failed attempt's error.
+    pub first_failure: Option<String>,
+    /// `subscribed` replies with `recovered: false` after a reconnect.
+    pub not_recovered: u32,
+    /// Offsets those replies left out (newest offset minus the client's last one).
+    pub unrecovered_missed: u64,
+    /// Kill to the first connection loss after it.
+    pub dropped_after: Option<Duration>,
+    /// Kill to the `subscribed` reply of the reconnection after it.
+    pub resubscribed_after: Option<Duration>,
+    /// Kill to the moment every missed message had arrived.
+    pub recovered_after: Option<Duration>,
+    /// The steps of the reconnection after the kill.
+    pub phases: Option<Phases>,
+    /// Messages the recovery replayed (offsets between the client's last and the reply's).
+    pub replayed: u64,
+    /// Index of the `--ws` node the client ended on.
+    pub node: usize,
+    /// Why the client stopped before `Stop`, if it did.
+    pub ended: Option<String>,
+}
+
 impl RecoverReport {
+    /// Adds up the clients' outcomes.
+    pub fn add_outcomes(&mut self, outcomes: &[ClientOutcome]) {
+        let r = self;
+        let mut dropped = Latency::new();
+        let mut resubscribed = Latency::new();
+        let mut recovered = Latency::new();
+        let (mut tcp, mut upgrade, mut subscribe) =
+            (Latency::new(), Latency::new(), Latency::new());
+        let mut resub_times = Vec::new();
+        for o in outcomes {
+            r.offsets.add(&o.check);
+            r.epoch_changes += o.epoch_changes;
+            r.unexpected += o.unexpected;
+            r.early_drops += u64::from(o.early_drops);
+            if r.early_reason.is_none() {
+                r.early_reason.clone_from(&o.early_reason);
+            }
+            r.attempts += u64::from(o.attempts);
+            r.failed_attempts += u64::from(o.failed_attempts);
+            if r.first_failure.is_none() {
+                r.first_failure.clone_from(&o.first_failure);
+            }
+            r.not_recovered += u64::from(o.not_recovered);
+            r.unrecovered_missed += o.unrecovered_missed;
+            r.replayed += o.replayed;
+            r.replayed_max = r.replayed_max.max(o.replayed);
+            if let Some(d) = o.dropped_after {
+                dropped.record(micros(d));
+            }
+            if let Some(d) = o.resubscribed_after {
+                resubscribed.record(micros(d));
+                resub_times.push(d.as_secs_f64());
+            }
+            if let Some(p) = o.phases {
+                tcp.record(micros(p.tcp));
+                r.slow_connects += u64::from(p.tcp >= SLOW_CONNECT);
+                upgrade.record(micros(p.upgrade));
+                subscribe.record(micros(p.subscribe));
+            }
+            if let Some(d) = o.recovered_after {
+                recovered.record(micros(d));
+                r.recovered_clients += 1;
+            }
+            if let Some(e) = &o.ended {
+                r.gave_up += 1;
+                r.ended_reason.get_or_insert_with(|| e.clone());
+            }
+            if o.check.last < r.tally.last_offset {
+                r.behind_at_end += 1;
+            }
+            if let Some(n) = r.final_nodes.get_mut(o.node) {
+                *n += 1;
+            }
+        }
+        r.dropped = dropped.summary();
+        r.resubscribed = resubscribed.summary();
+        r.recovered = recovered.summary();
+        r.tcp = tcp.summary();
+        r.upgrade = upgrade.summary();
+        r.subscribe = subscribe.summary();
+        if r.recovered_clients == outcomes.len() {
+            r.all_recovered_secs = Some(r.recovered.max / 1e3);
+        }
+        resub_times.sort_by(f64::total_cmp);
+        if let Some(&last) = resub_times.last()
+            && last > 0.0
+        {
+            r.reconnect_rate = resub_times.len() as f64 / last;
+        }
+        r.reconnect_peak_rate = peak_rate(&resub_times, 0.1);
+    }
+
     /// What went wrong, one line each; empty for a clean run.
     pub fn failures(&self) -> Vec<String> {
         let mut f = offset_failures(&self.offsets);

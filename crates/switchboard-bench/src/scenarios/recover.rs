@@ -31,16 +31,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::clients::backoff::{Backoff, Redial, parse_duration};
 use crate::clients::fleet::{self, Start};
-use crate::clients::http::ApiClient;
 use crate::clients::payload::{self, BodyBuilder};
-use crate::clients::publisher::{Answer, Attempt, Ledger, Pace, Publisher, Until};
 use crate::clients::subscriber::{self, Control, Ended, Session};
 use crate::clients::ws::{self, Phases, Subscribed, Ws, parse_subscribed};
-use crate::measure::latency::{Latency, micros, peak_rate};
 use crate::measure::offsets::OffsetCheck;
 use crate::measure::procstat;
+use crate::measure::publishes::publish_with_history;
 use crate::measure::usage::{Snapshot, Window};
-use crate::report::{PubTally, RecoverReport, SLOW_CONNECT};
+use crate::report::{ClientOutcome, RecoverReport};
 use crate::scenarios::{RunOpts, checks};
 
 /// Options of `switchboard-bench recover`.
@@ -109,45 +107,6 @@ struct Shared {
     settled: AtomicUsize,
     /// Clients that have, since the drain began, seen the last offset, or that have ended.
     finished: AtomicUsize,
-}
-
-/// What one client saw.
-#[derive(Debug, Default)]
-struct ClientOutcome {
-    /// Offsets over the whole run.
-    check: OffsetCheck,
-    /// Messages or `subscribed` replies with an epoch other than the first one.
-    epoch_changes: u64,
-    /// `error` replies, binary frames, frames that are not JSON.
-    unexpected: u64,
-    /// Connections lost before the kill.
-    early_drops: u32,
-    /// The first reason of such a drop.
-    early_reason: Option<String>,
-    /// Reconnect attempts, successful or not.
-    attempts: u32,
-    /// Failed reconnect attempts.
-    failed_attempts: u32,
-    /// The first failed attempt's error.
-    first_failure: Option<String>,
-    /// `subscribed` replies with `recovered: false` after a reconnect.
-    not_recovered: u32,
-    /// Offsets those replies left out (newest offset minus the client's last one).
-    unrecovered_missed: u64,
-    /// Kill to the first connection loss after it.
-    dropped_after: Option<Duration>,
-    /// Kill to the `subscribed` reply of the reconnection after it.
-    resubscribed_after: Option<Duration>,
-    /// Kill to the moment every missed message had arrived.
-    recovered_after: Option<Duration>,
-    /// The steps of the reconnection after the kill.
-    phases: Option<Phases>,
-    /// Messages the recovery replayed (offsets between the client's last and the reply's).
-    replayed: u64,
-    /// Index of the `--ws` node the client ended on.
-    node: usize,
-    /// Why the client stopped before `Stop`, if it did.
-    ended: Option<String>,
 }
 
 /// One client's state: the [`Session`] its connections are read into.
@@ -399,80 +358,6 @@ impl Client {
     }
 }
 
-/// The publisher's ledger: publishes go through the `--api` nodes in turn; every answer must
-/// name an offset and an epoch (the channel keeps history); the newest offset is shared with
-/// the coordinator in `last_offset`.
-struct PubLedger {
-    tally: PubTally,
-    last_offset: Arc<AtomicU64>,
-}
-
-impl Ledger for PubLedger {
-    fn route(&mut self, seq: u64, _slot: u64, nodes: usize) -> (usize, usize) {
-        (0, seq as usize % nodes)
-    }
-
-    fn answered(&mut self, p: &Attempt, answer: Answer) {
-        let t = &mut self.tally;
-        t.attempted = p.stamp.seq;
-        let error = match answer {
-            Ok((status, reply)) if status.is_success() => {
-                t.accepted += 1;
-                let v: Value = serde_json::from_slice(&reply).unwrap_or_default();
-                match (v["offset"].as_u64(), v["epoch"].as_str()) {
-                    (Some(offset), Some(epoch)) => {
-                        t.last_offset = t.last_offset.max(offset);
-                        self.last_offset.store(t.last_offset, Ordering::Release);
-                        if !t.epochs.contains(epoch) {
-                            t.epochs.insert(epoch.to_owned());
-                        }
-                        None
-                    }
-                    _ => Some(format!(
-                        "publish answer without offset/epoch (no history?): {}",
-                        String::from_utf8_lossy(&reply)
-                    )),
-                }
-            }
-            Ok((status, reply)) => Some(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&reply)
-            )),
-            Err(e) => Some(format!("{e:#}")),
-        };
-        if let Some(e) = error {
-            t.errors += 1;
-            t.first_error.get_or_insert(e);
-        }
-    }
-}
-
-/// Publishes at `rate` until `stop`, through `clients` in turn; keeps the newest offset in
-/// `last_offset`.
-async fn publish(
-    clients: Vec<ApiClient>,
-    body: BodyBuilder,
-    rate: f64,
-    stop: Arc<AtomicBool>,
-    last_offset: Arc<AtomicU64>,
-) -> PubTally {
-    let started = Instant::now();
-    let until = Until {
-        flag: Some(stop),
-        ..Until::default()
-    };
-    let ledger = PubLedger {
-        tally: PubTally::default(),
-        last_offset,
-    };
-    let mut t = Publisher::new(0, clients, Arc::new(vec![body]))
-        .run(Pace::Every(rate), until, ledger)
-        .await
-        .tally;
-    t.secs = started.elapsed().as_secs_f64();
-    t
-}
-
 /// Runs the scenario; `Err` only when it could not be set up.
 pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     validate(opts)?;
@@ -517,7 +402,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
     .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let last_offset = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish(
+    let publisher = tokio::spawn(publish_with_history(
         api_clients,
         BodyBuilder::new(&opts.channel, opts.payload),
         opts.rate,
@@ -623,7 +508,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RecoverReport> {
         tally,
         ..RecoverReport::default()
     };
-    add_outcomes(&mut report, &outcomes);
+    report.add_outcomes(&outcomes);
     Ok(report)
 }
 
@@ -649,73 +534,4 @@ fn validate(opts: &Opts) -> anyhow::Result<()> {
         ("--publish-timeout", opts.run.publish_timeout),
     ])?;
     checks::check_open_files(opts.clients, opts.api.len(), "clients")
-}
-
-fn add_outcomes(r: &mut RecoverReport, outcomes: &[ClientOutcome]) {
-    let mut dropped = Latency::new();
-    let mut resubscribed = Latency::new();
-    let mut recovered = Latency::new();
-    let (mut tcp, mut upgrade, mut subscribe) = (Latency::new(), Latency::new(), Latency::new());
-    let mut resub_times = Vec::new();
-    for o in outcomes {
-        r.offsets.add(&o.check);
-        r.epoch_changes += o.epoch_changes;
-        r.unexpected += o.unexpected;
-        r.early_drops += u64::from(o.early_drops);
-        if r.early_reason.is_none() {
-            r.early_reason.clone_from(&o.early_reason);
-        }
-        r.attempts += u64::from(o.attempts);
-        r.failed_attempts += u64::from(o.failed_attempts);
-        if r.first_failure.is_none() {
-            r.first_failure.clone_from(&o.first_failure);
-        }
-        r.not_recovered += u64::from(o.not_recovered);
-        r.unrecovered_missed += o.unrecovered_missed;
-        r.replayed += o.replayed;
-        r.replayed_max = r.replayed_max.max(o.replayed);
-        if let Some(d) = o.dropped_after {
-            dropped.record(micros(d));
-        }
-        if let Some(d) = o.resubscribed_after {
-            resubscribed.record(micros(d));
-            resub_times.push(d.as_secs_f64());
-        }
-        if let Some(p) = o.phases {
-            tcp.record(micros(p.tcp));
-            r.slow_connects += u64::from(p.tcp >= SLOW_CONNECT);
-            upgrade.record(micros(p.upgrade));
-            subscribe.record(micros(p.subscribe));
-        }
-        if let Some(d) = o.recovered_after {
-            recovered.record(micros(d));
-            r.recovered_clients += 1;
-        }
-        if let Some(e) = &o.ended {
-            r.gave_up += 1;
-            r.ended_reason.get_or_insert_with(|| e.clone());
-        }
-        if o.check.last < r.tally.last_offset {
-            r.behind_at_end += 1;
-        }
-        if let Some(n) = r.final_nodes.get_mut(o.node) {
-            *n += 1;
-        }
-    }
-    r.dropped = dropped.summary();
-    r.resubscribed = resubscribed.summary();
-    r.recovered = recovered.summary();
-    r.tcp = tcp.summary();
-    r.upgrade = upgrade.summary();
-    r.subscribe = subscribe.summary();
-    if r.recovered_clients == outcomes.len() {
-        r.all_recovered_secs = Some(r.recovered.max / 1e3);
-    }
-    resub_times.sort_by(f64::total_cmp);
-    if let Some(&last) = resub_times.last()
-        && last > 0.0
-    {
-        r.reconnect_rate = resub_times.len() as f64 / last;
-    }
-    r.reconnect_peak_rate = peak_rate(&resub_times, 0.1);
 }
