@@ -356,3 +356,52 @@ impl ChaosReport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// scripts/chaos.sh and .ci/steps/60-chaos-smoke.sh read these two lines: the accounting
+    /// line (`^chaos: seed=`, ` lost=0 `) and the `faults:` line (each kind by name).
+    #[test]
+    fn the_lines_scripts_read() {
+        let fault = |kind| FaultRecord {
+            kind,
+            note: String::new(),
+            start_us: 0,
+            end_us: 1,
+        };
+        let r = ChaosReport {
+            seed: 7,
+            duration: 60.0,
+            faults: vec![
+                fault(FaultKind::NodeKill),
+                fault(FaultKind::Burst),
+                fault(FaultKind::NodeKill),
+            ],
+            accounting: Accounting {
+                acknowledged: 10,
+                expected: 40,
+                delivered: 37,
+                repaired: 2,
+                signalled: 1,
+                ..Accounting::default()
+            },
+            ..ChaosReport::default()
+        };
+        assert_eq!(
+            r.line(),
+            "chaos: seed=7 duration=60s faults=3 acknowledged=10 expected=40 delivered=37 \
+             repaired=2 signalled=1 lost=0 duplicates=0 order_violations=0"
+        );
+        let text = r.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.contains(&"faults:      burst 1, node-kill 2"),
+            "{text}"
+        );
+        assert!(lines.contains(&"result:      OK"), "{text}");
+        assert!(text.ends_with(&format!("{}\n", r.line())), "{text}");
+        assert_eq!(r.json()["lost"], 0);
+    }
+}
