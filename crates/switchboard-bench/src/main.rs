@@ -9,26 +9,17 @@
 //! out-of-order, disconnects, publish errors, failed connections), 2 when it could not run at
 //! all.
 
-mod chaos;
-mod connect;
-mod fanout;
-mod http;
-mod idle;
-mod offsets;
-mod payload;
-mod procstat;
-mod publisher;
-mod ramp;
-mod recover;
-mod rooms;
-mod scrape;
-mod setup;
-mod stats;
-mod subscriber;
+mod clients;
+mod measure;
+mod report;
+mod scenarios;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use report::RunReport;
+use scenarios::{chaos, connect, fanout, idle, ramp, recover, rooms};
 
 /// Load generator for Switchboard clusters.
 #[derive(Debug, Parser)]
@@ -69,39 +60,6 @@ enum Command {
     Chaos(chaos::Opts),
 }
 
-/// A finished run's report, whatever the scenario.
-trait RunReport {
-    fn render(&self) -> String;
-    fn json(&self) -> serde_json::Value;
-    fn failures(&self) -> Vec<String>;
-}
-
-/// Implements [`RunReport`] by the report type's own inherent methods.
-macro_rules! run_report {
-    ($($t:ty),*) => {$(
-        impl RunReport for $t {
-            fn render(&self) -> String {
-                <$t>::render(self)
-            }
-            fn json(&self) -> serde_json::Value {
-                <$t>::json(self)
-            }
-            fn failures(&self) -> Vec<String> {
-                <$t>::failures(self)
-            }
-        }
-    )*};
-}
-
-run_report!(
-    stats::Report,
-    recover::RecoverReport,
-    idle::IdleReport,
-    connect::ConnectReport,
-    ramp::RampReport,
-    chaos::ChaosReport
-);
-
 /// Boxes a scenario's result with its `--json` flag.
 fn boxed<R: RunReport + 'static>(
     r: anyhow::Result<R>,
@@ -132,12 +90,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Fanout(o) => boxed(fanout::run(o, threads).await, o.common.json),
-            Command::Recover(o) => boxed(recover::run(o).await, o.json),
-            Command::Rooms(o) => boxed(rooms::run(o, threads).await, o.common.json),
+            Command::Fanout(o) => boxed(fanout::run(o, threads).await, o.common.run.json),
+            Command::Recover(o) => boxed(recover::run(o).await, o.run.json),
+            Command::Rooms(o) => boxed(rooms::run(o, threads).await, o.common.run.json),
             Command::Idle(o) => boxed(idle::run(o).await, o.json),
             Command::Connect(o) => boxed(connect::run(o, threads).await, o.json),
-            Command::Ramp(o) => boxed(ramp::run(o, threads).await, o.common.json),
+            Command::Ramp(o) => boxed(ramp::run(o, threads).await, o.common.run.json),
             Command::Chaos(o) => boxed(chaos::run(o).await, o.json),
         }
     });

@@ -1,7 +1,7 @@
 //! The offset check of channels with history: per subscriber, offsets increase by exactly one.
 //!
 //! A channel with history numbers its messages 1, 2, 3... and every subscriber must see them in
-//! that order with no gap and no repeat (NODE-CONTRACT.md, "History and recovery"), across the
+//! that order with no gap and no repeat (docs/PROTOCOL.md, "History and recovery"), across the
 //! seam of a `subscribe` (the `subscribed` reply names the newest offset N, the first message
 //! after it must be N+1) and across a recovery (missed messages, then the live stream).
 

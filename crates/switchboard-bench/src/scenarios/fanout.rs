@@ -22,13 +22,19 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::payload::{self, BodyBuilder};
-use crate::procstat;
-use crate::publisher::{self, Plan, Tally};
-use crate::scrape::{self, COUNTERS};
-use crate::setup::{self, Snapshot, Spawned, Window};
-use crate::stats::{Latency, NodeCounters, NodeLatency, Report, ShardedLatency};
-use crate::subscriber::{self, Control, Outcome, Shared};
+use crate::clients::fleet::{self, Spawned};
+use crate::clients::payload::{self, BodyBuilder};
+use crate::clients::publisher::{Pace, Publisher, Until};
+use crate::clients::subscriber::Control;
+use crate::clients::ws::read_buffer_size;
+use crate::measure::deliveries::{self, Outcome, Shared};
+use crate::measure::latency::{Latency, ShardedLatency};
+use crate::measure::procstat;
+use crate::measure::publishes::{Tally, drain_targets};
+use crate::measure::scrape;
+use crate::measure::usage::{Snapshot, Window};
+use crate::report::Report;
+use crate::scenarios::{RunOpts, checks};
 
 /// Options shared by the scenarios that publish through the server API (`fanout`, `rooms`,
 /// `ramp`).
@@ -51,24 +57,8 @@ pub struct Common {
     /// a Lua script there).
     #[arg(long, value_name = "PID")]
     pub redis_pid: Option<u32>,
-    /// Connections being set up at once.
-    #[arg(long, default_value_t = 200)]
-    pub connect_concurrency: usize,
-    /// Seconds allowed for one subscriber to connect and subscribe.
-    #[arg(long, default_value_t = 10.0)]
-    pub setup_timeout: f64,
-    /// Seconds to wait, after the last publish, for every subscriber to receive it.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain_timeout: f64,
-    /// Seconds allowed for one publish to be answered.
-    #[arg(long, default_value_t = 5.0)]
-    pub publish_timeout: f64,
-    /// API key for the server API (`Authorization: apikey <key>`).
-    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Print the result as one JSON object too (the last line of stdout).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: RunOpts,
 }
 
 /// The one channel of `fanout` and `ramp`, and how many subscribe to it.
@@ -178,8 +168,8 @@ pub async fn measure(
 ) -> anyhow::Result<Report> {
     validate(opts, sc)?;
     let (clk_tck, clk_tck_read) = procstat::clock_ticks_per_sec();
-    setup::check_pids(opts.node_pids.iter().chain(&opts.redis_pid).copied())?;
-    let endpoints = setup::endpoints(&opts.api, opts.api_key.as_deref())?;
+    checks::check_pids(opts.node_pids.iter().chain(&opts.redis_pid).copied())?;
+    let endpoints = checks::endpoints(&opts.api, opts.run.api_key.as_deref())?;
     let redis_pid: Vec<u32> = opts.redis_pid.into_iter().collect();
 
     let shared = Arc::new(Shared {
@@ -187,7 +177,7 @@ pub async fn measure(
         publishers: sc.publishers as usize,
         warmup_end_us: AtomicU64::new(u64::MAX),
         finished: AtomicUsize::new(0),
-        setup_timeout: Duration::from_secs_f64(opts.setup_timeout),
+        setup_timeout: Duration::from_secs_f64(opts.run.setup_timeout),
         ws_config: WebSocketConfig::default().read_buffer_size(read_buffer_size(opts.payload)),
         latency: ShardedLatency::new(LATENCY_SHARDS_PER_THREAD * runtime_threads),
     });
@@ -207,10 +197,10 @@ pub async fn measure(
             .map(|c| BodyBuilder::new(c, opts.payload))
             .collect::<Vec<_>>(),
     );
-    let publish_timeout = Duration::from_secs_f64(opts.publish_timeout);
+    let publish_timeout = Duration::from_secs_f64(opts.run.publish_timeout);
     let mut client_sets = Vec::new();
     for _ in 0..sc.publishers {
-        client_sets.push(setup::api_clients(&endpoints, publish_timeout).await?);
+        client_sets.push(checks::api_clients(&endpoints, publish_timeout).await?);
     }
 
     let start = Instant::now();
@@ -229,16 +219,18 @@ pub async fn measure(
         .into_iter()
         .enumerate()
         .map(|(id, clients)| {
-            let plan = Plan {
-                id: id as u32,
+            let id = id as u32;
+            let pace = Pace::Slots {
                 publishers: sc.publishers,
                 rate: sc.rate,
                 start,
-                end,
-                warmup_end_us,
-                bodies: bodies.clone(),
             };
-            tokio::spawn(publisher::run(plan, clients))
+            let until = Until {
+                end: Some(end),
+                ..Until::default()
+            };
+            let tally = Tally::new(id, bodies.len(), warmup_end_us);
+            tokio::spawn(Publisher::new(id, clients, bodies.clone()).run(pace, until, tally))
         })
         .collect();
 
@@ -261,16 +253,16 @@ pub async fn measure(
             .control
             .try_send(Control::Drain(targets[i / sc.per_channel].clone()));
     }
-    let (drained, drain_secs) = setup::wait_count(
+    let (drained, drain_secs) = fleet::wait_count(
         &shared.finished,
         subscribers.len(),
-        Duration::from_secs_f64(opts.drain_timeout),
+        Duration::from_secs_f64(opts.run.drain_timeout),
     )
     .await;
     let after = Snapshot::take(&opts.node_pids);
     let redis_after = Snapshot::take(&redis_pid);
     let counters_after = scrape::read_all(&endpoints).await;
-    let outcomes = setup::stop_all(subscribers, Control::Stop).await?;
+    let outcomes = fleet::stop_all(subscribers, Control::Stop).await?;
 
     let window = Window::between(&before, &after, clk_tck);
     let mut report = Report {
@@ -302,107 +294,56 @@ pub async fn measure(
         let redis = Window::between(&redis_before, &redis_after, clk_tck);
         report.redis = Some(redis.node_usage(0, format!("redis pid {pid}"), report.deliveries));
     }
-    report.node_counters = opts
-        .api
-        .iter()
-        .zip(counters_before.iter().zip(&counters_after))
-        .map(|(api, pair)| NodeCounters {
-            api: api.clone(),
-            deltas: match pair {
-                (Some(b), Some(a)) => Some(
-                    COUNTERS
-                        .iter()
-                        .zip(b.counters.iter().zip(&a.counters))
-                        .map(|(name, (b, a))| (*name, a - b))
-                        .collect(),
-                ),
-                _ => None,
-            },
-        })
-        .collect();
-    report.node_latency = Some(node_latency(&counters_before, &counters_after));
+    report.node_counters = scrape::counter_deltas(&opts.api, &counters_before, &counters_after);
+    report.node_latency = Some(scrape::node_latency(&counters_before, &counters_after));
     Ok(report)
-}
-
-/// The nodes' delivery latency over the window, from their histograms' increase.
-fn node_latency(before: &[scrape::Reading], after: &[scrape::Reading]) -> NodeLatency {
-    let (buckets, nodes_read) = scrape::latency_since(before, after);
-    let buckets = buckets.unwrap_or_default();
-    NodeLatency {
-        nodes: before.len(),
-        nodes_read,
-        count: buckets.count() as u64,
-        p50: buckets.quantile(0.5),
-        p99: buckets.quantile(0.99),
-    }
-}
-
-/// For each channel, the last accepted seq of each publisher on it: what a subscriber of
-/// that channel must have seen before the drain is over.
-fn drain_targets(tallies: &[Tally], channels: usize) -> Vec<Arc<Vec<u64>>> {
-    (0..channels)
-        .map(|c| {
-            Arc::new(
-                tallies
-                    .iter()
-                    .map(|t| t.by_channel.get(c).map_or(0, |ct| ct.last_accepted_seq))
-                    .collect(),
-            )
-        })
-        .collect()
 }
 
 fn validate(opts: &Common, sc: &Scenario) -> anyhow::Result<()> {
     ensure!(sc.subscribers() > 0, "there must be at least 1 subscriber");
     ensure!(sc.publishers > 0, "--publishers must be at least 1");
     ensure!(
-        opts.connect_concurrency > 0,
+        opts.run.connect_concurrency > 0,
         "--connect-concurrency must be at least 1"
     );
     ensure!(
         sc.warmup >= 0.0 && sc.duration > sc.warmup,
         "--duration must be longer than --warmup"
     );
-    setup::check_positive(&[
+    checks::check_positive(&[
         ("--rate", sc.rate),
-        ("--setup-timeout", opts.setup_timeout),
-        ("--drain-timeout", opts.drain_timeout),
-        ("--publish-timeout", opts.publish_timeout),
+        ("--setup-timeout", opts.run.setup_timeout),
+        ("--drain-timeout", opts.run.drain_timeout),
+        ("--publish-timeout", opts.run.publish_timeout),
     ])?;
     for c in &sc.channels {
-        setup::check_channel("channel", c)?;
+        checks::check_channel("channel", c)?;
     }
-    setup::check_open_files(
+    checks::check_open_files(
         sc.subscribers(),
         sc.publishers as usize * opts.api.len(),
         "subscribers",
     )
 }
 
-/// A read buffer that holds one whole message frame; tungstenite zero-fills the buffer's
-/// free space on every read, so its 128 KiB default would cost both memory and CPU.
-pub fn read_buffer_size(payload: usize) -> usize {
-    (payload + 512).next_power_of_two().clamp(4096, 128 * 1024)
-}
-
 /// Spawns every subscriber of `sc` and waits until all are subscribed; the first failure
-/// fails the run (see [`setup::spawn_all`]).
+/// fails the run (see [`fleet::spawn_all`]).
 async fn spawn_subscribers(
     opts: &Common,
     sc: &Scenario,
     shared: &Arc<Shared>,
-) -> anyhow::Result<Spawned<Control, Outcome>> {
+) -> anyhow::Result<Spawned<Control<Arc<Vec<u64>>>, Outcome>> {
     let urls: Vec<Arc<str>> = opts.ws.iter().map(|u| Arc::from(u.as_str())).collect();
     let per_channel = sc.per_channel.max(1);
-    setup::spawn_all(
+    fleet::spawn_all(
         sc.subscribers(),
-        opts.connect_concurrency,
+        opts.run.connect_concurrency,
         "subscribers",
         true,
         |start| {
             let i = start.0;
             let node = i % urls.len();
-            subscriber::run(
+            deliveries::run(
                 start,
                 node,
                 i / per_channel,
@@ -490,33 +431,4 @@ fn add_usage(report: &mut Report, opts: &Common, per_node: &[u64], window: &Wind
         report.nodes.push(window.node_usage(i, label, deliveries));
     }
     report.generator = window.my_usage(report.deliveries);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn drain_targets_are_per_channel() {
-        let tally = |seqs: &[u64]| Tally {
-            by_channel: seqs
-                .iter()
-                .map(|&s| publisher::ChannelTally {
-                    accepted_measured: s,
-                    last_accepted_seq: s,
-                })
-                .collect(),
-            ..Tally::default()
-        };
-        let t = drain_targets(&[tally(&[3, 0]), tally(&[5, 7])], 2);
-        assert_eq!((*t[0]).clone(), vec![3, 5]);
-        assert_eq!((*t[1]).clone(), vec![0, 7]);
-    }
-
-    #[test]
-    fn read_buffer_fits_a_frame() {
-        assert_eq!(read_buffer_size(64), 4096);
-        assert_eq!(read_buffer_size(5000), 8192);
-        assert_eq!(read_buffer_size(1 << 20), 128 * 1024);
-    }
 }

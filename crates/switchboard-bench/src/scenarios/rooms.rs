@@ -8,8 +8,8 @@
 //! is the `fanout` machinery; a subscriber should receive every measured publish accepted on
 //! its own channel.
 
-use crate::fanout::{self, Common, Scenario};
-use crate::stats::Report;
+use crate::report::Report;
+use crate::scenarios::fanout::{self, Common, Scenario};
 
 /// Options of `switchboard-bench rooms`.
 #[derive(Debug, Clone, clap::Args)]

@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use crate::http::{ApiClient, ApiEndpoint};
+use crate::clients::http::{ApiClient, ApiEndpoint};
 
-/// The counters compared, as named in NODE-CONTRACT.md (summed over labels).
+/// The counters compared, as named in docs/NODE-CONTRACT.md, "Metrics" (summed over labels).
 pub const COUNTERS: [&str; 7] = [
     "switchboard_messages_delivered_total",
     "switchboard_backplane_received_total",
@@ -187,6 +187,66 @@ pub fn latency_since(before: &[Reading], after: &[Reading]) -> (Option<Buckets>,
         }
     }
     (sum, nodes)
+}
+
+/// Changes of a node's own counters over the measure window .
+#[derive(Debug, Clone, Default)]
+pub struct NodeCounters {
+    /// The node's `--api` URL.
+    pub api: String,
+    /// Counter name and increase, in [`COUNTERS`] order; `None` if the node's
+    /// `/metrics` could not be read.
+    pub deltas: Option<Vec<(&'static str, f64)>>,
+}
+
+/// The nodes' own delivery latency over the measure window, from the increase of their
+/// `switchboard_delivery_latency_seconds` histograms .
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeLatency {
+    /// `--api` nodes asked.
+    pub nodes: usize,
+    /// Nodes whose histogram was read at both ends of the window.
+    pub nodes_read: usize,
+    /// Deliveries the histograms counted over the window.
+    pub count: u64,
+    /// The bucket holding the median; `None` without deliveries.
+    pub p50: Option<Bound>,
+    /// The bucket holding the 99th percentile.
+    pub p99: Option<Bound>,
+}
+
+/// The nodes' delivery latency over a window, from the increase of their histograms between
+/// two readings of every node.
+pub fn node_latency(before: &[Reading], after: &[Reading]) -> NodeLatency {
+    let (buckets, nodes_read) = latency_since(before, after);
+    let buckets = buckets.unwrap_or_default();
+    NodeLatency {
+        nodes: before.len(),
+        nodes_read,
+        count: buckets.count() as u64,
+        p50: buckets.quantile(0.5),
+        p99: buckets.quantile(0.99),
+    }
+}
+
+/// Each node's counter increases between two readings; `apis` names the nodes.
+pub fn counter_deltas(apis: &[String], before: &[Reading], after: &[Reading]) -> Vec<NodeCounters> {
+    apis.iter()
+        .zip(before.iter().zip(after))
+        .map(|(api, pair)| NodeCounters {
+            api: api.clone(),
+            deltas: match pair {
+                (Some(b), Some(a)) => Some(
+                    COUNTERS
+                        .iter()
+                        .zip(b.counters.iter().zip(&a.counters))
+                        .map(|(name, (b, a))| (*name, a - b))
+                        .collect(),
+                ),
+                _ => None,
+            },
+        })
+        .collect()
 }
 
 /// The value of label `key` in `k1="v1",k2="v2"` (no escapes expected in the values we need).

@@ -29,16 +29,6 @@ pub struct ApiEndpoint {
     auth: Option<HeaderValue>,
 }
 
-/// How one publish ended.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The node answered; 2xx means the backplane accepted the message.
-    Status(StatusCode),
-    /// No answer: connect, write or read failed, or the request timed out. The message may
-    /// or may not have been published.
-    Transport(anyhow::Error),
-}
-
 /// One keep-alive connection to one node, opened lazily and reopened after a failure.
 pub struct ApiClient {
     endpoint: ApiEndpoint,
@@ -93,18 +83,11 @@ impl ApiClient {
         Ok(())
     }
 
-    /// `POST /api/v1/publish` with `body`, reading the whole answer so the connection can
-    /// be reused. Not cancel-safe: a cancelled call leaves the connection mid-request, so it
-    /// is dropped and reopened (the timeout does exactly that).
-    pub async fn publish(&mut self, body: Bytes) -> Outcome {
-        match self.publish_with_reply(body).await {
-            Ok((status, _)) => Outcome::Status(status),
-            Err(e) => Outcome::Transport(e),
-        }
-    }
-
-    /// As [`ApiClient::publish`], with the answer's body (`{"offset":N,"epoch":E}` on a
-    /// channel with history). `Err` means no answer.
+    /// `POST /api/v1/publish` with `body`: the answer's status and body
+    /// (`{"offset":N,"epoch":E}` on a channel with history), reading the whole answer so the
+    /// connection can be reused. `Err` means no answer. Not cancel-safe: a cancelled call
+    /// leaves the connection mid-request, so it is dropped and reopened (the timeout does
+    /// exactly that).
     pub async fn publish_with_reply(&mut self, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
         let r = tokio::time::timeout(
             self.timeout,
@@ -119,7 +102,7 @@ impl ApiClient {
     }
 
     /// `GET path` (e.g. `/metrics`), with the answer's status and body. Not cancel-safe, as
-    /// [`ApiClient::publish`].
+    /// [`ApiClient::publish_with_reply`].
     pub async fn get(&mut self, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
         let r = tokio::time::timeout(self.timeout, self.request(Method::GET, path, None)).await;
         let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", self.timeout)));
