@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::clients::http::{ApiClient, ApiEndpoint};
 
-/// The counters compared, as named in docs/NODE-CONTRACT.md, "Metrics" (summed over labels).
+/// The counters compared, as named in docs/ARCHITECTURE.md, "Metrics" (summed over labels).
 pub const COUNTERS: [&str; 7] = [
     "switchboard_messages_delivered_total",
     "switchboard_backplane_received_total",
