@@ -13,7 +13,7 @@ use switchboard_backplane::{Backplane, Envelope, Inbox, NodeStats};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Hub;
+use super::{Hub, Subscription};
 use crate::protocol::{Protocol, encode_push};
 use crate::session::{Outbound, SessionHandle};
 
@@ -35,6 +35,15 @@ async fn setup(queue: usize) -> (Hub, Arc<SessionHandle>, TcpStream) {
         .expect("connect");
     let (server, _) = listener.accept().await.expect("accept");
     (hub, SessionHandle::for_test(1, server, queue), client)
+}
+
+/// Subscribes the session to the test channel as a recovering subscription
+/// does: buffering live messages until it goes live.
+async fn recovering(hub: &Hub, session: &Arc<SessionHandle>) -> Arc<Subscription> {
+    let key: Arc<str> = CHANNEL.into();
+    hub.subscribe(&key, session, true, || {})
+        .await
+        .expect("subscribe")
 }
 
 fn message(epoch: &str, offset: u64) -> Envelope {
@@ -90,11 +99,7 @@ fn positions(epoch: &str, offsets: std::ops::RangeInclusive<u64>) -> Vec<(String
 #[tokio::test]
 async fn live_messages_overlapping_the_history_read_are_given_once_in_order() {
     let (hub, session, mut client) = setup(64).await;
-    let key: Arc<str> = CHANNEL.into();
-    let subscription = hub
-        .subscribe(&key, &session, true, || {})
-        .await
-        .expect("subscribe");
+    let subscription = recovering(&hub, &session).await;
     // While the session reads history up to 3, messages 2..=5 arrive live.
     hub.fanout_run(&messages("e", 2..=5));
     for m in messages("e", 1..=3) {
@@ -110,11 +115,7 @@ async fn live_messages_overlapping_the_history_read_are_given_once_in_order() {
 #[tokio::test]
 async fn a_new_epoch_is_not_held_back_by_the_old_floor() {
     let (hub, session, mut client) = setup(64).await;
-    let key: Arc<str> = CHANNEL.into();
-    let subscription = hub
-        .subscribe(&key, &session, true, || {})
-        .await
-        .expect("subscribe");
+    let subscription = recovering(&hub, &session).await;
     for m in messages("e", 1..=9) {
         from_history(&session, &m);
     }
@@ -129,11 +130,7 @@ async fn a_new_epoch_is_not_held_back_by_the_old_floor() {
 #[tokio::test]
 async fn an_overflowing_buffer_lets_channel_messages_go_and_asks_for_more_history() {
     let (hub, session, mut client) = setup(4).await;
-    let key: Arc<str> = CHANNEL.into();
-    let subscription = hub
-        .subscribe(&key, &session, true, || {})
-        .await
-        .expect("subscribe");
+    let subscription = recovering(&hub, &session).await;
     // More live messages than the buffer holds arrive during the recovery.
     for m in messages("e", 1..=6) {
         hub.fanout_run(std::slice::from_ref(&m));
