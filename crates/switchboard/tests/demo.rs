@@ -2,9 +2,7 @@
 //! `/status`, and the `--demo` switch. (The client and the page themselves are
 //! tested in a browser by `tests/browser/`.)
 
-mod support;
-
-use support::{Node, WsClient};
+use switchboard_testkit::{Node, WsClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_the_demo_and_its_status_are_served() {

@@ -5,13 +5,11 @@
 //! Convention: message number `n` is published with data `{"n": n}`, and on a fresh
 //! channel it gets offset `n`.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Node, RedisServer, WsClient, eventually, offsets, unique_channel};
 use switchboard_proto::client::server_frame::Frame;
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, offsets, unique_channel};
 
 /// Asserts a `history` reply (command or API) for `channel` in `epoch` with newest
 /// offset `newest`, holding exactly messages `want` (offsets, oldest first).

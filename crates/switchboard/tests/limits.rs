@@ -3,13 +3,11 @@
 //! answered as the contract says, counted in `switchboard_limit_rejections_total`, and
 //! in each case the node stays up and a bystander keeps working.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::ws::{JSON_PROTOCOL, Upgrade};
-use support::{Node, WsClient, eventually, run_switchboard, unique_channel};
+use switchboard_testkit::ws::{JSON_PROTOCOL, Upgrade};
+use switchboard_testkit::{Node, WsClient, eventually, run_switchboard, unique_channel};
 
 const REJECTIONS: &str = "switchboard_limit_rejections_total";
 

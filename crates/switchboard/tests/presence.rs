@@ -2,13 +2,11 @@
 //! API; entries of a SIGKILLed node expiring with the registry; join and leave pushes;
 //! `forbidden` where the namespace has presence off.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::jwt::{SECRET, user_token};
-use support::{Node, RedisServer, WsClient, eventually, unique_channel};
+use switchboard_testkit::jwt::{SECRET, user_token};
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, unique_channel};
 
 /// Nodes accept HS256 tokens and anonymous connections alike.
 const AUTH: [&str; 4] = ["--jwt-secret", SECRET, "--allow-anonymous", "true"];
