@@ -1,4 +1,4 @@
-//! JWT authentication (issue 3): every kind of bad token is refused with 401 before the
+//! JWT authentication: every kind of bad token is refused with 401 before the
 //! upgrade; good HS256, RS256 and ES256 tokens name the user in the welcome; the
 //! `channels` and `publish` claims and `client_publish = false` are enforced with
 //! `forbidden`; a token expiring mid-session closes the connection with 4001.

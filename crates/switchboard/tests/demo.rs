@@ -1,5 +1,7 @@
-//! Issue 6: the browser client at `/client.js`, the demo page at `/` with its
-//! `/status`, and the `--demo` switch. (The client and the page themselves are
+//! What a node serves a browser: the client at `/client.js`, the demo page at `/`
+//! with its `/status` and its `demo:` namespace (history and presence on), and
+//! `--demo false` / `SWITCHBOARD_DEMO=0`, which take the page, its status and its
+//! namespace away but not the client. (The client and the page themselves are
 //! tested in a browser by `tests/browser/`.)
 
 use switchboard_testkit::{Node, WsClient};

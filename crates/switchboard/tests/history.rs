@@ -1,4 +1,4 @@
-//! History (issue 3): offsets and epochs in replies, pushes and API answers; the
+//! History: offsets and epochs in replies, pushes and API answers; the
 //! `history` command and `GET /api/v1/channels/{c}/history` with `limit` and `since`;
 //! retention and expiry; on Redis and on the in-process backplane alike.
 //!

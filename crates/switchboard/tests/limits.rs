@@ -1,4 +1,4 @@
-//! Limits (issue 3): message rate, subscriptions per connection, connections per node,
+//! Limits: message rate, subscriptions per connection, connections per node,
 //! new connections per IP, channel name length (and message size, counted). Each is
 //! answered as the contract says, counted in `switchboard_limit_rejections_total`, and
 //! in each case the node stays up and a bystander keeps working.

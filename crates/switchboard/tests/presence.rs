@@ -1,4 +1,4 @@
-//! Presence (issue 3): who is subscribed to a channel, on every node, by command and
+//! Presence: who is subscribed to a channel, on every node, by command and
 //! API; entries of a SIGKILLed node expiring with the registry; join and leave pushes;
 //! `forbidden` where the namespace has presence off.
 

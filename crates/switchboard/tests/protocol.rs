@@ -325,7 +325,7 @@ async fn health_endpoints_and_static_routes() {
     assert_eq!((r.status, r.text().trim()), (200, "ready"), "/readyz");
     let r = node.public_raw("GET", "/", &[], None).await;
     assert_eq!(r.status, 200, "demo page");
-    // `/client.js` (the browser client) is served from issue 6 on.
+    // `/client.js` (the browser client) and the demo page's content: demo.rs.
     let r = node.internal_raw("GET", "/metrics", &[], None).await;
     assert_eq!(r.status, 200, "metrics");
 }

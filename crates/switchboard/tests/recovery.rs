@@ -1,4 +1,4 @@
-//! Recovery (issue 3): a client that comes back with `recover: {epoch, offset}` gets
+//! Recovery: a client that comes back with `recover: {epoch, offset}` gets
 //! exactly what it missed, then the live stream, with no gap and no duplicate at the
 //! seam; when that cannot be done it is told so (`recovered: false`), never silently
 //! given a gap. Reconnects to the same node, to another one, after its node was

@@ -1,4 +1,4 @@
-//! Users (issue 3): `POST /api/v1/send` reaches every connection of one user on every
+//! Users: `POST /api/v1/send` reaches every connection of one user on every
 //! node and nobody else; `POST /api/v1/disconnect` by user or by connection closes
 //! them with 4100 wherever they are.
 
