@@ -656,6 +656,7 @@ fn dribble(
             break;
         }
         sent += 1;
+        // The slowness is the attack being simulated, not a wait for anything.
         std::thread::sleep(Duration::from_millis(1));
     }
     let (at, status) = answer.join().expect("reader thread");
@@ -711,6 +712,8 @@ async fn a_dribbled_api_body_is_cut_off_at_its_deadline_without_pinning_memory()
         );
         served += 1;
         peak = peak.max(node.rss_kib());
+        // A sample every 100 ms for as long as the slow callers last: the duration
+        // is theirs, there is no event to wait for.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(
