@@ -8,10 +8,10 @@
 //! - [`RedisServer`]: a private `redis-server` that a test can kill, restart (with or
 //!   without its data), pause, resume and flush. Used by the backplane's tests and the
 //!   binary's.
-//! - With the `node` feature, for the `switchboard` package's tests: [`Node`] (the
-//!   binary as a child process) and the clients that talk to it: [`WsClient`] (a
-//!   well-behaved WebSocket peer), [`RawWs`] (a misbehaving one), [`http`] (the
-//!   internal API, probes, metrics) and [`jwt`] (tokens to log in with).
+//! - With the `node` feature, for the `switchboard` package's tests: `Node` (the
+//!   binary as a child process) and the clients that talk to it: `WsClient` (a
+//!   well-behaved WebSocket peer), `RawWs` (a misbehaving one), `http` (the internal
+//!   API, probes, metrics) and `jwt` (tokens to log in with).
 //!
 //! Waiting is on an event (a frame, a status code, a metric value, a Redis answer),
 //! polled against a deadline by [`eventually`] where there is nothing to block on.

@@ -1,6 +1,5 @@
 //! A `switchboard` node as a child process, driven only through its listeners: its
-//! process here, its HTTP API in [`api`](self::api), its metrics in
-//! [`metrics`](self::metrics).
+//! process here, its HTTP API in `node/api.rs`, its metrics in `node/metrics.rs`.
 
 mod api;
 mod metrics;
@@ -155,12 +154,14 @@ impl NodeBuilder {
         self
     }
 
-    /// The kit's standard namespaces, [`NAMESPACES_TOML`].
+    /// The kit's standard namespaces: `chat` (history, presence, join/leave),
+    /// `hist` (a long history), `small` (a history of 5), `pres` (presence only) and
+    /// `ro` (no client publish); other channels get the defaults.
     pub fn namespaces(self) -> NodeBuilder {
         self.config_toml(NAMESPACES_TOML)
     }
 
-    /// Spawns the node, reads its listening line and (by default) waits until ready.
+    /// Spawns the node, reads its listening line and waits until `/readyz` is 200.
     pub async fn start(self) -> Node {
         let dir = TempDir::new(&format!("node-{}", self.id));
         let stderr_path = dir.path().join("stderr.log");

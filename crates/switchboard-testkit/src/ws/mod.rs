@@ -1,7 +1,6 @@
 //! A WebSocket client (tokio-tungstenite) speaking either subprotocol: connecting,
-//! sending and receiving here; the JSON commands in [`commands`](self::commands), the
-//! protobuf ones in [`proto`](self::proto), upgrades that may be refused in
-//! [`upgrade`](self::upgrade).
+//! sending and receiving here; the JSON commands in `ws/commands.rs`, the protobuf
+//! ones in `ws/proto.rs`, upgrades that may be refused in `ws/upgrade.rs`.
 //!
 //! tungstenite answers server pings by itself while the client is reading, so a
 //! `WsClient` is a well-behaved peer; use [`RawWs`](crate::RawWs) for a misbehaving one.
