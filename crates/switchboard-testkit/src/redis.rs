@@ -223,7 +223,7 @@ impl Drop for RedisServer {
     }
 }
 
-/// Freezing the server (tests of a Redis that hangs rather than goes away).
+/// Faults that leave the process running: frozen (SIGSTOP), or emptied (FLUSHALL).
 impl RedisServer {
     /// The server's process id.
     fn pid(&self) -> u32 {

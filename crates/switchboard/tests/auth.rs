@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use switchboard_testkit::jwt::{self, KeyKind, KeyPair, SECRET, claims, claims_with, hs256};
 use switchboard_testkit::ws::{JSON_PROTOCOL, Upgrade};
-use switchboard_testkit::{Node, WsClient, eventually, run_switchboard, unique_channel};
+use switchboard_testkit::{Node, TempDir, WsClient, eventually, run_switchboard, unique_channel};
 
 /// Asserts the upgrade with `token` (by query when `bearer` is false, else by header)
 /// is refused with 401 and an `unauthorized` error body.
@@ -195,7 +195,7 @@ async fn public_key_story(kind: KeyKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_public_key_files_exit_64() {
-    let dir = switchboard_testkit::TempDir::new("badkey");
+    let dir = TempDir::new("badkey");
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(
         &garbage,

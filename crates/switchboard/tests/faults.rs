@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard_testkit::{Node, RedisServer, WsClient, unique_channel};
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, unique_channel};
 use tokio_tungstenite::tungstenite::Message;
 
 /// One acknowledged publish: its sequence number and when it was sent (Redis
@@ -213,7 +213,7 @@ async fn fault_story(fault: Fault) {
         spawn_publisher(apis.clone(), plain.clone(), stop.clone()),
     ];
     // Let some traffic through before the fault.
-    switchboard_testkit::eventually(
+    eventually(
         "traffic before the fault",
         Duration::from_secs(10),
         || async {
@@ -249,7 +249,7 @@ async fn fault_story(fault: Fault) {
     }
     for node in [&a, &b] {
         node.wait_readyz(200, Duration::from_secs(30)).await;
-        switchboard_testkit::eventually(
+        eventually(
             "the node to count its reconnect",
             Duration::from_secs(10),
             || async {
@@ -261,7 +261,7 @@ async fn fault_story(fault: Fault) {
     }
     // Some traffic after the fault too.
     let delivered = a.metric("switchboard_messages_delivered_total").await;
-    switchboard_testkit::eventually(
+    eventually(
         "traffic after the fault",
         Duration::from_secs(20),
         || async {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchboard_testkit::{
-    Node, RedisServer, WsClient, eventually, run_switchboard, unique_channel,
+    Node, NodeBuilder, RedisServer, WsClient, eventually, run_switchboard, unique_channel,
 };
 use tokio::time::Instant;
 
@@ -28,7 +28,7 @@ const SLACK: Duration = Duration::from_secs(3);
 /// The exit code of a node refused for a node id held by another live node.
 const EXIT_CONFIG: i32 = 64;
 
-fn node(redis: &RedisServer, id: &str) -> switchboard_testkit::NodeBuilder {
+fn node(redis: &RedisServer, id: &str) -> NodeBuilder {
     Node::builder(id)
         .redis(redis)
         .namespaces()

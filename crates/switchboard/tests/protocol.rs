@@ -8,7 +8,7 @@ use switchboard_proto::client::{
 };
 use switchboard_testkit::raw_ws::{RawRead, encode_frame, opcode};
 use switchboard_testkit::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
-use switchboard_testkit::{Node, RawWs, WsClient, decode_base64, now_ms};
+use switchboard_testkit::{Node, RECV_TIMEOUT, RawWs, WsClient, decode_base64, now_ms};
 
 fn is_ulid(s: &str) -> bool {
     s.len() == 26
@@ -581,7 +581,7 @@ async fn websocket_control_frames() {
     let mut raw = RawWs::connect(node.public_addr(), Some(JSON_PROTOCOL)).await;
     raw.recv_type("welcome").await;
     raw.send_frame(true, opcode::PING, b"are you there").await;
-    match raw.read(switchboard_testkit::RECV_TIMEOUT).await {
+    match raw.read(RECV_TIMEOUT).await {
         RawRead::Frame(f) if f.opcode == opcode::PONG => {
             assert_eq!(f.payload, b"are you there");
         }
@@ -596,7 +596,7 @@ async fn websocket_control_frames() {
     let mut got_pong_frame = false;
     let mut got_reply = false;
     while !(got_pong_frame && got_reply) {
-        match raw.read(switchboard_testkit::RECV_TIMEOUT).await {
+        match raw.read(RECV_TIMEOUT).await {
             RawRead::Frame(f) if f.opcode == opcode::PONG => {
                 assert_eq!(f.payload, b"mid");
                 got_pong_frame = true;
@@ -612,11 +612,11 @@ async fn websocket_control_frames() {
     // A client close is echoed, then the server ends the connection.
     raw.send_frame(true, opcode::CLOSE, &1000u16.to_be_bytes())
         .await;
-    match raw.read(switchboard_testkit::RECV_TIMEOUT).await {
+    match raw.read(RECV_TIMEOUT).await {
         RawRead::Frame(f) if f.opcode == opcode::CLOSE => assert_eq!(f.close_code(), 1000),
         other => panic!("want the close echo, got {other:?}"),
     }
-    match raw.read(switchboard_testkit::RECV_TIMEOUT).await {
+    match raw.read(RECV_TIMEOUT).await {
         RawRead::Eof | RawRead::Error(_) => {}
         other => panic!("want the end of the connection, got {other:?}"),
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_testkit::{Node, RedisServer, WsClient, unique_channel};
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, unique_channel};
 
 /// The exact push of message `n` on `channel` in `epoch`.
 fn message(channel: &str, n: u64, epoch: &str) -> Value {
@@ -471,7 +471,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_a_steady_stream() {
             drop(client);
         }
         // While it is away the stream goes on: it misses a few.
-        switchboard_testkit::eventually(
+        eventually(
             "the publisher to publish past the client's position",
             Duration::from_secs(10),
             || async {

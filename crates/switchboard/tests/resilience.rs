@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchboard_testkit::raw_ws::{RawRead, opcode};
 use switchboard_testkit::ws::JSON_PROTOCOL;
-use switchboard_testkit::{Node, RawWs, RedisServer, WsClient};
+use switchboard_testkit::{Node, RawWs, RedisServer, WsClient, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_and_recovery() {
@@ -475,7 +475,7 @@ async fn a_client_that_stops_reading_is_cut_off_even_when_its_queue_never_fills(
         );
     }
     // The stall limit is 10 s from the last byte the socket took; allow it 20.
-    switchboard_testkit::eventually(
+    eventually(
         "the stuck client is cut off as a slow consumer",
         Duration::from_secs(20),
         || async {

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use switchboard_testkit::jwt::{SECRET, user_token};
-use switchboard_testkit::{Node, RedisServer, WsClient, unique_channel};
+use switchboard_testkit::{HttpResponse, Node, RedisServer, WsClient, unique_channel};
 
 /// Nodes accept HS256 tokens and anonymous connections alike.
 const AUTH: [&str; 4] = ["--jwt-secret", SECRET, "--allow-anonymous", "true"];
@@ -36,7 +36,7 @@ async fn as_user(node: &Node, user: &str) -> WsClient {
 }
 
 /// Asserts the API answer is `200 {}`.
-fn assert_ok_empty(response: &switchboard_testkit::HttpResponse, what: &str) {
+fn assert_ok_empty(response: &HttpResponse, what: &str) {
     assert_eq!(response.status, 200, "{what}: {}", response.text());
     assert_eq!(response.json(), json!({}), "{what}");
 }

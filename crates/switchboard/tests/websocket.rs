@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_testkit::raw_ws::{RawRead, encode_frame, opcode};
 use switchboard_testkit::ws::JSON_PROTOCOL;
-use switchboard_testkit::{Node, RawWs, WsClient};
+use switchboard_testkit::{Node, RawWs, WsClient, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -347,7 +347,7 @@ async fn connections_in_their_http_phase_are_capped_per_address() {
     // Once they go, connections are admitted again.
     drop(first);
     drop(second);
-    switchboard_testkit::eventually("a free place", READ, || async {
+    eventually("a free place", READ, || async {
         let head = raw_http(
             addr,
             &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),

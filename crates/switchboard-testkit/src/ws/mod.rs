@@ -60,18 +60,7 @@ impl WsClient {
         protocols: &[&str],
         headers: &[(&str, &str)],
     ) -> WsClient {
-        let (ws, protocol) = open(url, protocols, headers)
-            .await
-            .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
-        let mut client = WsClient {
-            ws,
-            next_id: 1,
-            pending_json: VecDeque::new(),
-            pending_frames: VecDeque::new(),
-            protocol,
-            welcome: Value::Null,
-            welcome_frame: None,
-        };
+        let mut client = WsClient::open(url, protocols, headers).await;
         let welcome = client.recv_json().await;
         assert_eq!(
             welcome["type"], "welcome",
@@ -95,23 +84,12 @@ impl WsClient {
 
     /// Connects offering `switchboard.v1.proto`, reads and checks the welcome.
     pub async fn connect_proto(url: &str) -> WsClient {
-        let (ws, protocol) = open(url, &[PROTO_PROTOCOL], &[])
-            .await
-            .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
+        let mut client = WsClient::open(url, &[PROTO_PROTOCOL], &[]).await;
         assert_eq!(
-            protocol.as_deref(),
+            client.protocol.as_deref(),
             Some(PROTO_PROTOCOL),
             "server must select the proto subprotocol"
         );
-        let mut client = WsClient {
-            ws,
-            next_id: 1,
-            pending_json: VecDeque::new(),
-            pending_frames: VecDeque::new(),
-            protocol,
-            welcome: Value::Null,
-            welcome_frame: None,
-        };
         let welcome = client.recv_frame().await;
         assert!(
             matches!(welcome.frame, Some(Frame::Welcome(_))),
@@ -119,6 +97,22 @@ impl WsClient {
         );
         client.welcome_frame = Some(welcome);
         client
+    }
+
+    /// Opens the connection (panics unless the upgrade succeeds); nothing read yet.
+    async fn open(url: &str, protocols: &[&str], headers: &[(&str, &str)]) -> WsClient {
+        let (ws, protocol) = open(url, protocols, headers)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
+        WsClient {
+            ws,
+            next_id: 1,
+            pending_json: VecDeque::new(),
+            pending_frames: VecDeque::new(),
+            protocol,
+            welcome: Value::Null,
+            welcome_frame: None,
+        }
     }
 
     /// The next id for a command.
