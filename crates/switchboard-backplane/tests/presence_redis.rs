@@ -1,69 +1,20 @@
 //! Presence in the Redis backplane against a real `redis-server`: entries no live
 //! node vouches for are dropped, and what Redis loses is written back.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
 use switchboard_backplane::{Backplane, Inbox, InboxLane, NodeStats, PresenceMember};
-
-/// A redis-server of this test's own, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: apt-get install -y redis-server");
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.cli(&["PING"]) != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        redis
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use switchboard_testkit::{RedisServer, eventually};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 
-fn start(redis: &Redis, node: &str) -> (Backplane, Vec<InboxLane>) {
+fn start(redis: &RedisServer, node: &str) -> (Backplane, Vec<InboxLane>) {
     let (inbox, lanes) = Inbox::new(1, 1024);
     let backplane = RedisBackplane::start(
         RedisConfig {
-            url: format!("redis://127.0.0.1:{}", redis.port),
+            url: redis.url(),
             prefix: "switchboard".into(),
             node_id: node.into(),
             registry_interval: INTERVAL,
@@ -84,51 +35,46 @@ fn member(conn: &str, node: &str) -> PresenceMember {
     }
 }
 
-/// Polls the presence of `channel` until it has `want` members (5 s at most).
+/// Waits until the presence of `channel` has `want` members (5 s at most).
 async fn wait_count(backplane: &Backplane, channel: &str, want: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = backplane.presence(channel).await.map(|m| m.len());
-        if got.as_ref().is_ok_and(|n| *n == want) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence of {channel}: want {want} members, got {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("{want} members in the presence of {channel}"),
+        Duration::from_secs(5),
+        || async {
+            match backplane.presence(channel).await.map(|m| m.len()) {
+                Ok(n) if n == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_drops_what_no_live_node_vouches_for_and_rewrites_what_redis_lost() {
-    let redis = Redis::start();
+    let redis = RedisServer::start().await;
     let (n1, _lanes) = start(&redis, "n1");
     n1.claim_node_id().await.unwrap();
 
     // Entries no live node vouches for: one long expired, one written by an
     // earlier incarnation of n1 itself (a restart under the same id).
     let key = "switchboard:members:{x}";
-    redis.cli(&[
-        "ZADD",
-        key,
-        "1",
-        r#"{"conn":"c_dead","user":"","node":"ghost","inc":"i0"}"#,
-    ]);
-    redis.cli(&[
-        "ZADD",
-        key,
-        "99999999999999",
-        r#"{"conn":"c_old","user":"","node":"n1","inc":"i0"}"#,
-    ]);
+    let added: i64 = redis
+        .query(
+            ::redis::cmd("ZADD")
+                .arg(key)
+                .arg(1)
+                .arg(r#"{"conn":"c_dead","user":"","node":"ghost","inc":"i0"}"#)
+                .arg(99_999_999_999_999u64)
+                .arg(r#"{"conn":"c_old","user":"","node":"n1","inc":"i0"}"#),
+        )
+        .await;
+    assert_eq!(added, 2);
     n1.presence_add("x", &member("c_new", "n1")).await.unwrap();
     let members = n1.presence("x").await.unwrap();
     assert_eq!(members, [member("c_new", "n1")]);
-    assert_eq!(
-        redis.cli(&["ZCARD", key]),
-        "1",
-        "and they are gone from Redis"
-    );
+    let left: i64 = redis.query(::redis::cmd("ZCARD").arg(key)).await;
+    assert_eq!(left, 1, "and they are gone from Redis");
 
     // Many members over several channels (more than one script call for `big`).
     for i in 0..600 {
@@ -144,7 +90,7 @@ async fn presence_drops_what_no_live_node_vouches_for_and_rewrites_what_redis_lo
     wait_count(&n1, "big", 600).await;
 
     // Redis loses everything: the next heartbeats write it all back.
-    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    redis.flushall().await;
     wait_count(&n1, "big", 600).await;
     wait_count(&n1, "small", 3).await;
     wait_count(&n1, "x", 1).await;
@@ -156,6 +102,9 @@ async fn presence_drops_what_no_live_node_vouches_for_and_rewrites_what_redis_lo
             .unwrap();
     }
     wait_count(&n1, "big", 300).await;
+    // Nothing may happen now, and a quiet time is the only way to see that: four
+    // heartbeat intervals, in which a heartbeat that rewrote removed members would
+    // have brought them back.
     tokio::time::sleep(INTERVAL * 4).await;
     assert_eq!(n1.presence("big").await.unwrap().len(), 300);
     n1.shutdown().await;
@@ -163,7 +112,7 @@ async fn presence_drops_what_no_live_node_vouches_for_and_rewrites_what_redis_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_backplane_with_the_same_id_is_refused_while_the_first_beats() {
-    let redis = Redis::start();
+    let redis = RedisServer::start().await;
     let (first, _a) = start(&redis, "twin");
     first.claim_node_id().await.unwrap();
     let (second, _b) = start(&redis, "twin");

@@ -1,10 +1,11 @@
-//! The Redis backplane against a real `redis-server` on a free port.
+//! The Redis backplane against a real `redis-server` on a free port: one pub/sub
+//! connection kept alive by pings, interest that follows subscribers, the node
+//! registry, contiguous history offsets and epochs, and what happens when Redis
+//! goes away, comes back with or without its data, or drops the pub/sub connection
+//! (publishes refused meanwhile, a resync marker after, everything resubscribed).
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use switchboard_backplane::envelope::{PayloadEncoding, for_channel};
@@ -12,111 +13,22 @@ use switchboard_backplane::redis::{RedisBackplane, RedisConfig};
 use switchboard_backplane::{
     Backplane, BackplaneError, HistoryPolicy, Inbound, Inbox, InboxLane, NodeStats, Since, Topic,
 };
+use switchboard_testkit::{RedisServer, eventually};
 
-/// A redis-server of this test's own, killed on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    /// Keep data across restarts (append-only file, fsync on every write).
-    durable: bool,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Self::start_with(false)
-    }
-
-    fn start_with(durable: bool) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("switchboard-backplane-test-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis {
-            child: None,
-            port,
-            dir,
-            durable,
-        };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(if self.durable {
-                ["--appendonly", "yes", "--appendfsync", "always"]
-            } else {
-                ["--appendonly", "no", "--appendfsync", "no"]
-            })
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: apt-get install -y redis-server");
-        self.child = Some(child);
-        wait_for("redis-server to answer PING", || {
-            self.cli(&["PING"]) == "PONG"
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+/// Waits until `ok()` holds (10 s at most).
+async fn wait_for(what: &str, ok: impl Fn() -> bool) {
+    eventually(what, Duration::from_secs(10), || async {
+        if ok() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
         }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn numsub(&self, channel: &str) -> String {
-        let name = format!("switchboard:ch:{{{channel}}}");
-        self.cli(&["PUBSUB", "NUMSUB", &name])
-            .lines()
-            .nth(1)
-            .unwrap_or("")
-            .to_owned()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    })
+    .await
 }
 
 /// A node's backplane, and the Redis implementation behind it (for its figures).
-fn start(redis: &Redis, node: &str) -> (Backplane, Arc<RedisBackplane>, Vec<InboxLane>) {
+fn start(redis: &RedisServer, node: &str) -> (Backplane, Arc<RedisBackplane>, Vec<InboxLane>) {
     let (inbox, lanes) = Inbox::new(1, 1024);
     let backplane = RedisBackplane::start(
         RedisConfig {
@@ -170,12 +82,12 @@ fn envelope(channel: &str, data: &'static [u8]) -> switchboard_backplane::Envelo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_keep_one_connection_and_interest_follows_subscribers() {
-    let redis = Redis::start();
+    let redis = RedisServer::start().await;
     let (backplane, inner, mut lanes) = start(&redis, "a");
-    wait_for("the backplane to connect", || backplane.is_up());
+    wait_for("the backplane to connect", || backplane.is_up()).await;
 
     backplane.subscribe(Topic::Channel("news")).await.unwrap();
-    assert_eq!(redis.numsub("news"), "1");
+    assert_eq!(redis.numsub("news").await, 1);
     backplane
         .publish(&envelope("news", b"one"), None)
         .await
@@ -185,11 +97,11 @@ async fn pings_keep_one_connection_and_interest_follows_subscribers() {
     // Many health checks later the connection is still the first one: a
     // subscribed connection answers PING with a list, and that is healthy.
     let from = inner.pings_answered();
-    wait_for("five answered PINGs", || inner.pings_answered() >= from + 5);
+    wait_for("five answered PINGs", || inner.pings_answered() >= from + 5).await;
     assert_eq!(backplane.connection_generation(), 1);
 
     backplane.unsubscribe(Topic::Channel("news")).await.unwrap();
-    assert_eq!(redis.numsub("news"), "0");
+    assert_eq!(redis.numsub("news").await, 0);
 
     let nodes = backplane.nodes().await.unwrap();
     assert_eq!(nodes.len(), 1);
@@ -210,14 +122,14 @@ async fn pings_keep_one_connection_and_interest_follows_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_is_reported_then_everything_is_resubscribed() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start().await;
     let (backplane, _, mut lanes) = start(&redis, "a");
-    wait_for("the backplane to connect", || backplane.is_up());
+    wait_for("the backplane to connect", || backplane.is_up()).await;
     backplane.subscribe(Topic::Channel("a")).await.unwrap();
     backplane.subscribe(Topic::Channel("b")).await.unwrap();
 
     redis.kill();
-    wait_for("the backplane to notice", || !backplane.is_up());
+    wait_for("the backplane to notice", || !backplane.is_up()).await;
     assert!(matches!(
         backplane.publish(&envelope("a", b"lost"), None).await,
         Err(BackplaneError::Unavailable(_))
@@ -227,12 +139,16 @@ async fn a_redis_restart_is_reported_then_everything_is_resubscribed() {
         Err(BackplaneError::Unavailable(_))
     ));
 
-    redis.spawn();
-    wait_for("the backplane to reconnect", || backplane.is_up());
+    redis.restart().await;
+    wait_for("the backplane to reconnect", || backplane.is_up()).await;
     assert_eq!(backplane.connection_generation(), 2);
     assert_eq!(
-        (redis.numsub("a"), redis.numsub("b"), redis.numsub("c")),
-        ("1".into(), "1".into(), "0".into())
+        (
+            redis.numsub("a").await,
+            redis.numsub("b").await,
+            redis.numsub("c").await
+        ),
+        (1, 1, 0)
     );
     backplane
         .publish(&envelope("b", b"after"), None)
@@ -244,21 +160,22 @@ async fn a_redis_restart_is_reported_then_everything_is_resubscribed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_see_each_other_and_each_others_messages() {
-    let redis = Redis::start();
+    let redis = RedisServer::start().await;
     let (a, _, _a_lanes) = start(&redis, "a");
     let (b, _, mut b_lanes) = start(&redis, "b");
-    wait_for("both to connect", || a.is_up() && b.is_up());
+    wait_for("both to connect", || a.is_up() && b.is_up()).await;
     b.subscribe(Topic::Channel("x")).await.unwrap();
     a.publish(&envelope("x", b"from a"), None).await.unwrap();
     assert_eq!(&received(&mut b_lanes[0]).await[..], b"from a");
-    let mut ids = Vec::new();
-    for _ in 0..500 {
-        ids = a.nodes().await.unwrap().into_iter().map(|n| n.id).collect();
+    let ids = eventually("each node to see both", Duration::from_secs(5), || async {
+        let ids: Vec<String> = a.nodes().await.unwrap().into_iter().map(|n| n.id).collect();
         if ids.len() == 2 {
-            break;
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     assert_eq!(ids, ["a", "b"]);
     a.shutdown().await;
     b.shutdown().await;
@@ -271,18 +188,15 @@ const HISTORY: HistoryPolicy = HistoryPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_offsets_are_contiguous_and_the_window_slides() {
-    let redis = Redis::start();
+    let redis = RedisServer::start().await;
     let (backplane, _, mut lanes) = start(&redis, "a");
-    wait_for("the backplane to connect", || backplane.is_up());
+    wait_for("the backplane to connect", || backplane.is_up()).await;
     backplane.subscribe(Topic::Channel("h")).await.unwrap();
     let empty = backplane.history("h", HISTORY, Since::All).await.unwrap();
     assert_eq!((empty.offset, empty.first, empty.messages.len()), (0, 1, 0));
     assert_eq!(empty.epoch, "", "a read creates no history");
-    assert_eq!(
-        redis.cli(&["KEYS", "*{h}*"]),
-        "",
-        "nor any key of the channel"
-    );
+    let keys: Vec<String> = redis.query(::redis::cmd("KEYS").arg("*{h}*")).await;
+    assert!(keys.is_empty(), "nor any key of the channel: {keys:?}");
     let mut epoch = String::new();
     for n in 1..=5u64 {
         let p = backplane
@@ -325,17 +239,20 @@ async fn history_offsets_are_contiguous_and_the_window_slides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_data_changes_the_epoch_and_keeping_it_does_not() {
     for durable in [false, true] {
-        let mut redis = Redis::start_with(durable);
+        let mut redis = if durable {
+            RedisServer::start_persistent().await
+        } else {
+            RedisServer::start().await
+        };
         let (backplane, _, _lanes) = start(&redis, "a");
-        wait_for("the backplane to connect", || backplane.is_up());
+        wait_for("the backplane to connect", || backplane.is_up()).await;
         let before = backplane
             .publish(&envelope("h", b"m"), Some(HISTORY))
             .await
             .unwrap()
             .unwrap();
-        redis.kill();
-        redis.spawn();
-        wait_for("the backplane to reconnect", || backplane.is_up());
+        redis.restart().await;
+        wait_for("the backplane to reconnect", || backplane.is_up()).await;
         let page = backplane.history("h", HISTORY, Since::All).await.unwrap();
         if durable {
             assert_eq!(
@@ -378,17 +295,17 @@ async fn next_resync(lane: &mut InboxLane) -> (u64, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_are_refused_while_the_link_is_down_and_a_reconnect_is_marked() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start().await;
     let (backplane, _, mut lanes) = start(&redis, "a");
     assert_eq!(next_resync(&mut lanes[0]).await, (1, true));
     backplane.subscribe(Topic::Channel("c")).await.unwrap();
     redis.kill();
-    wait_for("the link to go down", || !backplane.is_up());
+    wait_for("the link to go down", || !backplane.is_up()).await;
     match backplane.publish(&envelope("c", b"lost?"), None).await {
         Err(BackplaneError::Unavailable(why)) => assert!(why.contains("link"), "{why}"),
         other => panic!("a publish while the link is down must be refused: {other:?}"),
     }
-    redis.spawn();
+    redis.restart().await;
     // The restarted Redis takes a publish on the pool at once; the node must
     // still refuse until its own link is back and resubscribed.
     let (generation, ready) = next_resync(&mut lanes[0]).await;
@@ -396,10 +313,10 @@ async fn publishes_are_refused_while_the_link_is_down_and_a_reconnect_is_marked(
         generation >= 2 && ready,
         "generation {generation}, ready {ready}"
     );
-    wait_for("the link to come back", || backplane.is_up());
+    wait_for("the link to come back", || backplane.is_up()).await;
     assert_eq!(
-        redis.numsub("c"),
-        "1",
+        redis.numsub("c").await,
+        1,
         "resubscribed before the marker opened"
     );
     backplane
@@ -411,20 +328,23 @@ async fn publishes_are_refused_while_the_link_is_down_and_a_reconnect_is_marked(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_of_the_pubsub_connection_is_a_marked_reconnect() {
-    let redis = Redis::start();
+    let redis = RedisServer::start().await;
     let (backplane, _, mut lanes) = start(&redis, "a");
     assert_eq!(next_resync(&mut lanes[0]).await, (1, true));
     backplane.subscribe(Topic::Channel("c")).await.unwrap();
-    assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
+    let killed: i64 = redis
+        .query(::redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+        .await;
+    assert_eq!(killed, 1, "one pub/sub connection");
     assert_eq!(next_resync(&mut lanes[0]).await, (2, true));
-    wait_for("the link to come back", || backplane.is_up());
+    wait_for("the link to come back", || backplane.is_up()).await;
     backplane.publish(&envelope("c", b"x"), None).await.unwrap();
     assert_eq!(&received(&mut lanes[0]).await[..], b"x");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_lane_holds_the_reader_back_and_loses_nothing() {
-    let redis = Redis::start();
+    let redis = RedisServer::start().await;
     // A lane of 4 envelopes that nobody reads for now.
     let (inbox, mut lanes) = Inbox::new(1, 4);
     let backplane = Backplane::Redis(Arc::new(

@@ -1,16 +1,14 @@
-//! JWT authentication (issue 3): every kind of bad token is refused with 401 before the
+//! JWT authentication: every kind of bad token is refused with 401 before the
 //! upgrade; good HS256, RS256 and ES256 tokens name the user in the welcome; the
 //! `channels` and `publish` claims and `client_publish = false` are enforced with
 //! `forbidden`; a token expiring mid-session closes the connection with 4001.
 //! (The origin allow-list is covered in bad_input.rs.)
 
-mod support;
-
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
-use support::jwt::{self, KeyKind, KeyPair, SECRET, claims, claims_with, hs256};
-use support::ws::{JSON_PROTOCOL, Upgrade};
-use support::{Node, WsClient, eventually, run_switchboard, unique_channel};
+use switchboard_testkit::jwt::{self, KeyKind, KeyPair, SECRET, claims, claims_with, hs256};
+use switchboard_testkit::ws::{JSON_PROTOCOL, Upgrade};
+use switchboard_testkit::{Node, TempDir, WsClient, eventually, run_switchboard, unique_channel};
 
 /// Asserts the upgrade with `token` (by query when `bearer` is false, else by header)
 /// is refused with 401 and an `unauthorized` error body.
@@ -197,7 +195,7 @@ async fn public_key_story(kind: KeyKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_public_key_files_exit_64() {
-    let dir = support::TempDir::new("badkey");
+    let dir = TempDir::new("badkey");
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(
         &garbage,
@@ -510,7 +508,7 @@ async fn ws_checks_run_in_the_contract_order() {
     )
     .await;
     let url = node.ws_url();
-    let status = |r: &Option<support::ws::Refusal>| r.as_ref().map(|r| r.status);
+    let status = |r: &Option<switchboard_testkit::ws::Refusal>| r.as_ref().map(|r| r.status);
 
     // Origin (403) before subprotocol (400) before the token (401); neither uses up the
     // IP's connection budget.

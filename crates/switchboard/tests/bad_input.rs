@@ -1,16 +1,14 @@
 //! Bad input from clients and API callers: each is answered as the contract says, the
 //! node stays up, and a well-behaved subscriber on the same channel keeps receiving.
 
-mod support;
-
 use prost::Message as _;
 use serde_json::{Value, json};
-use support::raw_ws::{RawRead, encode_frame, opcode};
-use support::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
-use support::{Node, RawWs, WsClient};
 use switchboard_proto::client::{
     ClientFrame, PublishRequest, SubscribeRequest, client_frame::Command, server_frame::Frame,
 };
+use switchboard_testkit::raw_ws::{RawRead, encode_frame, opcode};
+use switchboard_testkit::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
+use switchboard_testkit::{Node, RawWs, WsClient};
 
 const WATCHED: &str = "watched";
 

@@ -1,14 +1,12 @@
 //! Several nodes on one real Redis: cross-node delivery, one order per channel, the
 //! node registry, and Redis subscriptions that follow local subscribers.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::http;
-use support::{Node, RedisServer, WsClient, eventually};
+use switchboard_testkit::http;
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_delivery_both_ways() {

@@ -1,10 +1,10 @@
-//! Issue 6: the browser client at `/client.js`, the demo page at `/` with its
-//! `/status`, and the `--demo` switch. (The client and the page themselves are
+//! What a node serves a browser: the client at `/client.js`, the demo page at `/`
+//! with its `/status` and its `demo:` namespace (history and presence on), and
+//! `--demo false` / `SWITCHBOARD_DEMO=0`, which take the page, its status and its
+//! namespace away but not the client. (The client and the page themselves are
 //! tested in a browser by `tests/browser/`.)
 
-mod support;
-
-use support::{Node, WsClient};
+use switchboard_testkit::{Node, WsClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_the_demo_and_its_status_are_served() {

@@ -9,8 +9,6 @@
 //! nodes' server APIs, while the fault happens; then it publishes a final
 //! marker and counts.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Node, RedisServer, WsClient, unique_channel};
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, unique_channel};
 use tokio_tungstenite::tungstenite::Message;
 
 /// One acknowledged publish: its sequence number and when it was sent (Redis
@@ -48,7 +46,13 @@ fn spawn_publisher(
             let sent = Instant::now();
             let answer = tokio::time::timeout(
                 Duration::from_secs(10),
-                support::http::request(api, "POST", "/api/v1/publish", &[], Some(&body)),
+                switchboard_testkit::http::request(
+                    api,
+                    "POST",
+                    "/api/v1/publish",
+                    &[],
+                    Some(&body),
+                ),
             )
             .await;
             match answer {
@@ -209,7 +213,7 @@ async fn fault_story(fault: Fault) {
         spawn_publisher(apis.clone(), plain.clone(), stop.clone()),
     ];
     // Let some traffic through before the fault.
-    support::eventually(
+    eventually(
         "traffic before the fault",
         Duration::from_secs(10),
         || async {
@@ -245,7 +249,7 @@ async fn fault_story(fault: Fault) {
     }
     for node in [&a, &b] {
         node.wait_readyz(200, Duration::from_secs(30)).await;
-        support::eventually(
+        eventually(
             "the node to count its reconnect",
             Duration::from_secs(10),
             || async {
@@ -257,7 +261,7 @@ async fn fault_story(fault: Fault) {
     }
     // Some traffic after the fault too.
     let delivered = a.metric("switchboard_messages_delivered_total").await;
-    support::eventually(
+    eventually(
         "traffic after the fault",
         Duration::from_secs(20),
         || async {

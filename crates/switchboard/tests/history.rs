@@ -1,17 +1,15 @@
-//! History (issue 3): offsets and epochs in replies, pushes and API answers; the
+//! History: offsets and epochs in replies, pushes and API answers; the
 //! `history` command and `GET /api/v1/channels/{c}/history` with `limit` and `since`;
 //! retention and expiry; on Redis and on the in-process backplane alike.
 //!
 //! Convention: message number `n` is published with data `{"n": n}`, and on a fresh
 //! channel it gets offset `n`.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Node, RedisServer, WsClient, eventually, offsets, unique_channel};
 use switchboard_proto::client::server_frame::Frame;
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, offsets, unique_channel};
 
 /// Asserts a `history` reply (command or API) for `channel` in `epoch` with newest
 /// offset `newest`, holding exactly messages `want` (offsets, oldest first).

@@ -7,18 +7,19 @@
 //! message as the `message` push carries it; and an API body dribbled one byte per
 //! TCP segment is cut off at its deadline without pinning memory.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::raw_ws::{RawRead, opcode};
-use support::ws::JSON_PROTOCOL;
-use support::{Node, RawWs, WsClient, decode_base64, unique_channel};
 use switchboard_proto::client::server_frame::Frame;
+use switchboard_testkit::raw_ws::{RawRead, opcode};
+use switchboard_testkit::ws::JSON_PROTOCOL;
+use switchboard_testkit::{
+    HttpResponse, Node, RECV_TIMEOUT, RawWs, RedisServer, WsClient, decode_base64, eventually,
+    now_ms, unique_channel,
+};
 
 /// The node's JSON depth limit (docs/NODE-CONTRACT.md): arrays and objects nested
 /// at most this deep are accepted as `data`.
@@ -150,7 +151,7 @@ impl Watcher {
     /// The next text frame, as JSON.
     async fn next(&mut self) -> Value {
         loop {
-            match self.ws.read(support::RECV_TIMEOUT).await {
+            match self.ws.read(RECV_TIMEOUT).await {
                 RawRead::Frame(f) if f.opcode == opcode::TEXT => {
                     let text = std::str::from_utf8(&f.payload).unwrap_or_else(|e| {
                         panic!(
@@ -213,7 +214,7 @@ impl Watcher {
 }
 
 /// `POST /api/v1/publish` with `data` spliced in as raw bytes.
-async fn api_publish_raw(node: &Node, channel: &str, data: &[u8]) -> support::HttpResponse {
+async fn api_publish_raw(node: &Node, channel: &str, data: &[u8]) -> HttpResponse {
     let mut body = format!(r#"{{"channel":"{channel}","data":"#).into_bytes();
     body.extend_from_slice(data);
     body.push(b'}');
@@ -552,7 +553,7 @@ async fn data_marked_json_that_is_not_utf8_reaches_json_clients_as_base64() {
     use prost::Message as _;
     use switchboard_proto::backplane::{Envelope, PayloadEncoding, Target, target::Kind};
 
-    let redis = support::RedisServer::start().await;
+    let redis = RedisServer::start().await;
     let node = Node::start_on(&redis, "node-foreign", &[]).await;
     let ch = unique_channel("foreign");
     let mut browser = WsClient::connect_json(&node.ws_url()).await;
@@ -566,7 +567,7 @@ async fn data_marked_json_that_is_not_utf8_reaches_json_clients_as_base64() {
     let envelope = Envelope {
         id: bytes::Bytes::from_static(b"0123456789abcdef"),
         origin: "node-elsewhere".into(),
-        published_us: support::now_ms() * 1000,
+        published_us: now_ms() * 1000,
         target: Some(Target {
             kind: Some(Kind::Channel(ch.clone())),
         }),
@@ -654,6 +655,7 @@ fn dribble(
             break;
         }
         sent += 1;
+        // The slowness is the attack being simulated, not a wait for anything.
         std::thread::sleep(Duration::from_millis(1));
     }
     let (at, status) = answer.join().expect("reader thread");
@@ -681,7 +683,7 @@ async fn a_dribbled_api_body_is_cut_off_at_its_deadline_without_pinning_memory()
             std::thread::spawn(move || dribble(addr, 20_000, give_up, started))
         })
         .collect();
-    support::eventually(
+    eventually(
         "every slow caller has sent its head",
         Duration::from_secs(10),
         || async {
@@ -709,6 +711,8 @@ async fn a_dribbled_api_body_is_cut_off_at_its_deadline_without_pinning_memory()
         );
         served += 1;
         peak = peak.max(node.rss_kib());
+        // A sample every 100 ms for as long as the slow callers last: the duration
+        // is theirs, there is no event to wait for.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(

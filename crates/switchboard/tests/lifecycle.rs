@@ -1,14 +1,12 @@
 //! Start and stop: draining on SIGTERM/SIGINT, and failing to start.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::raw_ws::{RawRead, opcode};
-use support::ws::{JSON_PROTOCOL, Upgrade};
-use support::{Node, RawWs, WsClient, run_switchboard};
 use switchboard_proto::client::server_frame::Frame;
+use switchboard_testkit::raw_ws::{RawRead, opcode};
+use switchboard_testkit::ws::{JSON_PROTOCOL, Upgrade};
+use switchboard_testkit::{Node, RawWs, WsClient, run_switchboard};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_clients_and_exits_zero() {

@@ -1,15 +1,13 @@
-//! Limits (issue 3): message rate, subscriptions per connection, connections per node,
+//! Limits: message rate, subscriptions per connection, connections per node,
 //! new connections per IP, channel name length (and message size, counted). Each is
 //! answered as the contract says, counted in `switchboard_limit_rejections_total`, and
 //! in each case the node stays up and a bystander keeps working.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::ws::{JSON_PROTOCOL, Upgrade};
-use support::{Node, WsClient, eventually, run_switchboard, unique_channel};
+use switchboard_testkit::ws::{JSON_PROTOCOL, Upgrade};
+use switchboard_testkit::{Node, WsClient, eventually, run_switchboard, unique_channel};
 
 const REJECTIONS: &str = "switchboard_limit_rejections_total";
 

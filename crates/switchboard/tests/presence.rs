@@ -1,14 +1,12 @@
-//! Presence (issue 3): who is subscribed to a channel, on every node, by command and
+//! Presence: who is subscribed to a channel, on every node, by command and
 //! API; entries of a SIGKILLed node expiring with the registry; join and leave pushes;
 //! `forbidden` where the namespace has presence off.
-
-mod support;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::jwt::{SECRET, user_token};
-use support::{Node, RedisServer, WsClient, eventually, unique_channel};
+use switchboard_testkit::jwt::{SECRET, user_token};
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, unique_channel};
 
 /// Nodes accept HS256 tokens and anonymous connections alike.
 const AUTH: [&str; 4] = ["--jwt-secret", SECRET, "--allow-anonymous", "true"];

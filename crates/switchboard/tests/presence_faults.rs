@@ -5,12 +5,12 @@
 //! (three registry intervals) is 1.5 s; each test waits for the truth with some
 //! slack for a loaded machine on top, and asserts how long convergence took.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Node, RedisServer, WsClient, eventually, run_switchboard, unique_channel};
+use switchboard_testkit::{
+    Node, NodeBuilder, RedisServer, WsClient, eventually, run_switchboard, unique_channel,
+};
 use tokio::time::Instant;
 
 /// The registry interval of every node in these tests, in seconds (flag text and value).
@@ -28,7 +28,7 @@ const SLACK: Duration = Duration::from_secs(3);
 /// The exit code of a node refused for a node id held by another live node.
 const EXIT_CONFIG: i32 = 64;
 
-fn node(redis: &RedisServer, id: &str) -> support::NodeBuilder {
+fn node(redis: &RedisServer, id: &str) -> NodeBuilder {
     Node::builder(id)
         .redis(redis)
         .namespaces()

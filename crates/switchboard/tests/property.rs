@@ -15,14 +15,12 @@
 //! The seeds are printed when a run fails, with the last steps; replay some with
 //! `SWITCHBOARD_PROPERTY_SEEDS=7,8 cargo test -p switchboard --test property`.
 
-mod support;
-
 use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support::{Node, RedisServer, WsClient};
+use switchboard_testkit::{Node, RedisServer, WsClient};
 
 const DEFAULT_SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
 const STEPS: usize = 200;

@@ -2,15 +2,13 @@
 //! welcome, the JSON and protobuf commands, the server API, and the two subprotocols
 //! talking to each other.
 
-mod support;
-
 use serde_json::{Value, json};
-use support::raw_ws::{RawRead, encode_frame, opcode};
-use support::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
-use support::{Node, RawWs, WsClient, decode_base64, now_ms};
 use switchboard_proto::client::{
     ClientFrame, HistoryRequest, PresenceRequest, client_frame::Command, server_frame::Frame,
 };
+use switchboard_testkit::raw_ws::{RawRead, encode_frame, opcode};
+use switchboard_testkit::ws::{JSON_PROTOCOL, PROTO_PROTOCOL, Upgrade};
+use switchboard_testkit::{Node, RECV_TIMEOUT, RawWs, WsClient, decode_base64, now_ms};
 
 fn is_ulid(s: &str) -> bool {
     s.len() == 26
@@ -327,7 +325,7 @@ async fn health_endpoints_and_static_routes() {
     assert_eq!((r.status, r.text().trim()), (200, "ready"), "/readyz");
     let r = node.public_raw("GET", "/", &[], None).await;
     assert_eq!(r.status, 200, "demo page");
-    // `/client.js` (the browser client) is served from issue 6 on.
+    // `/client.js` (the browser client) and the demo page's content: demo.rs.
     let r = node.internal_raw("GET", "/metrics", &[], None).await;
     assert_eq!(r.status, 200, "metrics");
 }
@@ -583,7 +581,7 @@ async fn websocket_control_frames() {
     let mut raw = RawWs::connect(node.public_addr(), Some(JSON_PROTOCOL)).await;
     raw.recv_type("welcome").await;
     raw.send_frame(true, opcode::PING, b"are you there").await;
-    match raw.read(support::RECV_TIMEOUT).await {
+    match raw.read(RECV_TIMEOUT).await {
         RawRead::Frame(f) if f.opcode == opcode::PONG => {
             assert_eq!(f.payload, b"are you there");
         }
@@ -598,7 +596,7 @@ async fn websocket_control_frames() {
     let mut got_pong_frame = false;
     let mut got_reply = false;
     while !(got_pong_frame && got_reply) {
-        match raw.read(support::RECV_TIMEOUT).await {
+        match raw.read(RECV_TIMEOUT).await {
             RawRead::Frame(f) if f.opcode == opcode::PONG => {
                 assert_eq!(f.payload, b"mid");
                 got_pong_frame = true;
@@ -614,11 +612,11 @@ async fn websocket_control_frames() {
     // A client close is echoed, then the server ends the connection.
     raw.send_frame(true, opcode::CLOSE, &1000u16.to_be_bytes())
         .await;
-    match raw.read(support::RECV_TIMEOUT).await {
+    match raw.read(RECV_TIMEOUT).await {
         RawRead::Frame(f) if f.opcode == opcode::CLOSE => assert_eq!(f.close_code(), 1000),
         other => panic!("want the close echo, got {other:?}"),
     }
-    match raw.read(support::RECV_TIMEOUT).await {
+    match raw.read(RECV_TIMEOUT).await {
         RawRead::Eof | RawRead::Error(_) => {}
         other => panic!("want the end of the connection, got {other:?}"),
     }
@@ -686,7 +684,7 @@ async fn a_publish_right_after_subscribed_is_delivered() {
                     } else {
                         let body =
                             serde_json::to_vec(&json!({"channel": ch, "data": r})).expect("json");
-                        let response = support::http::request(
+                        let response = switchboard_testkit::http::request(
                             internal,
                             "POST",
                             "/api/v1/publish",

@@ -1,4 +1,4 @@
-//! Recovery (issue 3): a client that comes back with `recover: {epoch, offset}` gets
+//! Recovery: a client that comes back with `recover: {epoch, offset}` gets
 //! exactly what it missed, then the live stream, with no gap and no duplicate at the
 //! seam; when that cannot be done it is told so (`recovered: false`), never silently
 //! given a gap. Reconnects to the same node, to another one, after its node was
@@ -7,14 +7,12 @@
 //! Convention: message number `n` is published with data `{"n": n}`, and on a fresh
 //! channel it gets offset `n`.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Node, RedisServer, WsClient, unique_channel};
+use switchboard_testkit::{Node, RedisServer, WsClient, eventually, unique_channel};
 
 /// The exact push of message `n` on `channel` in `epoch`.
 fn message(channel: &str, n: u64, epoch: &str) -> Value {
@@ -427,8 +425,14 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_a_steady_stream() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let body = serde_json::to_vec(&json!({"channel": ch, "data": {"i": i}})).unwrap();
-                let r =
-                    support::http::request(addr, "POST", "/api/v1/publish", &[], Some(&body)).await;
+                let r = switchboard_testkit::http::request(
+                    addr,
+                    "POST",
+                    "/api/v1/publish",
+                    &[],
+                    Some(&body),
+                )
+                .await;
                 assert_eq!(r.status, 200, "publish {i}: {}", r.text());
                 let answer = r.json();
                 assert_eq!(answer["offset"], i + 1, "publish {i}: {answer}");
@@ -467,7 +471,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_a_steady_stream() {
             drop(client);
         }
         // While it is away the stream goes on: it misses a few.
-        support::eventually(
+        eventually(
             "the publisher to publish past the client's position",
             Duration::from_secs(10),
             || async {
@@ -737,9 +741,14 @@ async fn a_recovery_larger_than_the_outbound_queue_streams_at_the_clients_pace()
                 let body =
                     serde_json::to_vec(&json!({"channel": ch, "data": {"n": n, "pad": pad}}))
                         .unwrap();
-                let r =
-                    support::http::request(node_api, "POST", "/api/v1/publish", &[], Some(&body))
-                        .await;
+                let r = switchboard_testkit::http::request(
+                    node_api,
+                    "POST",
+                    "/api/v1/publish",
+                    &[],
+                    Some(&body),
+                )
+                .await;
                 assert_eq!(r.status, 200, "{}", r.text());
             }
         })

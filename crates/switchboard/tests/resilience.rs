@@ -1,14 +1,12 @@
 //! What a node does when things go wrong around it: Redis dies and comes back, a
 //! client stops reading, a client stops answering pings.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::raw_ws::{RawRead, opcode};
-use support::ws::JSON_PROTOCOL;
-use support::{Node, RawWs, RedisServer, WsClient};
+use switchboard_testkit::raw_ws::{RawRead, opcode};
+use switchboard_testkit::ws::JSON_PROTOCOL;
+use switchboard_testkit::{Node, RawWs, RedisServer, WsClient, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_and_recovery() {
@@ -477,7 +475,7 @@ async fn a_client_that_stops_reading_is_cut_off_even_when_its_queue_never_fills(
         );
     }
     // The stall limit is 10 s from the last byte the socket took; allow it 20.
-    support::eventually(
+    eventually(
         "the stuck client is cut off as a slow consumer",
         Duration::from_secs(20),
         || async {

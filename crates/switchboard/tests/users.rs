@@ -1,12 +1,10 @@
-//! Users (issue 3): `POST /api/v1/send` reaches every connection of one user on every
+//! Users: `POST /api/v1/send` reaches every connection of one user on every
 //! node and nobody else; `POST /api/v1/disconnect` by user or by connection closes
 //! them with 4100 wherever they are.
 
-mod support;
-
 use serde_json::{Value, json};
-use support::jwt::{SECRET, user_token};
-use support::{Node, RedisServer, WsClient, unique_channel};
+use switchboard_testkit::jwt::{SECRET, user_token};
+use switchboard_testkit::{HttpResponse, Node, RedisServer, WsClient, unique_channel};
 
 /// Nodes accept HS256 tokens and anonymous connections alike.
 const AUTH: [&str; 4] = ["--jwt-secret", SECRET, "--allow-anonymous", "true"];
@@ -38,7 +36,7 @@ async fn as_user(node: &Node, user: &str) -> WsClient {
 }
 
 /// Asserts the API answer is `200 {}`.
-fn assert_ok_empty(response: &support::HttpResponse, what: &str) {
+fn assert_ok_empty(response: &HttpResponse, what: &str) {
     assert_eq!(response.status, 200, "{what}: {}", response.text());
     assert_eq!(response.json(), json!({}), "{what}");
 }

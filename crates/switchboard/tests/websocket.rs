@@ -5,15 +5,13 @@
 //! (The whole Autobahn TestSuite runs against the same layer in
 //! `.ci/steps/15-autobahn.sh`.)
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use support::raw_ws::{RawRead, encode_frame, opcode};
-use support::ws::JSON_PROTOCOL;
-use support::{Node, RawWs, WsClient};
+use switchboard_testkit::raw_ws::{RawRead, encode_frame, opcode};
+use switchboard_testkit::ws::JSON_PROTOCOL;
+use switchboard_testkit::{Node, RawWs, WsClient, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -349,7 +347,7 @@ async fn connections_in_their_http_phase_are_capped_per_address() {
     // Once they go, connections are admitted again.
     drop(first);
     drop(second);
-    support::eventually("a free place", READ, || async {
+    eventually("a free place", READ, || async {
         let head = raw_http(
             addr,
             &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),

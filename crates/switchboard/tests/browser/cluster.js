@@ -1,5 +1,5 @@
 // A private redis-server and Switchboard nodes as child processes, on free ports, like the
-// Rust test kit (crates/switchboard/tests/support/): every process is ours and is stopped.
+// Rust test kit (crates/switchboard-testkit): every process is ours and is stopped.
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';

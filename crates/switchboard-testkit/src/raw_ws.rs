@@ -9,16 +9,14 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::RECV_TIMEOUT;
+use crate::RECV_TIMEOUT;
 
-/// Opcodes of RFC 6455.
+/// Opcodes of RFC 6455 (those the tests send or expect).
 pub mod opcode {
     /// Continuation frame.
     pub const CONTINUATION: u8 = 0x0;
     /// Text frame.
     pub const TEXT: u8 = 0x1;
-    /// Binary frame.
-    pub const BINARY: u8 = 0x2;
     /// Close frame.
     pub const CLOSE: u8 = 0x8;
     /// Ping frame.

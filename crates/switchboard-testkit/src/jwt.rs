@@ -8,14 +8,14 @@ use std::process::Command;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use super::TempDir;
+use crate::TempDir;
 
 /// The secret the HS256 tests configure with `--jwt-secret`.
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 
 /// Seconds since the Unix epoch, now.
 pub fn now_secs() -> u64 {
-    super::now_ms() / 1000
+    crate::now_ms() / 1000
 }
 
 /// `{"sub": sub, "exp": now + ttl_secs}`.
@@ -65,7 +65,7 @@ pub fn unsigned(claims: &Value) -> String {
 }
 
 /// Base64url without padding (the JWT alphabet).
-pub fn base64url(bytes: &[u8]) -> String {
+fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

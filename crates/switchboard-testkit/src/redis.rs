@@ -3,9 +3,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{TempDir, eventually, free_port};
+use crate::{TempDir, eventually};
 
 /// A `redis-server` child process. Killed (SIGKILL) on drop.
+///
+/// The faults a test can cause: [`RedisServer::kill`] (gone), [`RedisServer::restart`]
+/// (back, empty or with its data), [`RedisServer::pause`] / [`RedisServer::resume`]
+/// (hung: connections open, nothing answered), [`RedisServer::flushall`] (data lost
+/// while running).
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
@@ -218,10 +223,10 @@ impl Drop for RedisServer {
     }
 }
 
-/// Freezing the server (tests of a Redis that hangs rather than goes away).
+/// Faults that leave the process running: frozen (SIGSTOP), or emptied (FLUSHALL).
 impl RedisServer {
     /// The server's process id.
-    pub fn pid(&self) -> u32 {
+    fn pid(&self) -> u32 {
         self.child
             .as_ref()
             .expect("redis-server is not running")
@@ -230,12 +235,12 @@ impl RedisServer {
 
     /// SIGSTOPs the server: connections stay open, nothing is answered.
     pub fn pause(&self) {
-        send_signal(self.pid(), "STOP");
+        crate::signal::send(self.pid(), "STOP");
     }
 
     /// SIGCONTs a paused server.
     pub fn resume(&self) {
-        send_signal(self.pid(), "CONT");
+        crate::signal::send(self.pid(), "CONT");
     }
 
     /// `FLUSHALL`: every key gone, as after a restart without data.
@@ -244,12 +249,32 @@ impl RedisServer {
     }
 }
 
-/// `kill -NAME PID`.
-pub(crate) fn send_signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
+/// A free TCP port on 127.0.0.1: bind port 0, read the port, close.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisServer;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_server_starts_dies_and_restarts_on_the_same_port() {
+        let mut redis = RedisServer::start().await;
+        let port = redis.port();
+        assert_ne!(port, 6379, "never the system Redis");
+        let pong: String = redis.query(&::redis::cmd("PING")).await;
+        assert_eq!(pong, "PONG");
+        assert_eq!(redis.numsub("nobody").await, 0);
+
+        redis.kill();
+        let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        assert!(refused.is_err(), "killed redis still accepts connections");
+
+        redis.restart().await;
+        assert_eq!(redis.port(), port);
+        let pong: String = redis.query(&::redis::cmd("PING")).await;
+        assert_eq!(pong, "PONG");
+    }
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Overall time limit of one request.
-pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed HTTP response.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ pub async fn request(
 
 /// As [`request`] but returns connection errors instead of panicking (for polling a
 /// node that may be gone).
-pub async fn try_request(
+pub(crate) async fn try_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
