@@ -1,12 +1,11 @@
 //! Configuration: flags over environment over TOML over defaults, every bad setting
 //! reported at once with exit code 64, and `--help`.
 
-mod support;
 
 use std::path::PathBuf;
 
 use serde_json::json;
-use support::{Node, RedisServer, TempDir, WsClient, run_switchboard};
+use switchboard_testkit::{CliOutput, Node, RedisServer, TempDir, WsClient, run_switchboard};
 
 /// Writes `text` to `name` in a fresh temp dir; keep the dir alive while it is used.
 fn toml_file(name: &str, text: &str) -> (TempDir, PathBuf) {
@@ -26,7 +25,7 @@ fn error_lines(stderr: &str) -> Vec<&str> {
 
 /// Asserts exit 64, nothing on stdout, and an `error:` line naming each of `settings`
 /// (any of the spellings given for each).
-fn assert_config_error(out: &support::CliOutput, settings: &[&[&str]], what: &str) {
+fn assert_config_error(out: &CliOutput, settings: &[&[&str]], what: &str) {
     assert_eq!(
         out.status.code(),
         Some(64),
