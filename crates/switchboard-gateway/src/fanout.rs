@@ -1,7 +1,7 @@
 //! The fan-out: one worker per backplane lane hands each received envelope
 //! to the local sessions it is for (through the hub), and after each
 //! backplane reconnect repairs what its topics' subscribers may have missed,
-//! before anything newer (docs/PROTOCOL.md, "Delivery under faults").
+//! before anything newer (docs/PROTOCOL.md, "Delivery guarantees").
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

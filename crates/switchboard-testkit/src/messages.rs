@@ -15,7 +15,9 @@ pub fn offsets(messages: &[Value]) -> Vec<u64> {
 }
 
 /// Decodes base64, accepting the standard and URL-safe alphabets, with or without
-/// padding (the protocol does not fix which alphabet `data_b64` uses).
+/// padding: these tests check content. The exact form the node sends (the standard
+/// alphabet, padded: docs/PROTOCOL.md, "message") is pinned by the JSON codec's
+/// unit tests.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let mut acc: u32 = 0;

@@ -21,7 +21,7 @@ use switchboard_testkit::{
     now_ms, unique_channel,
 };
 
-/// The node's JSON depth limit (docs/NODE-CONTRACT.md): arrays and objects nested
+/// The node's JSON depth limit (docs/PROTOCOL.md, "Published data"): arrays and objects nested
 /// at most this deep are accepted as `data`.
 const MAX_JSON_DEPTH: usize = 64;
 
@@ -601,7 +601,7 @@ async fn data_marked_json_that_is_not_utf8_reaches_json_clients_as_base64() {
     );
 }
 
-/// How long the node gives an API request body (docs/NODE-CONTRACT.md).
+/// How long the node gives an API request body (docs/PROTOCOL.md, "Server API").
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One slow-loris caller: sends a request head announcing `length` bytes of body,
