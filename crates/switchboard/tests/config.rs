@@ -1,7 +1,6 @@
 //! Configuration: flags over environment over TOML over defaults, every bad setting
 //! reported at once with exit code 64, and `--help`.
 
-
 use std::path::PathBuf;
 
 use serde_json::json;
