@@ -1,5 +1,5 @@
 //! Reading a channel's history: the `history` command and API route
-//! ([`read`]), and the forward reader ([`Reader`]) that both a recovering
+//! ([`read`]), where a subscription starts ([`start`]), and the forward reader ([`Reader`]) that both a recovering
 //! subscription (`session::commands`) and the repair after a backplane
 //! reconnect (`fanout`) page through (docs/PROTOCOL.md, "History and recovery").
 
@@ -49,6 +49,30 @@ pub(crate) async fn read(
         }
     }
     Ok(page)
+}
+
+/// Where a subscription to a history channel starts.
+pub(crate) struct Start {
+    /// The newest position (the one the `subscribed` reply announces) and,
+    /// when recovering, the first messages after the client's position.
+    pub(crate) page: HistoryPage,
+    /// Whether the client's `recover` position is still in history, so that
+    /// what follows it can be given in full.
+    pub(crate) recovered: bool,
+}
+
+/// Reads where a subscription starts: the channel's newest position and,
+/// with `recover`, up to `limit` messages after the client's position.
+pub(crate) async fn start(
+    node: &NodeInner,
+    channel: &str,
+    recover: Option<&StreamPosition>,
+    limit: usize,
+) -> Result<Start, BackplaneError> {
+    let since = recover.map_or(Since::Nothing, |r| Since::After(r.offset));
+    let page = node.backplane.history_page(channel, since, limit).await?;
+    let recovered = recover.is_some_and(|r| page.can_recover(&r.epoch, r.offset));
+    Ok(Start { page, recovered })
 }
 
 /// One page read forward.

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_backplane::Since;
 
 use super::{End, Outbound, SessionHandle};
 use crate::node::NodeInner;
@@ -235,14 +234,9 @@ async fn catch_up(
     let Some(room) = session.room().await else {
         return Ok(());
     };
-    let since = recover
-        .as_ref()
-        .map_or(Since::Nothing, |r| Since::After(r.offset));
-    let page = node.backplane.history_page(channel, since, room).await?;
+    let ops::history::Start { page, recovered } =
+        ops::history::start(node, channel, recover.as_ref(), room).await?;
     node.hub.note_start(channel, &page.epoch, page.offset);
-    let recovered = recover
-        .as_ref()
-        .is_some_and(|r| page.can_recover(&r.epoch, r.offset));
     session.reply(
         id,
         &Reply::Subscribed {
