@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -34,6 +34,7 @@ fn spawn_publisher(
     apis: Vec<SocketAddr>,
     channel: String,
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<(Vec<Ack>, u64)> {
     tokio::spawn(async move {
         let (mut acks, mut refused) = (Vec::new(), 0u64);
@@ -56,7 +57,10 @@ fn spawn_publisher(
             )
             .await;
             match answer {
-                Ok(r) if r.status == 200 => acks.push(Ack { seq, sent }),
+                Ok(r) if r.status == 200 => {
+                    acks.push(Ack { seq, sent });
+                    acked.store(acks.len(), Ordering::Relaxed);
+                }
                 Ok(r) if r.status == 503 => {
                     refused += 1;
                     // Do not spin while the node says no.
@@ -208,9 +212,10 @@ async fn fault_story(fault: Fault) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let apis = vec![a.internal_addr(), b.internal_addr()];
+    let acked = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
     let publishers = [
-        spawn_publisher(apis.clone(), hist.clone(), stop.clone()),
-        spawn_publisher(apis.clone(), plain.clone(), stop.clone()),
+        spawn_publisher(apis.clone(), hist.clone(), stop.clone(), acked[0].clone()),
+        spawn_publisher(apis.clone(), plain.clone(), stop.clone(), acked[1].clone()),
     ];
     // Let some traffic through before the fault.
     eventually(
@@ -270,6 +275,22 @@ async fn fault_story(fault: Fault) {
                 Ok(())
             } else {
                 Err(n.to_string())
+            }
+        },
+    )
+    .await;
+    // And each publisher acknowledged after the fault, whatever the machine's
+    // pace: at least 50 in all, 25 of them since the links came back.
+    let since: Vec<usize> = acked.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    eventually(
+        "acknowledged publishes after the fault",
+        Duration::from_secs(30),
+        || async {
+            let now: Vec<usize> = acked.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+            if now.iter().zip(&since).all(|(n, s)| *n >= (s + 25).max(50)) {
+                Ok(())
+            } else {
+                Err(format!("{now:?} (at the links' return: {since:?})"))
             }
         },
     )
@@ -397,7 +418,12 @@ async fn a_burst_that_fills_a_fanout_lane_drops_nothing_and_keeps_the_link() {
 
     // The quiet channel's publisher runs through the burst.
     let stop = Arc::new(AtomicBool::new(false));
-    let quiet_publisher = spawn_publisher(vec![a.internal_addr()], quiet.clone(), stop.clone());
+    let quiet_publisher = spawn_publisher(
+        vec![a.internal_addr()],
+        quiet.clone(),
+        stop.clone(),
+        Arc::new(AtomicUsize::new(0)),
+    );
 
     // Every publisher connection sends its whole burst at once (pipelined).
     let mut bursts = Vec::new();
