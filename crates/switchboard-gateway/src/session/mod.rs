@@ -281,26 +281,32 @@ pub(crate) async fn run(
         )),
     });
     node.session_opened();
-    session.reply(
-        None,
-        &Reply::Welcome {
-            conn: &session.conn,
-            node: &node.config.node_id,
-            user: &session.user,
-            heartbeat: node.config.heartbeat.as_secs_f64().ceil() as u32,
-        },
-    );
-
     node.register(&session);
-    // A user's connections receive the messages sent to that user. Boxed, as
-    // is every rare, large future here: the task's own size is paid by every
-    // idle connection.
+    let welcome = || {
+        session.reply(
+            None,
+            &Reply::Welcome {
+                conn: &session.conn,
+                node: &node.config.node_id,
+                user: &session.user,
+                heartbeat: node.config.heartbeat.as_secs_f64().ceil() as u32,
+            },
+        )
+    };
+    // A user's connections receive the messages sent to that user. The
+    // welcome is queued as that subscription starts (atomically with it), so
+    // a message sent to the user once the client has seen its welcome reaches
+    // it. Boxed, as is every rare, large future here: the task's own size is
+    // paid by every idle connection.
     let user_topic = (!session.user.is_empty()).then(|| crate::hub::user_key(&session.user));
-    if let Some(key) = &user_topic
-        && let Err(e) = Box::pin(node.hub.subscribe(key, &session, false, || {})).await
-    {
-        tracing::warn!(conn = %session.conn, error = %e, "cannot receive user messages: closing");
-        session.end_with(End::Closed(CloseReason::Internal));
+    match &user_topic {
+        None => welcome(),
+        Some(key) => {
+            if let Err(e) = Box::pin(node.hub.subscribe(key, &session, false, welcome)).await {
+                tracing::warn!(conn = %session.conn, error = %e, "cannot receive user messages: closing");
+                session.end_with(End::Closed(CloseReason::Internal));
+            }
+        }
     }
 
     let end = conn::run(&node, &session, read_ahead).await;
