@@ -109,7 +109,7 @@ async fn live_messages_overlapping_the_history_read_are_given_once_in_order() {
     // The live stream goes on; 5 arrives again (a repair overlapping it).
     hub.fanout_run(&messages("e", 5..=7));
     assert_eq!(received(&mut client, 7).await, positions("e", 1..=7));
-    assert_eq!(session.ending(), None);
+    assert_eq!(session.ended(), None);
 }
 
 #[tokio::test]
@@ -146,5 +146,5 @@ async fn an_overflowing_buffer_lets_channel_messages_go_and_asks_for_more_histor
     // What the buffer kept above the floor follows, then the live stream.
     hub.fanout_run(&messages("e", 7..=7));
     assert_eq!(received(&mut client, 7).await, positions("e", 1..=7));
-    assert_eq!(session.ending(), None, "the session was not dropped");
+    assert_eq!(session.ended(), None, "the session was not dropped");
 }

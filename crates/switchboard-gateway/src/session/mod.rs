@@ -196,7 +196,8 @@ impl SessionHandle {
         self.attention.raise();
     }
 
-    fn ended(&self) -> Option<&End> {
+    /// Why the session is ending, if it is.
+    pub(crate) fn ended(&self) -> Option<&End> {
         self.end.get()
     }
 
@@ -241,11 +242,6 @@ impl SessionHandle {
                 tokio::time::Instant::now(),
             )),
         })
-    }
-
-    /// Why the session is ending, if it is.
-    pub(crate) fn ending(&self) -> Option<&End> {
-        self.ended()
     }
 }
 
