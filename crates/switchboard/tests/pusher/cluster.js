@@ -233,7 +233,11 @@ export async function startWebhookReceiver() {
         check();
       });
     },
-    close: () => new Promise((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }
 
@@ -277,7 +281,11 @@ export async function startAuthBackend(sdk, users) {
     authEndpoint: `${base}/broadcasting/auth`,
     userAuthEndpoint: `${base}/broadcasting/user-auth`,
     requests,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }
 

@@ -84,6 +84,23 @@ test('private().listen(): authorized through authEndpoint with the bearer token'
   assert.deepEqual(await paid, { amount: 10 });
 });
 
+test('encryptedPrivate().listen() and notification() on a private channel', async () => {
+  const echo = await echoOn(cluster.b, 'token-bob');
+  const vault = unique('vault-');
+  const encrypted = echo.encryptedPrivate(vault);
+  const secret = new Promise((resolve) => encrypted.listen('SecretShared', resolve));
+  const user = echo.private(unique('App.Models.User.2-'));
+  const notified = new Promise((resolve) => user.notification(resolve));
+  await Promise.all([whenSubscribed(encrypted), whenSubscribed(user)]);
+  const sdk = cluster.sdk(cluster.a);
+  await sdk.trigger(`private-encrypted-${vault}`, 'App\\Events\\SecretShared', { code: 'swordfish' });
+  assert.deepEqual(await secret, { code: 'swordfish' });
+  // Laravel broadcasts notifications under this class name, with the notification's data.
+  await sdk.trigger(user.name, 'Illuminate\\Notifications\\Events\\BroadcastNotificationCreated', { id: 'n1', type: 'App\\Notifications\\InvoicePaid' });
+  const notification = await notified;
+  assert.equal(notification.id, 'n1');
+});
+
 test('private() with a token the backend refuses: subscription error, no subscription', async () => {
   const echo = await echoOn(cluster.b, 'token-nobody');
   const channel = echo.private(unique('invoices-'));

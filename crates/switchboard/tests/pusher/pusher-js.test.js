@@ -29,14 +29,24 @@ async function marker(channel) {
 
 test('connects with protocol 7: a socket id and an activity timeout', async () => {
   const client = cluster.client(cluster.a);
-  const frames = recordFrames(client);
   const socketId = await connected(client);
   assert.match(socketId, /^\d+\.\d+$/);
-  const established = frames.find((f) => f.event === 'pusher:connection_established');
-  assert.ok(established, 'pusher:connection_established received');
-  assert.equal(established.data.socket_id, socketId);
-  assert.equal(typeof established.data.activity_timeout, 'number');
-  assert.ok(established.data.activity_timeout > 0);
+  // pusher-js refuses a connection_established without activity_timeout ("No activity timeout
+  // specified in handshake") and takes the smaller of the server's and its own (120 s).
+  const timeout = client.connection.activityTimeout;
+  assert.ok(timeout > 0 && timeout <= 120000, `activity timeout ${timeout} ms`);
+  cluster.disconnect(client);
+});
+
+test('keeps alive: pusher:ping from pusher-js is answered with pusher:pong', async () => {
+  // pusher-js pings after activityTimeout of silence (the smaller of its option and the
+  // server's activity_timeout) and drops the connection if no pong comes within pongTimeout.
+  const client = cluster.client(cluster.a, { activityTimeout: 500, pongTimeout: 3000 });
+  const socketId = await connected(client);
+  await waitEvent(client.connection, 'message', { match: (m) => m.event === 'pusher:pong', ms: 8000 });
+  await waitEvent(client.connection, 'message', { match: (m) => m.event === 'pusher:pong', ms: 8000 });
+  assert.equal(client.connection.state, 'connected');
+  assert.equal(client.connection.socket_id, socketId, 'the same connection throughout');
   cluster.disconnect(client);
 });
 

@@ -1,10 +1,11 @@
 // The PyPI server SDK `pusher` (unmodified, in the venv .venv from requirements.txt) against a
-// two-node cluster: each call runs `sdk.py` once and the test asserts on its answer and on what
+// two-node cluster: `sdk.py` makes the calls (one process, a JSON line per call) and the test asserts on its answer and on what
 // pusher-js clients receive. The Python SDK accepts numeric app ids only, so the app here is
 // numeric, configured in TOML with webhooks to a receiver here. Run: node --test python.test.js
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,10 +16,11 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PYTHON = process.env.PUSHER_PYTHON || path.join(HERE, '.venv/bin/python');
 const PYAPP = { id: '424242', key: 'py-key', secret: 'py-secret' };
 
-let cluster, hooks;
+let cluster, hooks, python;
 
 before(async () => {
   if (!existsSync(PYTHON)) throw new Error(`${PYTHON} is missing: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt`);
+  python = startPython();
   hooks = await startWebhookReceiver();
   cluster = await startCluster({
     flagsApp: null,
@@ -27,32 +29,41 @@ before(async () => {
 });
 
 after(async () => {
+  python?.stop();
   await cluster?.stop();
   await hooks?.close();
 });
 
-/** One call of the Python SDK against `node`: resolves with its result, rejects with its error. */
-function py(node, method, args = [], kwargs = {}) {
-  const [host, port] = node.public.split(':');
-  const call = JSON.stringify({ app_id: PYAPP.id, key: PYAPP.key, secret: PYAPP.secret, host, port: Number(port), method, args, kwargs });
-  return new Promise((resolve, reject) => {
-    const child = spawn(PYTHON, [path.join(HERE, 'sdk.py'), call], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out = [];
-    const err = [];
-    child.stdout.on('data', (d) => out.push(d));
-    child.stderr.on('data', (d) => err.push(d));
-    child.on('exit', (code) => {
-      const text = Buffer.concat(out).toString().trim();
-      if (code !== 0 || !text) return reject(new Error(`sdk.py ${method} exited ${code}: ${Buffer.concat(err)}`));
-      const answer = JSON.parse(text);
-      if ('error' in answer) {
-        const e = new Error(`${method}: ${answer.error}: ${answer.message}`);
-        e.kind = answer.error;
-        return reject(e);
-      }
-      resolve(answer.result);
-    });
+/**
+ * The Python SDK process (`sdk.py`): one call per line in, one answer per line out, in order.
+ * `py(node, method, args, kwargs)` resolves with the call's result or rejects with its error.
+ */
+function startPython() {
+  const child = spawn(PYTHON, [path.join(HERE, 'sdk.py')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const waiting = [];
+  readline.createInterface({ input: child.stdout }).on('line', (line) => waiting.shift()?.(JSON.parse(line)));
+  child.on('exit', (code) => {
+    for (const w of waiting.splice(0)) w({ error: 'Exit', message: `sdk.py exited with ${code}` });
   });
+  return {
+    call: (call) =>
+      new Promise((resolve) => {
+        waiting.push(resolve);
+        child.stdin.write(`${JSON.stringify(call)}\n`);
+      }),
+    stop: () => child.stdin.end(),
+  };
+}
+
+async function py(node, method, args = [], kwargs = {}) {
+  const [host, port] = node.public.split(':');
+  const answer = await python.call({ app_id: PYAPP.id, key: PYAPP.key, secret: PYAPP.secret, host, port: Number(port), method, args, kwargs });
+  if ('error' in answer) {
+    const e = new Error(`${method}: ${answer.error}: ${answer.message}`);
+    e.kind = answer.error;
+    throw e;
+  }
+  return answer.result;
 }
 
 /** A pusher-js client of the Python app whose channel and user auth come from the Python SDK. */

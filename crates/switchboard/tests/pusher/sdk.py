@@ -1,10 +1,9 @@
-"""Runs one call of the PyPI `pusher` server SDK against a node, for python.test.js.
+"""Runs calls of the PyPI `pusher` server SDK for python.test.js, one per input line.
 
-Usage: sdk.py '<json>' where the JSON names the app and node
-({"app_id", "key", "secret", "host", "port"}), the SDK method ("method") and its
-arguments ("args", "kwargs"). Prints {"result": ...} on success, or
-{"error": <exception class>, "message": ...} on a failure, and exits 0 either way:
-the Node test asserts on what it prints.
+Each line on stdin is a JSON call: the app and node ({"app_id", "key", "secret", "host",
+"port"}), the SDK method ("method") and its arguments ("args", "kwargs"). For each, one line
+on stdout: {"result": ...} on success, or {"error": <exception class>, "message": ...}. One
+process serves the whole suite, so the SDK is imported once. Ends at end of input.
 """
 import json
 import sys
@@ -12,8 +11,7 @@ import sys
 import pusher
 
 
-def main():
-    call = json.loads(sys.argv[1])
+def run(call):
     client = pusher.Pusher(
         app_id=call["app_id"],
         key=call["key"],
@@ -26,9 +24,14 @@ def main():
     try:
         result = getattr(client, call["method"])(*call.get("args", []), **call.get("kwargs", {}))
     except Exception as e:  # the test reads which error the SDK raised
-        print(json.dumps({"error": type(e).__name__, "message": str(e)}))
-        return
-    print(json.dumps({"result": result}))
+        return {"error": type(e).__name__, "message": str(e)}
+    return {"result": result}
+
+
+def main():
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(run(json.loads(line))), flush=True)
 
 
 if __name__ == "__main__":
