@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import Pusher from 'pusher';
 import PusherJs from 'pusher-js';
 
-import { APP1, connected, record, recordFrames, startCluster, subscribed, unique, waitEvent } from './cluster.js';
+import { APP1, connected, eventually, record, recordFrames, startCluster, subscribed, unique, waitEvent } from './cluster.js';
 
 let cluster;
 
@@ -115,6 +115,10 @@ test('presence channel: members list, member_added/removed once per user across 
   const bob = { id: 'u-bob', info: { name: 'Bob' } };
 
   const observer = cluster.client(cluster.b, { user: bob });
+  // Raw frames: pusher-js hides a member_removed for a user it does not know, so duplicates
+  // are counted on the wire.
+  const frames = recordFrames(observer);
+  const memberFrames = (event) => frames.filter((f) => f.event === event && f.channel === name);
   const obsChannel = await subscribed(observer, name);
   assert.equal(obsChannel.members.count, 1);
   assert.equal(obsChannel.members.me.id, bob.id);
@@ -141,23 +145,34 @@ test('presence channel: members list, member_added/removed once per user across 
   assert.equal(ann2Channel.members.count, 2);
   await marker(obsChannel);
   assert.equal(added.length, 1, `member_added events: ${JSON.stringify(added)}`);
+  assert.equal(memberFrames('pusher_internal:member_added').length, 1);
 
   const users = await (await cluster.sdk(cluster.a).get({ path: `/channels/${name}/users` })).json();
   assert.deepEqual(users.users.map((u) => u.id).sort(), [ann.id, bob.id]);
 
   // Ann leaves with one connection: still a member. With the last: member_removed, once.
   ann1.unsubscribe(name);
+  // The unsubscribe has no reply: wait until the cluster counts two connections, then check.
+  const sdk = cluster.sdk(cluster.a);
+  await eventually('ann1 unsubscribed', async () => {
+    const info = await (await sdk.get({ path: `/channels/${name}`, params: { info: 'subscription_count' } })).json();
+    return info.subscription_count === 2;
+  });
+  await marker(obsChannel);
+  assert.deepEqual(memberFrames('pusher_internal:member_removed'), [], 'Ann still has a connection in the channel');
   const annLeft = waitEvent(obsChannel, 'pusher:member_removed');
   cluster.disconnect(ann2);
   const gone = await annLeft;
   assert.equal(gone.id, ann.id);
   await marker(obsChannel);
   assert.equal(removed.length, 1, `member_removed events: ${JSON.stringify(removed)}`);
+  assert.equal(memberFrames('pusher_internal:member_removed').length, 1);
+  assert.deepEqual(JSON.parse(JSON.stringify(memberFrames('pusher_internal:member_removed')[0].data)), { user_id: ann.id });
   assert.equal(added.length, 1);
   assert.equal(obsChannel.members.count, 1);
 
-  const after = await (await cluster.sdk(cluster.a).get({ path: `/channels/${name}/users` })).json();
-  assert.deepEqual(after.users, [{ id: bob.id }]);
+  const remaining = await (await cluster.sdk(cluster.a).get({ path: `/channels/${name}/users` })).json();
+  assert.deepEqual(remaining.users, [{ id: bob.id }]);
   cluster.disconnect(ann1);
   cluster.disconnect(observer);
 });
