@@ -48,12 +48,25 @@ pub fn for_user(origin: &str, user: &str, payload: Bytes, encoding: PayloadEncod
     new(origin, Kind::User(user.to_owned()), payload, encoding)
 }
 
-/// A join (or leave) event of one connection on a channel.
-pub fn join_leave(origin: &str, channel: &str, conn: &str, user: &str, join: bool) -> Envelope {
+/// A join (or leave) event of one connection on a channel; `info` is the
+/// member's user info (JSON text) on Pusher presence channels, "" otherwise.
+pub fn join_leave(
+    origin: &str,
+    channel: &str,
+    conn: &str,
+    user: &str,
+    info: &str,
+    join: bool,
+) -> Envelope {
     let mut envelope = for_channel(origin, channel, Bytes::new(), PayloadEncoding::default());
     let (conn, user, node) = (conn.to_owned(), user.to_owned(), origin.to_owned());
     envelope.control = Some(if join {
-        Control::Join(Join { conn, user, node })
+        Control::Join(Join {
+            conn,
+            user,
+            node,
+            info: info.to_owned(),
+        })
     } else {
         Control::Leave(Leave { conn, user, node })
     });

@@ -42,6 +42,27 @@ pub struct NodeConfig {
     /// Envelopes waiting per fan-out lane before the backplane's reader is
     /// held back (the backlog then waits in Redis).
     pub fanout_lane_capacity: usize,
+    /// Apps served over the Pusher protocol (`/app/{key}`, `/apps/{id}/...`);
+    /// none: the Pusher endpoint is off.
+    pub pusher: Vec<PusherApp>,
+}
+
+/// One app of the Pusher-compatible endpoint (docs/PUSHER.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PusherApp {
+    /// App id: the `/apps/{id}` of the HTTP API, and the namespace of the
+    /// app's channels (Pusher channel `X` is the Switchboard channel `id:X`).
+    pub id: String,
+    /// The public key clients connect with (`/app/{key}`).
+    pub key: String,
+    /// Signs channel authorizations, user sign-ins, API requests and webhooks.
+    pub secret: String,
+    /// Whether clients may send `client-*` events on private and presence channels.
+    pub client_events: bool,
+    /// Where webhooks are posted (`http://` only); none: no webhooks.
+    pub webhook_url: Option<String>,
+    /// Which webhook events are sent (`channel_occupied`, `member_added`, ...).
+    pub webhook_events: Vec<String>,
 }
 
 /// JWT authentication settings.

@@ -53,7 +53,7 @@ pub(crate) async fn join_leave(
     user: &str,
     join: bool,
 ) {
-    let envelope = envelope::join_leave(&node.config.node_id, channel, conn, user, join);
+    let envelope = envelope::join_leave(&node.config.node_id, channel, conn, user, "", join);
     if let Err(e) = node.backplane.publish(&envelope, None).await {
         tracing::warn!(channel, error = %e, "join/leave event not published");
     }

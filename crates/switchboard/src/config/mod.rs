@@ -152,6 +152,7 @@ fn read(r: &mut Reader) -> Result<Config, Reported> {
             },
             demo: demo?,
             fanout_lane_capacity: fanout_lane_capacity?,
+            pusher: Vec::new(),
         },
         log_format: log_format?,
         log_level: log_level?,
