@@ -83,6 +83,9 @@ pub struct PresenceMember {
     pub user: String,
     /// The node holding the connection.
     pub node: String,
+    /// The member's user info (JSON text) on Pusher presence channels; "" otherwise.
+    #[serde(default)]
+    pub info: String,
 }
 
 /// What a node can be subscribed to in the backplane.

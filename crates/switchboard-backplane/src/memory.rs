@@ -247,6 +247,7 @@ mod tests {
             conn: conn.into(),
             user: "u".into(),
             node: "n".into(),
+            info: String::new(),
         };
         b.presence_add("c", &member("c_2"));
         b.presence_add("c", &member("c_1"));

@@ -66,7 +66,7 @@ impl NodeInner {
             if self.inbox.lane_of_key(lane_key) != lane {
                 continue;
             }
-            let history = channel.and_then(|c| ops::history::policy(self.config.namespaces.of(c)));
+            let history = channel.and_then(|c| ops::history::policy(self, c));
             match (channel, history) {
                 (Some(channel), Some(_)) if readable && self.backplane.is_up() => {
                     let (r, s, ok) = self.repair_channel(channel).await;

@@ -255,6 +255,7 @@ impl Presence {
                     conn: stored.conn,
                     user: stored.user,
                     node: stored.node,
+                    info: String::new(),
                 });
             } else {
                 stale.push(entry);

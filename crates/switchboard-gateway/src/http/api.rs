@@ -34,10 +34,10 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_INITIAL_CAPACITY: usize = 8 * 1024;
 
 /// An API failure: status, code and message.
-struct ApiError {
-    status: StatusCode,
+pub(super) struct ApiError {
+    pub(super) status: StatusCode,
     code: &'static str,
-    message: String,
+    pub(super) message: String,
 }
 
 impl ApiError {
@@ -210,7 +210,8 @@ async fn serve(
 /// (as a collecting body does) would keep each one's read buffer alive: a body
 /// dribbled one byte per TCP segment would pin kilobytes per byte. So memory
 /// held is the body's size (the declared `Content-Length`, or what has come).
-async fn read_body(node: &NodeInner, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+/// Reads a request body within the size limit and the body read timeout.
+pub(super) async fn read_body(node: &NodeInner, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = node.config.max_message_size;
     let fits = |len: u64| policy::access::body_size(node, len).map_err(ApiError::refused);
     let declared = req

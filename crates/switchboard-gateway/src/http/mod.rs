@@ -4,6 +4,7 @@ mod api;
 mod demo;
 mod internal;
 mod public;
+mod pusher;
 
 use std::borrow::Cow;
 use std::convert::Infallible;

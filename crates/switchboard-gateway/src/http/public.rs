@@ -25,8 +25,20 @@ use crate::session;
 pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
 pub(super) async fn route(node: Arc<NodeInner>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    // The Pusher endpoint, when an app is configured.
+    if let Some(key) = path.strip_prefix("/app/")
+        && req.method() == Method::GET
+        && !node.config.pusher.is_empty()
+    {
+        let key = key.to_owned();
+        return upgrade(node, req, Some(key));
+    }
+    if path.starts_with("/apps/") && !node.config.pusher.is_empty() {
+        return super::pusher::route(node, req).await;
+    }
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(node, req),
+        (&Method::GET, "/ws") => upgrade(node, req, None),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/client.js") => asset(CLIENT_JS, JAVASCRIPT),
         (&Method::GET, "/" | "/index.html") if node.config.demo => {
@@ -75,9 +87,18 @@ pub(super) fn asset(body: impl Into<Bytes>, content_type: &'static str) -> Respo
     response
 }
 
-fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
+/// Upgrades `/ws` (`pusher_key: None`) or the Pusher endpoint `/app/{key}`.
+fn upgrade(
+    node: Arc<NodeInner>,
+    mut req: Request<Incoming>,
+    pusher_key: Option<String>,
+) -> Response<Body> {
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-    let admitted = match admission::admit_upgrade(&node, &req, peer) {
+    let endpoint = match &pusher_key {
+        None => admission::Endpoint::Native,
+        Some(_) => admission::Endpoint::Pusher,
+    };
+    let admitted = match admission::admit_upgrade(&node, &req, peer, endpoint) {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(*refusal),
     };
@@ -102,7 +123,13 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
             HeaderValue::from_static(p.name()),
         );
     }
-    let protocol = admitted.protocol.unwrap_or(Protocol::Json);
+    let (protocol, pusher) = match &pusher_key {
+        None => (admitted.protocol.unwrap_or(Protocol::Json), None),
+        Some(key) => (
+            Protocol::Pusher,
+            Some(admission::pusher_app(&node, key, req.uri().query())),
+        ),
+    };
     let (slot, identity) = (admitted.slot, admitted.identity);
     node.sessions.clone().spawn(async move {
         // Held until the session ends (or the upgrade fails).
@@ -122,6 +149,7 @@ fn upgrade(node: Arc<NodeInner>, mut req: Request<Incoming>) -> Response<Body> {
                     parts.read_buf,
                     protocol,
                     identity,
+                    pusher,
                 )
                 .await
             }

@@ -141,12 +141,12 @@ pub(crate) fn missed_push(
     topic: MissedTopic<'_>,
     reason: MissedReason,
     at: u64,
-) -> Outbound {
-    Outbound::Message {
-        frame: encode_push_for(protocol, &Push::Missed { topic, reason }),
+) -> Option<Outbound> {
+    Some(Outbound::Message {
+        frame: encode_push_for(protocol, &Push::Missed { topic, reason })?,
         published_us: at,
         offset: 0,
-    }
+    })
 }
 
 /// The topic an envelope is fanned out to; envelopes with equal keys can be
@@ -358,6 +358,23 @@ impl Hub {
         if envelopes.is_empty() {
             return 0;
         }
+        // An envelope that one connection must not receive (a Pusher
+        // trigger's `socket_id`, a client event's sender) goes alone.
+        if envelopes.len() > 1 && envelopes.iter().any(|e| !e.exclude.is_empty()) {
+            let mut reached = 0;
+            let mut rest: &[Envelope] = &envelopes;
+            while !rest.is_empty() {
+                let len = match rest.iter().position(|e| !e.exclude.is_empty()) {
+                    Some(0) => 1,
+                    Some(n) => n,
+                    None => rest.len(),
+                };
+                let (run, tail) = rest.split_at(len);
+                reached = reached.max(self.deliver_run(&subscribers, run));
+                rest = tail;
+            }
+            return reached;
+        }
         if let Some(Control::Disconnect(d)) = &first.control {
             let disconnect = Disconnect::from_envelope(d);
             for s in subscribers.iter() {
@@ -366,15 +383,24 @@ impl Hub {
             }
             return subscribers.len();
         }
+        self.deliver_run(&subscribers, &envelopes)
+    }
+
+    /// Delivers a run of one topic's envelopes (already admitted; one with an
+    /// `exclude` only alone) to its subscribers; returns how many.
+    fn deliver_run(&self, subscribers: &Subscribers, envelopes: &[Envelope]) -> usize {
+        let Some(first) = envelopes.first() else {
+            return 0;
+        };
+        let exclude = first.exclude.as_str();
         // The run's frames, encoded on first use for each subprotocol.
-        let mut runs: [Option<Vec<Outbound>>; 2] = [None, None];
+        let mut runs: [Option<Vec<Outbound>>; Protocol::COUNT] = Default::default();
         for s in subscribers.iter() {
+            if !exclude.is_empty() && *s.session.conn == *exclude {
+                continue;
+            }
             let protocol = s.session.protocol;
-            let slot = match protocol {
-                Protocol::Json => 0,
-                Protocol::Proto => 1,
-            };
-            let items = runs[slot].get_or_insert_with(|| {
+            let items = runs[protocol.slot()].get_or_insert_with(|| {
                 envelopes
                     .iter()
                     .filter_map(|e| {
@@ -440,15 +466,14 @@ impl Hub {
             None => MissedTopic::Channel(key),
         };
         let at = now_us();
-        let mut items: [Option<Outbound>; 2] = [None, None];
+        let mut items: [Option<Option<Outbound>>; Protocol::COUNT] = Default::default();
         for s in entry.subscribers.iter() {
             let protocol = s.session.protocol;
-            let slot = match protocol {
-                Protocol::Json => 0,
-                Protocol::Proto => 1,
-            };
-            let item = items[slot].get_or_insert_with(|| missed_push(protocol, topic, reason, at));
-            s.deliver(std::slice::from_ref(item), "", self.buffer_capacity);
+            let item = items[protocol.slot()]
+                .get_or_insert_with(|| missed_push(protocol, topic, reason, at));
+            if let Some(item) = item {
+                s.deliver(std::slice::from_ref(item), "", self.buffer_capacity);
+            }
         }
         let n = entry.subscribers.len();
         metrics::counter!("switchboard_missed_total", "reason" => reason.as_str())

@@ -9,8 +9,31 @@ use crate::namespace::Namespace;
 use crate::node::NodeInner;
 use crate::protocol::StreamPosition;
 
+/// The history a channel keeps, if any: its namespace's; a Pusher cache
+/// channel keeps at least its last event, for [`CACHE_TTL`].
+pub(crate) fn policy(node: &NodeInner, channel: &str) -> Option<HistoryPolicy> {
+    let namespace = node.config.namespaces.of(channel);
+    let configured = of_namespace(namespace);
+    if !crate::policy::pusher::is_cache_channel(node, channel) {
+        return configured;
+    }
+    Some(configured.map_or(
+        HistoryPolicy {
+            size: 1,
+            ttl: CACHE_TTL,
+        },
+        |p| HistoryPolicy {
+            size: p.size,
+            ttl: p.ttl.max(CACHE_TTL),
+        },
+    ))
+}
+
+/// How long a Pusher cache channel keeps its last event.
+pub(crate) const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// The history policy of a namespace, if it keeps history.
-pub(crate) fn policy(namespace: &Namespace) -> Option<HistoryPolicy> {
+fn of_namespace(namespace: &Namespace) -> Option<HistoryPolicy> {
     namespace.has_history().then_some(HistoryPolicy {
         size: namespace.history_size,
         ttl: namespace.history_ttl,

@@ -19,7 +19,7 @@ pub(crate) async fn to_channel(
     let mut envelope =
         envelope::for_channel(&node.config.node_id, channel, data.bytes, data.encoding);
     envelope.publisher = publisher.to_owned();
-    let history = super::history::policy(node.config.namespaces.of(channel));
+    let history = super::history::policy(node, channel);
     node.backplane.publish(&envelope, history).await
 }
 

@@ -83,6 +83,9 @@ pub(crate) fn may_read(
     channel: &str,
 ) -> Result<(), Refusal> {
     super::channel::check_length(node, channel)?;
+    if let Some(why) = super::pusher::native_read_refusal(node, channel) {
+        return Err(Refusal::new(ErrorCode::Forbidden, why));
+    }
     if !allowed_by(identity.channels.as_deref(), channel) {
         return Err(Refusal::new(
             ErrorCode::Forbidden,
@@ -100,6 +103,17 @@ pub(crate) fn may_subscribe(
     channel: &str,
 ) -> Result<(), Refusal> {
     may_read(node, &session.identity, channel)?;
+    subscription_room(node, session, channel)
+}
+
+/// Refused when a connection has as many subscriptions as it may have (a
+/// channel it is subscribed to already passes: that is answered elsewhere).
+pub(crate) fn subscription_room(
+    node: &NodeInner,
+    session: &SessionHandle,
+    channel: &str,
+) -> Result<(), Refusal> {
+    super::channel::check_length(node, channel)?;
     let max = node.config.limits.max_subscriptions;
     let channels = crate::lock(&session.channels);
     // A second subscribe to a channel is answered "already subscribed".
@@ -122,6 +136,9 @@ pub(crate) fn may_publish(
     channel: &str,
 ) -> Result<(), Refusal> {
     super::channel::check_length(node, channel)?;
+    if let Some(why) = super::pusher::native_publish_refusal(node, channel) {
+        return Err(Refusal::new(ErrorCode::Forbidden, why));
+    }
     if !allowed_by(identity.publish.as_deref(), channel) {
         return Err(Refusal::new(
             ErrorCode::Forbidden,
@@ -139,7 +156,7 @@ pub(crate) fn may_publish(
 
 /// The history policy of a channel's namespace; refused when it keeps none.
 pub(crate) fn history_kept(node: &NodeInner, channel: &str) -> Result<HistoryPolicy, Refusal> {
-    crate::ops::history::policy(node.config.namespaces.of(channel)).ok_or_else(|| {
+    crate::ops::history::policy(node, channel).ok_or_else(|| {
         Refusal::new(
             ErrorCode::Forbidden,
             "history is not kept for this channel's namespace",

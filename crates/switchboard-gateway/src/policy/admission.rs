@@ -62,11 +62,73 @@ impl UpgradeRefusal {
     }
 }
 
+/// Which WebSocket endpoint a connection asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `/ws`: the node's own protocol (subprotocol and token checked).
+    Native,
+    /// `/app/{key}`: the Pusher protocol, which names no subprotocol and
+    /// carries no token (its channels are authorized one by one); its app key
+    /// and version are checked once the socket is open ([`pusher_app`]).
+    Pusher,
+}
+
+/// The app a Pusher connection asks for by key, with `?protocol=7`; or the
+/// refusal it is closed with (4001 unknown key, 4008 no version, 4007 another
+/// version: the codes Pusher's libraries act on).
+pub(crate) fn pusher_app(
+    node: &NodeInner,
+    key: &str,
+    query: Option<&str>,
+) -> crate::session::PusherStart {
+    use crate::protocol::Disconnect;
+    let key = crate::http::percent_decode(key).unwrap_or(Cow::Borrowed(key));
+    let Some(app) = node.config.pusher.iter().position(|a| a.key == *key) else {
+        metrics::counter!("switchboard_upgrades_rejected_total", "reason" => "pusher_app")
+            .increment(1);
+        return Err(Disconnect {
+            code: 4001,
+            reason: format!("app key {key} does not exist on this cluster").into(),
+            reconnect: false,
+        });
+    };
+    let version = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("protocol="));
+    match version {
+        Some(v) if v == crate::protocol::pusher::VERSION.to_string() => Ok(app),
+        Some(v) => {
+            metrics::counter!("switchboard_upgrades_rejected_total", "reason" => "pusher_version")
+                .increment(1);
+            Err(Disconnect {
+                code: 4007,
+                reason: format!(
+                    "unsupported protocol version {v}: this node speaks protocol {}",
+                    crate::protocol::pusher::VERSION
+                )
+                .into(),
+                reconnect: false,
+            })
+        }
+        None => {
+            metrics::counter!("switchboard_upgrades_rejected_total", "reason" => "pusher_version")
+                .increment(1);
+            Err(Disconnect::fixed(
+                4008,
+                "no protocol version supplied: connect with ?protocol=7",
+                false,
+            ))
+        }
+    }
+}
+
 /// Checks an upgrade request, in the order of the module's list.
 pub(crate) fn admit_upgrade<B>(
     node: &NodeInner,
     req: &Request<B>,
     peer: Option<IpAddr>,
+    endpoint: Endpoint,
 ) -> Result<Admitted, Box<UpgradeRefusal>> {
     if node.is_draining() {
         return Err(UpgradeRefusal::new(
@@ -96,8 +158,12 @@ pub(crate) fn admit_upgrade<B>(
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join(",");
-    let protocol = Protocol::negotiate(Some(offered.as_str()))
-        .map_err(|message| UpgradeRefusal::new(StatusCode::BAD_REQUEST, "subprotocol", message))?;
+    let protocol = match endpoint {
+        Endpoint::Native => Protocol::negotiate(Some(offered.as_str())).map_err(|message| {
+            UpgradeRefusal::new(StatusCode::BAD_REQUEST, "subprotocol", message)
+        })?,
+        Endpoint::Pusher => None,
+    };
     if let Some(ip) = peer
         && !node.gate.admit_ip(ip, tokio::time::Instant::now())
     {
@@ -123,10 +189,13 @@ pub(crate) fn admit_upgrade<B>(
         )
         .with_code(ErrorCode::Unavailable));
     };
-    let identity = bearer_token(req).and_then(|token| {
-        node.authenticator
-            .identify(token.as_deref().filter(|t| !t.is_empty()))
-    });
+    let identity = match endpoint {
+        Endpoint::Native => bearer_token(req).and_then(|token| {
+            node.authenticator
+                .identify(token.as_deref().filter(|t| !t.is_empty()))
+        }),
+        Endpoint::Pusher => Ok(Identity::anonymous()),
+    };
     match identity {
         Ok(identity) => Ok(Admitted {
             protocol,

@@ -135,6 +135,8 @@ pub(crate) struct Rejections {
     pub(crate) control_rate: Counter,
     /// Connections refused because their address has too many in the HTTP phase.
     pub(crate) pending_per_ip: Counter,
+    /// Pusher client events over the per-connection rate.
+    pub(crate) client_events: Counter,
 }
 
 impl ConnectionGate {
@@ -214,6 +216,7 @@ impl Rejections {
             channel_length: counter("channel_length"),
             control_rate: counter("control_rate"),
             pending_per_ip: counter("pending_per_ip"),
+            client_events: counter("client_events"),
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   the API key, the size of an API body);
 //! - [`channel`]: channel and namespace names and lengths;
 //! - [`token`]: verifying client tokens (JWT) into an identity;
+//! - `pusher`: what a Pusher client or API caller may do, and the
+//!   signatures of the Pusher protocol (`pusher::sign`);
 //! - `limits`: the counters and token buckets the rules above consult.
 //!
 //! Two refusals happen where the bytes are read, since they must stop the
@@ -19,6 +21,7 @@ pub(crate) mod access;
 pub(crate) mod admission;
 pub mod channel;
 pub(crate) mod limits;
+pub(crate) mod pusher;
 pub mod token;
 
 pub(crate) use access::Refusal;

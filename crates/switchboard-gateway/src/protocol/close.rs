@@ -72,6 +72,11 @@ pub enum CloseReason {
     /// The server API's disconnect order, with the code and reason it carries
     /// (4100 from this node's API).
     ServerApi(Disconnect),
+    /// Refused once the WebSocket is open, with the code and reason the
+    /// client's protocol uses (a Pusher client asking for an unknown app key
+    /// or protocol version: the Pusher libraries read close codes, not HTTP
+    /// statuses).
+    Refused(Disconnect),
 }
 
 impl CloseReason {
@@ -93,7 +98,16 @@ impl CloseReason {
             CloseReason::TokenExpired => Disconnect::fixed(4001, "token expired", true),
             CloseReason::RateLimited => Disconnect::fixed(4029, "rate limit exceeded", true),
             CloseReason::Internal => Disconnect::fixed(1011, "internal error", true),
-            CloseReason::ServerApi(d) => d.clone(),
+            CloseReason::ServerApi(d) | CloseReason::Refused(d) => d.clone(),
+        }
+    }
+
+    /// What a client of `protocol` is told: the node's own codes above, or
+    /// the codes the Pusher client libraries act on.
+    pub fn disconnect_in(&self, protocol: super::Protocol) -> Disconnect {
+        match protocol {
+            super::Protocol::Json | super::Protocol::Proto => self.disconnect(),
+            super::Protocol::Pusher => super::pusher::disconnect(self),
         }
     }
 
@@ -109,6 +123,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limit",
             CloseReason::Internal => "internal",
             CloseReason::ServerApi(_) => "api",
+            CloseReason::Refused(_) => "refused",
         }
     }
 

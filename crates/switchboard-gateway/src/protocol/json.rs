@@ -270,12 +270,18 @@ fn put_push(out: &mut BytesMut, push: &Push<'_>) {
             payload,
             encoding,
             position,
+            event,
+            ..
         } => {
             out.reserve(channel.len() + payload.len() * 4 / 3);
             // Channel names are validated to a charset that needs no JSON escaping.
             out.put_slice(b"{\"type\":\"message\",\"channel\":\"");
             out.put_slice(channel.as_bytes());
             out.put_u8(b'"');
+            if !event.is_empty() {
+                out.put_slice(b",\"event\":");
+                put_str(out, event);
+            }
             put_data(out, payload, encoding);
             if let Some((offset, epoch)) = position {
                 out.put_slice(b",\"offset\":");
@@ -298,6 +304,7 @@ fn put_push(out: &mut BytesMut, push: &Push<'_>) {
             conn,
             user,
             join,
+            ..
         } => {
             out.put_slice(if join {
                 b"{\"type\":\"join\",\"channel\":"

@@ -1,11 +1,14 @@
 //! The client protocol, independent of its encoding: what a client can ask
 //! ([`Command`]), what the node answers ([`Reply`]), and the two codecs of
-//! `switchboard.v1.json` ([`json`]) and `switchboard.v1.proto` ([`proto`]).
+//! `switchboard.v1.json` ([`json`]) and `switchboard.v1.proto` ([`proto`]),
+//! and the Pusher protocol's codec ([`pusher`]), the third encoding of the
+//! same pushes.
 
 pub mod close;
 pub mod json;
 pub mod payload;
 pub mod proto;
+pub mod pusher;
 
 use bytes::Bytes;
 use switchboard_backplane::envelope::{Kind, PayloadEncoding};
@@ -21,6 +24,8 @@ pub enum Protocol {
     Json,
     /// `switchboard.v1.proto`: binary frames, one protobuf frame each.
     Proto,
+    /// Pusher Channels protocol 7 (`/app/{key}`, docs/PUSHER.md): text frames.
+    Pusher,
 }
 
 impl Protocol {
@@ -29,11 +34,24 @@ impl Protocol {
     /// The `Sec-WebSocket-Protocol` name of the protobuf subprotocol.
     pub const PROTO_NAME: &'static str = "switchboard.v1.proto";
 
-    /// Its `Sec-WebSocket-Protocol` name.
+    /// Its `Sec-WebSocket-Protocol` name (the Pusher protocol has none).
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Json => Self::JSON_NAME,
             Protocol::Proto => Self::PROTO_NAME,
+            Protocol::Pusher => "",
+        }
+    }
+
+    /// How many encodings a push can have: one per protocol.
+    pub(crate) const COUNT: usize = 3;
+
+    /// This protocol's place among the [`Protocol::COUNT`] encodings of a push.
+    pub(crate) fn slot(self) -> usize {
+        match self {
+            Protocol::Json => 0,
+            Protocol::Proto => 1,
+            Protocol::Pusher => 2,
         }
     }
 
@@ -299,6 +317,7 @@ pub fn encode_reply(protocol: Protocol, id: Option<u64>, reply: &Reply<'_>) -> B
     match protocol {
         Protocol::Json => json::encode_reply(id, reply),
         Protocol::Proto => proto::encode_reply(id, reply),
+        Protocol::Pusher => pusher::encode_reply(reply),
     }
 }
 
@@ -314,6 +333,8 @@ pub fn encode_push(protocol: Protocol, envelope: &Envelope) -> Option<Bytes> {
             payload: &envelope.payload,
             encoding,
             position: (envelope.offset != 0).then_some((envelope.offset, envelope.epoch.as_str())),
+            event: &envelope.event,
+            publisher: &envelope.publisher,
         },
         (None, Kind::User(user)) => Push::UserMessage {
             user,
@@ -324,24 +345,29 @@ pub fn encode_push(protocol: Protocol, envelope: &Envelope) -> Option<Bytes> {
             channel,
             conn: &j.conn,
             user: &j.user,
+            info: &j.info,
             join: true,
         },
         (Some(Control::Leave(l)), Kind::Channel(channel)) => Push::Join {
             channel,
             conn: &l.conn,
             user: &l.user,
+            info: "",
             join: false,
         },
         _ => return None,
     };
-    Some(encode_push_for(protocol, &push))
+    encode_push_for(protocol, &push)
 }
 
-/// Encodes one push for one subprotocol (recovered messages, per session).
-pub(crate) fn encode_push_for(protocol: Protocol, push: &Push<'_>) -> Bytes {
+/// Encodes one push for one subprotocol (recovered messages, per session);
+/// `None` when the protocol has no frame for it (a Pusher client is not told
+/// of joins on channels other than presence channels).
+pub(crate) fn encode_push_for(protocol: Protocol, push: &Push<'_>) -> Option<Bytes> {
     match protocol {
-        Protocol::Json => json::encode_push(push),
-        Protocol::Proto => proto::encode_push(push),
+        Protocol::Json => Some(json::encode_push(push)),
+        Protocol::Proto => Some(proto::encode_push(push)),
+        Protocol::Pusher => pusher::encode_push(push),
     }
 }
 
@@ -355,6 +381,11 @@ pub(crate) enum Push<'a> {
         encoding: PayloadEncoding,
         /// Offset and epoch, on channels with history.
         position: Option<(u64, &'a str)>,
+        /// The event name, for messages published through the Pusher
+        /// surface ("" otherwise).
+        event: &'a str,
+        /// The publishing client's user ("" for the server APIs).
+        publisher: &'a str,
     },
     /// A message sent to a user.
     UserMessage {
@@ -362,11 +393,14 @@ pub(crate) enum Push<'a> {
         payload: &'a Bytes,
         encoding: PayloadEncoding,
     },
-    /// A connection joined (`join`) or left a channel.
+    /// A connection joined (`join`) or left a channel (on a Pusher presence
+    /// channel: a user's first connection joined, or its last one left).
     Join {
         channel: &'a str,
         conn: &'a str,
         user: &'a str,
+        /// The member's user info (JSON text), on Pusher presence channels.
+        info: &'a str,
         join: bool,
     },
     /// Messages of a channel or to a user may have been missed and could not
@@ -413,6 +447,8 @@ impl<'a> Push<'a> {
             encoding: PayloadEncoding::try_from(envelope.encoding)
                 .unwrap_or(PayloadEncoding::Binary),
             position: Some((envelope.offset, envelope.epoch.as_str())),
+            event: &envelope.event,
+            publisher: &envelope.publisher,
         }
     }
 }

@@ -85,6 +85,7 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
                     offset: Some(m.offset),
                     epoch: Some(m.epoch.clone()),
                     user: String::new(),
+                    event: m.event.clone(),
                 })
                 .collect(),
         }),
@@ -120,6 +121,7 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             channel,
             payload,
             position,
+            event,
             ..
         } => Frame::Message(pb::Message {
             channel: channel.into(),
@@ -127,6 +129,7 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             offset: position.map(|p| p.0),
             epoch: position.map(|p| p.1.to_owned()),
             user: String::new(),
+            event: event.into(),
         }),
         Push::UserMessage { user, payload, .. } => Frame::Message(pb::Message {
             user: user.into(),
@@ -138,6 +141,7 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             conn,
             user,
             join: true,
+            ..
         } => Frame::Join(pb::Join {
             channel: channel.into(),
             conn: conn.into(),
@@ -148,6 +152,7 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             conn,
             user,
             join: false,
+            ..
         } => Frame::Leave(pb::Leave {
             channel: channel.into(),
             conn: conn.into(),

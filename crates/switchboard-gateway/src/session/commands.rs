@@ -25,6 +25,7 @@ pub(super) async fn handle(
 ) {
     node.metrics.message_received(data.len());
     let decoded = match (session.protocol, text) {
+        (Protocol::Pusher, _) => return super::pusher::handle(node, session, text, data).await,
         (Protocol::Json, true) => json::decode(&data),
         (Protocol::Proto, false) => proto::decode(data),
         (Protocol::Json, false) => Err(DecodeError::new(
@@ -56,7 +57,43 @@ pub(super) async fn handle(
             if let Err(refusal) = policy::access::may_subscribe(node, session, &channel) {
                 return refuse(session, id, refusal);
             }
-            subscribe(node, session, id, channel.into(), recover).await;
+            let channel: Arc<str> = channel.into();
+            let announce = |history: Option<(&str, u64, bool)>| {
+                session.reply(
+                    id,
+                    &Reply::Subscribed {
+                        channel: &channel,
+                        history,
+                    },
+                )
+            };
+            let joined = subscribe(node, session, &channel, recover, &announce).await;
+            match joined {
+                Ok(()) => {
+                    if node.config.namespaces.of(&channel).join_leave {
+                        ops::publish::join_leave(
+                            node,
+                            &channel,
+                            &session.conn,
+                            &session.user,
+                            true,
+                        )
+                        .await;
+                    }
+                }
+                Err(SubscribeError::Already) => error(
+                    session,
+                    id,
+                    ErrorCode::BadRequest,
+                    &format!("already subscribed to {channel}"),
+                ),
+                Err(SubscribeError::Backplane(e)) => error(
+                    session,
+                    id,
+                    ErrorCode::Unavailable,
+                    &format!("could not subscribe: {e}"),
+                ),
+            }
         }
         CommandKind::Unsubscribe { channel } => {
             let was = crate::lock(&session.channels).remove(channel.as_str());
@@ -141,39 +178,48 @@ pub(super) async fn handle(
     }
 }
 
-async fn subscribe(
+/// Why a subscription was not made.
+pub(super) enum SubscribeError {
+    /// The session is subscribed to the channel already.
+    Already,
+    /// The backplane did not take the subscription, or the history could not be read.
+    Backplane(switchboard_backplane::BackplaneError),
+}
+
+/// Subscribes a session to a channel: presence (when the namespace keeps it),
+/// the hub, and on channels with history the catch-up from `recover` (see
+/// [`catch_up`]). `announce` queues the protocol's success reply, given the
+/// history position (epoch, newest offset, recovered) on channels with
+/// history; it runs atomically with the session starting to receive, so the
+/// reply precedes every message. Join events are the caller's (they differ by
+/// protocol).
+pub(super) async fn subscribe(
     node: &NodeInner,
     session: &Arc<SessionHandle>,
-    id: Option<u64>,
-    channel: Arc<str>,
+    channel: &Arc<str>,
     recover: Option<StreamPosition>,
-) {
+    announce: &(dyn Fn(Option<(&str, u64, bool)>) + Sync),
+) -> Result<(), SubscribeError> {
+    let channel = channel.clone();
     if !crate::lock(&session.channels).insert(channel.clone()) {
-        return error(
-            session,
-            id,
-            ErrorCode::BadRequest,
-            &format!("already subscribed to {channel}"),
-        );
+        return Err(SubscribeError::Already);
     }
     let namespace = node.config.namespaces.of(&channel);
-    let history = ops::history::policy(namespace);
+    let history = ops::history::policy(node, &channel);
+    // A Pusher connection's presence is its own (`session::pusher`), with the
+    // member's user info; the namespace's connection presence is the node's
+    // own protocol's.
+    let native_presence = namespace.presence && session.protocol != Protocol::Pusher;
     // Presence is written before the reply: a member who has been told
     // `subscribed` is in every presence list asked for after that.
-    if namespace.presence {
+    if native_presence {
         ops::presence::update(node, &channel, &session.conn, &session.user, true).await;
     }
     let subscribed = node
         .hub
         .subscribe(&channel, session, history.is_some(), || {
             if history.is_none() {
-                session.reply(
-                    id,
-                    &Reply::Subscribed {
-                        channel: &channel,
-                        history: None,
-                    },
-                );
+                announce(None);
             }
         })
         .await;
@@ -181,35 +227,23 @@ async fn subscribe(
         Ok(s) => s,
         Err(e) => {
             crate::lock(&session.channels).remove(&channel);
-            if namespace.presence {
+            if native_presence {
                 ops::presence::update(node, &channel, &session.conn, &session.user, false).await;
             }
-            return error(
-                session,
-                id,
-                ErrorCode::Unavailable,
-                &format!("could not subscribe: {e}"),
-            );
+            return Err(SubscribeError::Backplane(e));
         }
     };
     if history.is_some()
-        && let Err(e) = catch_up(node, session, id, &channel, &subscription, recover).await
+        && let Err(e) = catch_up(node, session, announce, &channel, &subscription, recover).await
     {
         crate::lock(&session.channels).remove(&channel);
-        if namespace.presence {
+        if native_presence {
             ops::presence::update(node, &channel, &session.conn, &session.user, false).await;
         }
         node.hub.unsubscribe(&channel, session.id).await;
-        return error(
-            session,
-            id,
-            ErrorCode::Unavailable,
-            &format!("could not subscribe: {e}"),
-        );
+        return Err(SubscribeError::Backplane(e));
     }
-    if namespace.join_leave {
-        ops::publish::join_leave(node, &channel, &session.conn, &session.user, true).await;
-    }
+    Ok(())
 }
 
 /// The history side of subscribing to a channel with history: the reply, then
@@ -226,7 +260,7 @@ async fn subscribe(
 async fn catch_up(
     node: &NodeInner,
     session: &Arc<SessionHandle>,
-    id: Option<u64>,
+    announce: &(dyn Fn(Option<(&str, u64, bool)>) + Sync),
     channel: &str,
     subscription: &crate::hub::Subscription,
     recover: Option<StreamPosition>,
@@ -237,13 +271,7 @@ async fn catch_up(
     let ops::history::Start { page, recovered } =
         ops::history::start(node, channel, recover.as_ref(), room).await?;
     node.hub.note_start(channel, &page.epoch, page.offset);
-    session.reply(
-        id,
-        &Reply::Subscribed {
-            channel,
-            history: Some((&page.epoch, page.offset, recovered)),
-        },
-    );
+    announce(Some((&page.epoch, page.offset, recovered)));
     // Everything up to `after` has been given to the session.
     let after = match (&recover, recovered) {
         (Some(r), true) => {
@@ -288,11 +316,13 @@ fn push_history(
     messages: &[switchboard_backplane::Envelope],
 ) {
     for m in messages {
+        let Some(frame) =
+            crate::protocol::encode_push_for(session.protocol, &Push::of_history(m, channel))
+        else {
+            continue;
+        };
         session.push(Outbound::Message {
-            frame: crate::protocol::encode_push_for(
-                session.protocol,
-                &Push::of_history(m, channel),
-            ),
+            frame,
             published_us: m.published_us,
             offset: m.offset,
         });
@@ -301,17 +331,22 @@ fn push_history(
 
 /// Tells one session that messages of a channel may have been missed.
 fn missed(session: &SessionHandle, channel: &str, reason: MissedReason) {
-    session.push(crate::hub::missed_push(
+    if let Some(push) = crate::hub::missed_push(
         session.protocol,
         MissedTopic::Channel(channel),
         reason,
         switchboard_backplane::envelope::now_us(),
-    ));
+    ) {
+        session.push(push);
+    }
     metrics::counter!("switchboard_missed_total", "reason" => reason.as_str()).increment(1);
 }
 
 /// Takes a session out of a channel: hub, presence, and a leave event.
 pub(crate) async fn leave(node: &NodeInner, session: &SessionHandle, channel: &str) {
+    if session.protocol == Protocol::Pusher {
+        return super::pusher::leave(node, session, channel).await;
+    }
     node.hub.unsubscribe(channel, session.id).await;
     let namespace = node.config.namespaces.of(channel);
     if namespace.presence {
@@ -330,6 +365,6 @@ fn refuse(session: &SessionHandle, id: Option<u64>, refusal: Refusal) {
     }
 }
 
-fn error(session: &SessionHandle, id: Option<u64>, code: ErrorCode, message: &str) {
+pub(super) fn error(session: &SessionHandle, id: Option<u64>, code: ErrorCode, message: &str) {
     session.reply(id, &Reply::Error { code, message });
 }

@@ -272,7 +272,7 @@ async fn goodbye(session: &SessionHandle, end: &End, parser: &mut Parser) {
     let wait = *end != End::Closed(CloseReason::SlowConsumer);
     let how = match end {
         End::Closed(why) => {
-            let d = why.disconnect();
+            let d = why.disconnect_in(session.protocol);
             // A peer that broke RFC 6455 gets the close frame alone (no
             // `disconnect` push): it is owed no more messages, and a text frame
             // before the close is what the RFC's fail-the-connection forbids.

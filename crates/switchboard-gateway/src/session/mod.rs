@@ -21,7 +21,10 @@ pub(crate) mod commands;
 mod conn;
 pub(crate) use outbox::MAX_RUN;
 pub(crate) mod outbox;
+mod pusher;
 pub(crate) mod signal;
+
+pub(crate) use pusher::PusherConn;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,6 +115,9 @@ pub(crate) struct SessionHandle {
     pub(crate) channels: Mutex<HashSet<Arc<str>>>,
     /// The command rate limit (`limits::CommandLimiter`).
     pub(crate) limiter: Mutex<crate::policy::limits::CommandLimiter>,
+    /// A Pusher connection's own state (its app, signed-in user, presence
+    /// memberships); `None` on the node's own protocol.
+    pub(crate) pusher: Option<Box<PusherConn>>,
 }
 
 impl SessionHandle {
@@ -241,9 +247,16 @@ impl SessionHandle {
                 &limits,
                 tokio::time::Instant::now(),
             )),
+            pusher: None,
         })
     }
 }
+
+/// How a connection on the Pusher endpoint starts: its app (an index into
+/// the node's apps), or the refusal it is closed with at once (an unknown key
+/// or protocol version: the Pusher libraries read close codes, not HTTP
+/// statuses).
+pub(crate) type PusherStart = Result<usize, crate::protocol::Disconnect>;
 
 /// Runs a connection from the end of the handshake until it closes, then
 /// removes it from every channel.
@@ -253,14 +266,25 @@ pub(crate) async fn run(
     read_ahead: Bytes,
     protocol: Protocol,
     identity: Identity,
+    pusher: Option<PusherStart>,
 ) {
     let data_opcode = match protocol {
-        Protocol::Json => crate::ws::OpCode::Text,
+        Protocol::Json | Protocol::Pusher => crate::ws::OpCode::Text,
         Protocol::Proto => crate::ws::OpCode::Binary,
+    };
+    let (pusher, refused) = match pusher {
+        None => (None, None),
+        Some(Ok(app)) => (Some(Box::new(PusherConn::new(app))), None),
+        Some(Err(refusal)) => (None, Some(refusal)),
+    };
+    let conn: Arc<str> = if protocol == Protocol::Pusher {
+        pusher::socket_id().into()
+    } else {
+        format!("c_{}", ulid::Ulid::new()).into()
     };
     let session = Arc::new(SessionHandle {
         id: node.next_session_id(),
-        conn: format!("c_{}", ulid::Ulid::new()).into(),
+        conn,
         user: identity.user.clone(),
         identity,
         protocol,
@@ -275,6 +299,7 @@ pub(crate) async fn run(
             &node.config.limits,
             tokio::time::Instant::now(),
         )),
+        pusher,
     });
     node.session_opened();
     node.register(&session);
@@ -295,9 +320,13 @@ pub(crate) async fn run(
     // it. Boxed, as is every rare, large future here: the task's own size is
     // paid by every idle connection.
     let user_topic = (!session.user.is_empty()).then(|| crate::hub::user_key(&session.user));
-    match &user_topic {
-        None => welcome(),
-        Some(key) => {
+    match (&user_topic, refused) {
+        // A refused Pusher connection gets its `pusher:error` and close only.
+        (_, Some(refusal)) => {
+            session.end_with(End::Closed(CloseReason::Refused(refusal)));
+        }
+        (None, None) => welcome(),
+        (Some(key), None) => {
             if let Err(e) = Box::pin(node.hub.subscribe(key, &session, false, welcome)).await {
                 tracing::warn!(conn = %session.conn, error = %e, "cannot receive user messages: closing");
                 session.end_with(End::Closed(CloseReason::Internal));

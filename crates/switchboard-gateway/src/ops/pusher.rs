@@ -1,0 +1,184 @@
+//! The operations of the Pusher surface: triggering events (HTTP API),
+//! relaying client events, and the memberships behind presence, occupancy
+//! and member events (docs/PUSHER.md). Pusher channels are ordinary
+//! channels: everything goes through the same backplane, history and hub.
+
+use bytes::Bytes;
+use switchboard_backplane::envelope::{self, PayloadEncoding};
+use switchboard_backplane::{BackplaneError, PresenceMember};
+
+use crate::config::PusherApp;
+use crate::node::NodeInner;
+use crate::policy::pusher::{Member, channel_key};
+
+/// A Pusher `data` string as the payload of an envelope: a JSON string
+/// literal, which native JSON clients read as a string and the Pusher codec
+/// splices in without escaping it again.
+pub(crate) fn data_payload(data: &str) -> Bytes {
+    // Serialising a &str cannot fail.
+    Bytes::from(serde_json::to_vec(data).unwrap_or_default())
+}
+
+/// Publishes event `event` with `data` to each of `channels` (Pusher names)
+/// of `app`, each in its channel's order and history; a connection whose
+/// socket id is `exclude` does not receive it. Stops at the first channel the
+/// backplane refuses: the channels before it have the event.
+pub(crate) async fn trigger(
+    node: &NodeInner,
+    app: &PusherApp,
+    channels: &[String],
+    event: &str,
+    data: &str,
+    exclude: Option<&str>,
+) -> Result<(), BackplaneError> {
+    let payload = data_payload(data);
+    for name in channels {
+        let key = channel_key(app, name);
+        let mut e = envelope::for_channel(
+            &node.config.node_id,
+            &key,
+            payload.clone(),
+            PayloadEncoding::Json,
+        );
+        e.event = event.to_owned();
+        e.exclude = exclude.unwrap_or_default().to_owned();
+        let history = super::history::policy(node, &key);
+        node.backplane.publish(&e, history).await?;
+    }
+    Ok(())
+}
+
+/// Relays a client event (`data`: its JSON value as sent) to a channel's
+/// other subscribers; `user` is the sender's user id on presence channels
+/// ("" otherwise).
+pub(crate) async fn client_event(
+    node: &NodeInner,
+    channel: &str,
+    event: &str,
+    data: Bytes,
+    sender: &str,
+    user: &str,
+) -> Result<(), BackplaneError> {
+    let mut e = envelope::for_channel(&node.config.node_id, channel, data, PayloadEncoding::Json);
+    e.event = event.to_owned();
+    e.exclude = sender.to_owned();
+    e.publisher = user.to_owned();
+    let history = super::history::policy(node, channel);
+    node.backplane.publish(&e, history).await.map(drop)
+}
+
+/// What joining a channel's membership changed, cluster-wide.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Joined {
+    /// The channel had no member before.
+    pub(crate) channel_was_empty: bool,
+    /// The user had no connection in the channel before.
+    pub(crate) user_was_absent: bool,
+}
+
+/// What leaving a channel's membership changed, cluster-wide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Left {
+    /// The user whose connection left.
+    pub(crate) user: String,
+    /// The channel has no member now.
+    pub(crate) channel_now_empty: bool,
+    /// The user has no connection in the channel now.
+    pub(crate) user_now_absent: bool,
+}
+
+/// Records a Pusher connection as a member of a channel (every Pusher
+/// subscription is one: presence lists, counts and occupancy read them).
+pub(crate) async fn join(
+    node: &NodeInner,
+    channel: &str,
+    conn: &str,
+    member: Option<&Member>,
+) -> Result<Joined, BackplaneError> {
+    let before = node.backplane.presence(channel).await?;
+    let user = member.map_or("", |m| m.user.as_str());
+    let entry = PresenceMember {
+        conn: conn.to_owned(),
+        user: user.to_owned(),
+        node: node.config.node_id.clone(),
+        info: member.map_or(String::new(), |m| m.info.clone()),
+    };
+    node.backplane.presence_add(channel, &entry).await?;
+    Ok(Joined {
+        channel_was_empty: before.is_empty(),
+        user_was_absent: !before.iter().any(|m| m.user == user && m.conn != conn),
+    })
+}
+
+/// Removes a Pusher connection from a channel's members; `None` when it was
+/// not one.
+pub(crate) async fn leave(
+    node: &NodeInner,
+    channel: &str,
+    conn: &str,
+) -> Result<Option<Left>, BackplaneError> {
+    let before = node.backplane.presence(channel).await?;
+    let Some(me) = before.iter().find(|m| m.conn == conn) else {
+        return Ok(None);
+    };
+    node.backplane.presence_remove(channel, conn).await?;
+    Ok(Some(Left {
+        user: me.user.clone(),
+        channel_now_empty: before.iter().all(|m| m.conn == conn),
+        user_now_absent: !before.iter().any(|m| m.user == me.user && m.conn != conn),
+    }))
+}
+
+/// Tells a presence channel's members that a user arrived (its first
+/// connection joined: `info` is its user info) or left (its last one did).
+/// The arriving connection is not told (its subscription lists the member).
+/// A failure is logged: the membership itself stands.
+pub(crate) async fn member_event(
+    node: &NodeInner,
+    channel: &str,
+    conn: &str,
+    user: &str,
+    info: &str,
+    join: bool,
+) {
+    let mut e = envelope::join_leave(&node.config.node_id, channel, conn, user, info, join);
+    if join {
+        e.exclude = conn.to_owned();
+    }
+    if let Err(err) = node.backplane.publish(&e, None).await {
+        tracing::warn!(channel, error = %err, "Pusher member event not published");
+    }
+}
+
+/// A channel's members, cluster-wide: connections and distinct users.
+pub(crate) async fn counts(node: &NodeInner, channel: &str) -> Result<(u64, u64), BackplaneError> {
+    let members = node.backplane.presence(channel).await?;
+    let mut users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    Ok((members.len() as u64, users.len() as u64))
+}
+
+/// An app's occupied channels whose Pusher name starts with `prefix`, with
+/// their connection and user counts.
+pub(crate) async fn channels(
+    node: &NodeInner,
+    app: &PusherApp,
+    prefix: &str,
+) -> Result<Vec<(String, u64, u64)>, BackplaneError> {
+    let mut out = Vec::new();
+    for key in node.hub.keys() {
+        let Some(name) = key.strip_prefix(&format!("{}:", app.id)) else {
+            continue;
+        };
+        if !name.starts_with(prefix) || name.starts_with(crate::policy::pusher::USER_CHANNEL_PREFIX)
+        {
+            continue;
+        }
+        let (conns, users) = counts(node, &key).await?;
+        if conns > 0 {
+            out.push((name.to_owned(), conns, users));
+        }
+    }
+    Ok(out)
+}
