@@ -99,6 +99,12 @@ impl WsClient {
         client
     }
 
+    /// Connects offering no subprotocol and reads nothing (the Pusher
+    /// endpoint, whose first frame is its own); panics unless the upgrade succeeds.
+    pub async fn connect_plain(url: &str) -> WsClient {
+        WsClient::open(url, &[], &[]).await
+    }
+
     /// Opens the connection (panics unless the upgrade succeeds); nothing read yet.
     async fn open(url: &str, protocols: &[&str], headers: &[(&str, &str)]) -> WsClient {
         let (ws, protocol) = open(url, protocols, headers)

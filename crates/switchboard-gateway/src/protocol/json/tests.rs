@@ -95,6 +95,8 @@ fn messages_splice_json_and_base64_binary() {
         payload: &json,
         encoding: PayloadEncoding::Json,
         position: None,
+        event: "",
+        publisher: "",
     });
     assert_eq!(
         &m[..],
@@ -105,6 +107,8 @@ fn messages_splice_json_and_base64_binary() {
         payload: &json,
         encoding: PayloadEncoding::Json,
         position: Some((43, "f3a9")),
+        event: "",
+        publisher: "",
     });
     assert_eq!(
         &m[..],
@@ -116,6 +120,8 @@ fn messages_splice_json_and_base64_binary() {
         payload: &binary,
         encoding: PayloadEncoding::Binary,
         position: None,
+        event: "",
+        publisher: "",
     });
     let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
     assert_eq!(v["data_b64"], "/wA=");
@@ -129,6 +135,7 @@ fn messages_splice_json_and_base64_binary() {
         br#"{"type":"message","user":"al\"ice","data":{"x":1}}"#
     );
     let m = encode_push(&Push::Join {
+        info: "",
         channel: "c",
         conn: "c_1",
         user: "u",
@@ -169,6 +176,8 @@ fn data_marked_json_that_is_not_utf8_goes_as_base64() {
         payload: &payload,
         encoding: PayloadEncoding::Json,
         position: None,
+        event: "",
+        publisher: "",
     });
     let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
     assert_eq!(v["data_b64"], "Iv8i");
