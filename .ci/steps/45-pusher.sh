@@ -6,7 +6,7 @@
 # and in headless Chromium (Debian's chromium, driven by playwright-core), Laravel Echo 2, the
 # npm server SDK `pusher` 5 and the PyPI server SDK `pusher` (in a venv). Installs what is
 # missing with apt, the npm packages with `npm ci`, the Python ones from requirements.txt,
-# builds the release node, then runs the five suites (about a minute after the build).
+# builds the release node, then runs the five suites (about two minutes after the build).
 # Exit status: non-zero when an install, the build or any test fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
