@@ -28,8 +28,8 @@ after(async () => {
   await cluster?.stop();
 });
 
-/** An Echo on `node`, authorized through the backend as the user of `token`. */
-async function echoOn(node, token) {
+/** An Echo on `node`, authorized through the backend as the user of `token` (or `extra`'s options). */
+async function echoOn(node, token, extra = {}) {
   const [wsHost, wsPort] = node.public.split(':');
   const echo = new Echo({
     broadcaster: 'pusher',
@@ -43,6 +43,7 @@ async function echoOn(node, token) {
     enableStats: false,
     authEndpoint: backend.authEndpoint,
     bearerToken: token,
+    ...extra,
   });
   echos.push(echo);
   await connected(echo.connector.pusher);
@@ -99,6 +100,26 @@ test('encryptedPrivate().listen() and notification() on a private channel', asyn
   await sdk.trigger(user.name, 'Illuminate\\Notifications\\Events\\BroadcastNotificationCreated', { id: 'n1', type: 'App\\Notifications\\InvoicePaid' });
   const notification = await notified;
   assert.equal(notification.id, 'n1');
+});
+
+test('a custom authorizer (the Laravel docs idiom) with the server SDK\'s authorizeChannel', async () => {
+  const sdk = cluster.sdk(cluster.a);
+  const calls = [];
+  const authorizer = (channel) => ({
+    authorize: (socketId, callback) => {
+      calls.push(channel.name);
+      callback(null, sdk.authorizeChannel(socketId, channel.name, { user_id: '9', user_info: { name: 'Nine' } }));
+    },
+  });
+  const echo = await echoOn(cluster.b, undefined, { authorizer, authEndpoint: undefined });
+  const room = unique('desk-');
+  const channel = echo.join(room);
+  const here = await new Promise((resolve) => channel.here(resolve));
+  assert.equal(here.length, 1);
+  assert.deepEqual(calls, [`presence-${room}`]);
+  const got = new Promise((resolve) => channel.listen('.desk.updated', resolve));
+  await cluster.sdk(cluster.a).trigger(`presence-${room}`, 'desk.updated', { desk: 4 });
+  assert.deepEqual(await got, { desk: 4 });
 });
 
 test('private() with a token the backend refuses: subscription error, no subscription', async () => {
