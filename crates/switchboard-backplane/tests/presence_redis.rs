@@ -32,6 +32,7 @@ fn member(conn: &str, node: &str) -> PresenceMember {
         conn: conn.into(),
         user: "u".into(),
         node: node.into(),
+        info: String::new(),
     }
 }
 

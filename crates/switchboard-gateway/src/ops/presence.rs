@@ -13,6 +13,7 @@ pub(crate) async fn update(node: &NodeInner, channel: &str, conn: &str, user: &s
             conn: conn.to_owned(),
             user: user.to_owned(),
             node: node.config.node_id.clone(),
+            info: String::new(),
         };
         node.backplane.presence_add(channel, &member).await
     } else {
