@@ -535,6 +535,7 @@ impl Presence {
             bounded(redis::cmd("TIME").query_async(&mut *conn)).await?;
         let now = secs * 1000 + micros / 1000;
         let mut expired = Vec::new();
+        let mut written_back = 0;
         for batch in calls.chunks(REFRESH_PIPELINE) {
             let counts = run_refresh(
                 &mut conn,
@@ -545,8 +546,23 @@ impl Presence {
                 self.key_ttl_ms(),
             )
             .await?;
-            let firsts = batch.iter().filter(|c| c.3).map(|c| c.0);
-            expired.extend(firsts.zip(counts).filter(|(_, n)| *n > 0).map(|(c, _)| c));
+            for (call, (expired_here, missing)) in batch.iter().zip(counts) {
+                if expired_here.is_some_and(|n| n > 0) {
+                    expired.push(call.0);
+                }
+                written_back += missing;
+            }
+        }
+        if written_back > 0 {
+            // Lost by Redis, or removed by a purge elsewhere while this node
+            // did not refresh (a departure was reported then): back without a
+            // join. (Also a member left while this refresh was on its way:
+            // removed again below.)
+            metrics::counter!("switchboard_presence_rewritten_total").increment(written_back);
+            tracing::debug!(
+                members = written_back,
+                "presence entries were missing in Redis and are written back"
+            );
         }
         if !expired.is_empty() {
             let mut pipe = redis::pipe();
@@ -662,8 +678,9 @@ impl Presence {
 
 /// One pipeline of a refresh: per channel, count its expired entries (first
 /// chunk only), rewrite this node's entries with a new expiry, extend the
-/// key's TTL; then index the channels with the new expiry. Returns the
-/// expired counts of the channels whose first chunk is in the batch.
+/// key's TTL; then index the channels with the new expiry. Returns, per call,
+/// its channel's expired count (first chunks only) and how many of its
+/// entries were missing (written back).
 async fn run_refresh(
     conn: &mut deadpool_redis::Connection,
     index: &str,
@@ -671,7 +688,7 @@ async fn run_refresh(
     now_ms: u64,
     ttl_ms: u64,
     key_ttl_ms: u64,
-) -> Result<Vec<u64>, redis::RedisError> {
+) -> Result<Vec<(Option<u64>, u64)>, redis::RedisError> {
     let mut pipe = redis::pipe();
     let expires = now_ms + ttl_ms;
     let before = format!("({now_ms}");
@@ -683,7 +700,6 @@ async fn run_refresh(
         for (_, entry) in *pairs {
             zadd.arg(expires).arg(&**entry);
         }
-        zadd.ignore();
         pipe.cmd("PEXPIRE").arg(key).arg(key_ttl_ms).ignore();
     }
     let firsts: Vec<&str> = calls.iter().filter(|c| c.3).map(|c| c.0).collect();
@@ -694,14 +710,22 @@ async fn run_refresh(
         }
         zadd.ignore();
     }
-    tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(conn))
+    let replies: Vec<u64> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(conn))
         .await
         .map_err(|_| {
             redis::RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "presence refresh timed out",
             ))
-        })?
+        })??;
+    let mut replies = replies.into_iter();
+    Ok(calls
+        .iter()
+        .map(|call| {
+            let expired = if call.3 { replies.next() } else { None };
+            (expired, replies.next().unwrap_or(0))
+        })
+        .collect())
 }
 
 /// A Redis call of a refresh or sweep, with the command timeout.
