@@ -180,6 +180,41 @@ async fn a_users_first_join_and_last_leave_are_told_once_across_nodes() {
     assert_eq!(n2.presence_counts(room).await.unwrap(), (1, 1));
     n1.presence_remove(room, "c_5").await.unwrap();
     assert_eq!(n2.presence_counts(room).await.unwrap(), (0, 0));
+
+    // User ids that JSON escapes, and one that is part of another's.
+    for user in [r#"a"b\c/d"#, "é\u{1}", "us"] {
+        let other = n2
+            .presence_join(room, &member("c_x", "user", "n2"))
+            .await
+            .unwrap();
+        assert_eq!(other, joined(true, true));
+        let first = n1
+            .presence_join(room, &member("c_6", user, "n1"))
+            .await
+            .unwrap();
+        let second = n2
+            .presence_join(room, &member("c_7", user, "n2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (first, second),
+            (joined(false, true), joined(false, false)),
+            "{user:?}"
+        );
+        assert_eq!(n1.presence_counts(room).await.unwrap(), (3, 2));
+        assert_eq!(
+            n1.presence_leave(room, "c_6").await.unwrap(),
+            left(user, false, false)
+        );
+        assert_eq!(
+            n2.presence_leave(room, "c_7").await.unwrap(),
+            left(user, false, true)
+        );
+        assert_eq!(
+            n2.presence_leave(room, "c_x").await.unwrap(),
+            left("user", true, true)
+        );
+    }
     n1.shutdown().await;
     n2.shutdown().await;
 }

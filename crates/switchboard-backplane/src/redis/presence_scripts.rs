@@ -36,12 +36,13 @@ local function user_of(entry)
   return ''
 end
 -- Whether some entry of the set belongs to user (not ''). An entry holds the
--- user's JSON text, which holds the user verbatim unless it has a character
--- JSON escapes: only entries containing it are decoded.
+-- user as a JSON string, which is the user in quotes unless it has a
+-- character JSON escapes: only entries containing that are decoded.
 local function has_user(user)
   local plain = not string.find(user, '[%c"\\]')
+  local quoted = '"' .. user .. '"'
   for _, e in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    if (not plain or string.find(e, user, 1, true)) and user_of(e) == user then
+    if (not plain or string.find(e, quoted, 1, true)) and user_of(e) == user then
       return true
     end
   end
