@@ -162,6 +162,11 @@ impl Backplane {
     /// absent. The member is kept by this node (and rewritten on every
     /// heartbeat) even when Redis fails; the error then means the answer is
     /// unknown, not that the member is absent.
+    ///
+    /// Cost in Redis: finding the user's other connections is a pass over
+    /// the channel's members (about a microsecond each), so it is done only
+    /// for a member with a user; an anonymous member (user `""`) costs the
+    /// same in a channel of any size. The same holds for a leave.
     pub async fn presence_join(
         &self,
         channel: &str,
