@@ -64,6 +64,8 @@ use crate::{BackplaneError, Departure, Joined, Left, PresenceMember};
 const REFRESH_CHUNK: usize = 256;
 /// `ZADD`s per pipeline of a refresh: bounds one round trip's size.
 const REFRESH_PIPELINE: usize = 512;
+/// Channel reads per pipeline of a channel list: bounds one round trip's size.
+const LIST_PIPELINE: usize = 256;
 /// Channels a sweep purges at most (the rest wait for the next heartbeat).
 const SWEEP_LIMIT: usize = 256;
 /// How much longer than an entry a channel's key lives: the sweeps of the
@@ -360,12 +362,16 @@ impl Presence {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.load_script(&READ).ignore();
-        for name in &names {
-            pipe.invoke_script(&READ.key(self.keys.presence(name)));
+        let mut reads: Vec<Read> = Vec::with_capacity(names.len());
+        for chunk in names.chunks(LIST_PIPELINE) {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&READ).ignore();
+            for name in chunk {
+                pipe.invoke_script(&READ.key(self.keys.presence(name)));
+            }
+            let more: Vec<Read> = pipe.query_async(&mut *conn).await?;
+            reads.extend(more);
         }
-        let reads: Vec<Read> = pipe.query_async(&mut *conn).await?;
         drop(conn);
         let lives = self.judge(&names, reads, incarnations).await?;
 
