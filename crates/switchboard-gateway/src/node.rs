@@ -228,6 +228,17 @@ impl Node {
                 }
             });
         }
+        // Members of dead nodes that this node's purges found: their
+        // presence channels are told (the native protocol reports none).
+        if let Some(departures) = inner.backplane.take_departures() {
+            let (node, stop) = (inner.clone(), stop_listening.clone());
+            background.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = crate::ops::pusher::departures(&node, departures) => {}
+                }
+            });
+        }
         tracing::info!(node = %inner.config.node_id, backplane = inner.backplane.kind(), "node running");
 
         // Another live node took this node's id: drain and fail loudly.

@@ -143,3 +143,28 @@ pub(crate) async fn channels(
         })
         .collect())
 }
+
+/// Acts on the members this node's purges found gone (their node died, or
+/// was replaced): a user whose last connection in a Pusher presence channel
+/// was among them is reported to the channel's members, once in the cluster.
+/// Runs until the backplane stops reporting.
+pub(crate) async fn departures(
+    node: &NodeInner,
+    mut departures: tokio::sync::mpsc::Receiver<switchboard_backplane::Departure>,
+) {
+    while let Some(d) = departures.recv().await {
+        let Some((_, name)) = d.channel.split_once(':') else {
+            continue;
+        };
+        if crate::policy::pusher::app_of(node, &d.channel).is_none() {
+            continue;
+        }
+        if d.user_now_absent
+            && !d.user.is_empty()
+            && crate::policy::pusher::ChannelKind::of(name)
+                == crate::policy::pusher::ChannelKind::Presence
+        {
+            member_event(node, &d.channel, "", &d.user, "", false).await;
+        }
+    }
+}
