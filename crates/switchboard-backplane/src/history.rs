@@ -79,13 +79,54 @@ impl HistoryPage {
 pub struct PresenceMember {
     /// Connection id.
     pub conn: String,
-    /// User id ("" when anonymous).
+    /// User id ("" when anonymous: such a connection counts as a connection,
+    /// never as a user).
     pub user: String,
     /// The node holding the connection.
     pub node: String,
-    /// The member's user info (JSON text) on Pusher presence channels; "" otherwise.
-    #[serde(default)]
+    /// The member's user info, a JSON text ("" when it has none; then left
+    /// out when serialized, so the native protocol's member objects stay
+    /// `{"conn","user","node"}`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub info: String,
+}
+
+/// What a join changed, cluster-wide, decided atomically with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The channel had no live member before this one.
+    pub channel_was_empty: bool,
+    /// The member's user had no live connection in the channel before (always
+    /// false for an anonymous member).
+    pub user_was_absent: bool,
+}
+
+/// What a leave changed, cluster-wide, decided atomically with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Left {
+    /// The user of the connection that left ("" when anonymous).
+    pub user: String,
+    /// The channel has no live member left.
+    pub channel_now_empty: bool,
+    /// The user has no live connection left in the channel (always false for
+    /// an anonymous member).
+    pub user_now_absent: bool,
+}
+
+/// A member removed without leaving: it expired (its node stopped refreshing
+/// it) or belonged to a process that no longer holds its node id. Reported by
+/// the one node whose purge removed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Departure {
+    /// The channel it was removed from.
+    pub channel: String,
+    /// Its user ("" when anonymous).
+    pub user: String,
+    /// The channel has no live member left.
+    pub channel_now_empty: bool,
+    /// Its user has no live connection left in the channel (always false for
+    /// an anonymous member).
+    pub user_now_absent: bool,
 }
 
 /// What a node can be subscribed to in the backplane.
@@ -105,6 +146,28 @@ pub(crate) fn new_epoch() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_without_info_serializes_as_before() {
+        let mut member = PresenceMember {
+            conn: "c".into(),
+            user: "u".into(),
+            node: "n".into(),
+            info: String::new(),
+        };
+        let json = serde_json::to_string(&member).unwrap();
+        assert_eq!(json, r#"{"conn":"c","user":"u","node":"n"}"#);
+        assert_eq!(
+            serde_json::from_str::<PresenceMember>(&json).unwrap(),
+            member
+        );
+        member.info = r#"{"a":1}"#.into();
+        let json = serde_json::to_string(&member).unwrap();
+        assert_eq!(
+            serde_json::from_str::<PresenceMember>(&json).unwrap(),
+            member
+        );
+    }
 
     #[test]
     fn recovery_needs_the_same_epoch_and_a_retained_offset() {

@@ -17,7 +17,16 @@
 //! replaces it first puts an [`Inbound::Resync`] marker into every lane of the
 //! node's [`Inbox`], ahead of its own envelopes, so the node knows exactly
 //! where it may have missed something and repairs it (from history) or says so.
+//!
+//! Presence: the backplane knows which connections are in a channel, on every
+//! node ([`Backplane::presence_join`], [`Backplane::presence_leave`]), and tells
+//! the caller what each change meant cluster-wide (the channel's first or last
+//! member, a user's first or last connection), decided atomically so that
+//! exactly one node sees each transition. Members that go without a leave
+//! (their node died) are [`Departure`]s, reported by the one node that removed
+//! them, through [`Backplane::take_departures`].
 
+mod departures;
 pub mod envelope;
 mod error;
 mod history;
@@ -30,7 +39,9 @@ use std::sync::Arc;
 
 pub use envelope::{Envelope, Target};
 pub use error::BackplaneError;
-pub use history::{HistoryPage, HistoryPolicy, Position, PresenceMember, Since, Topic};
+pub use history::{
+    Departure, HistoryPage, HistoryPolicy, Joined, Left, Position, PresenceMember, Since, Topic,
+};
 pub use inbox::{Inbound, Inbox, InboxLane, Resync, ResyncGate};
 pub use registry::{NodeInfo, NodeStats, StatsSource};
 
@@ -110,6 +121,10 @@ impl Backplane {
     }
 
     /// Records a connection as present on a channel.
+    ///
+    /// As [`Backplane::presence_join`], for callers that need not know what
+    /// changed (Redis then skips looking for the user's other connections,
+    /// a pass over the channel's members).
     pub async fn presence_add(
         &self,
         channel: &str,
@@ -117,21 +132,67 @@ impl Backplane {
     ) -> Result<(), BackplaneError> {
         match self {
             Backplane::Memory(m) => {
-                m.presence_add(channel, member);
+                m.presence_join(channel, member);
                 Ok(())
             }
-            Backplane::Redis(r) => r.presence_add(channel, member).await,
+            Backplane::Redis(r) => r.presence_join(channel, member, false).await.map(drop),
         }
     }
 
     /// Removes a connection from a channel's presence.
+    ///
+    /// As [`Backplane::presence_leave`], for callers that need not know what
+    /// changed (as for [`Backplane::presence_add`]).
     pub async fn presence_remove(&self, channel: &str, conn: &str) -> Result<(), BackplaneError> {
         match self {
             Backplane::Memory(m) => {
-                m.presence_remove(channel, conn);
+                m.presence_leave(channel, conn);
                 Ok(())
             }
-            Backplane::Redis(r) => r.presence_remove(channel, conn).await,
+            Backplane::Redis(r) => r.presence_leave(channel, conn, false).await.map(drop),
+        }
+    }
+
+    /// Records a connection as present on a channel and says what that
+    /// changed cluster-wide: whether the channel had no live member, and
+    /// whether the member's user had no live connection in it, before.
+    ///
+    /// Redis decides both in the same atomic step as the write, so of two
+    /// nodes joining the same user at once exactly one is told the user was
+    /// absent. The member is kept by this node (and rewritten on every
+    /// heartbeat) even when Redis fails; the error then means the answer is
+    /// unknown, not that the member is absent.
+    ///
+    /// Cost in Redis: finding the user's other connections is a pass over
+    /// the channel's members (about a microsecond each), so it is done only
+    /// for a member with a user; an anonymous member (user `""`) costs the
+    /// same in a channel of any size. The same holds for a leave.
+    pub async fn presence_join(
+        &self,
+        channel: &str,
+        member: &PresenceMember,
+    ) -> Result<Joined, BackplaneError> {
+        match self {
+            Backplane::Memory(m) => Ok(m.presence_join(channel, member)),
+            Backplane::Redis(r) => r.presence_join(channel, member, true).await,
+        }
+    }
+
+    /// Removes a connection that this node added to a channel's presence and
+    /// says what that changed cluster-wide (decided atomically, as for
+    /// [`Backplane::presence_join`]).
+    ///
+    /// `None` when the connection was not a member added by this node, or when
+    /// its entry was no longer there to remove (Redis: it expired and a purge
+    /// reported it as a [`Departure`], or Redis lost it).
+    pub async fn presence_leave(
+        &self,
+        channel: &str,
+        conn: &str,
+    ) -> Result<Option<Left>, BackplaneError> {
+        match self {
+            Backplane::Memory(m) => Ok(m.presence_leave(channel, conn)),
+            Backplane::Redis(r) => r.presence_leave(channel, conn, true).await,
         }
     }
 
@@ -140,6 +201,44 @@ impl Backplane {
         match self {
             Backplane::Memory(m) => Ok(m.presence(channel)),
             Backplane::Redis(r) => r.presence(channel).await,
+        }
+    }
+
+    /// How many connections are present on a channel, and how many distinct
+    /// users they belong to (anonymous connections count as connections only),
+    /// on every live node.
+    pub async fn presence_counts(&self, channel: &str) -> Result<(u64, u64), BackplaneError> {
+        match self {
+            Backplane::Memory(m) => Ok(m.presence_counts(channel)),
+            Backplane::Redis(r) => r.presence_counts(channel).await,
+        }
+    }
+
+    /// Every channel whose name starts with `prefix` and that has at least one
+    /// live member, on any node, with its connection and user counts (as
+    /// [`Backplane::presence_counts`]), sorted by name.
+    pub async fn presence_channels(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64, u64)>, BackplaneError> {
+        match self {
+            Backplane::Memory(m) => Ok(m.presence_channels(prefix)),
+            Backplane::Redis(r) => r.presence_channels(prefix).await,
+        }
+    }
+
+    /// The receiving end of this node's [`Departure`]s: members that left
+    /// without a leave (their node died, or a restarted process took their
+    /// node id over), each reported by exactly one node, the one whose purge
+    /// removed it. Taken once (later calls return `None`), by the gateway.
+    ///
+    /// The queue is bounded: departures that do not fit are dropped and
+    /// counted (`switchboard_presence_departures_dropped_total`). The
+    /// in-process backplane's receiver never yields: nothing expires there.
+    pub fn take_departures(&self) -> Option<tokio::sync::mpsc::Receiver<Departure>> {
+        match self {
+            Backplane::Memory(m) => m.take_departures(),
+            Backplane::Redis(r) => r.take_departures(),
         }
     }
 

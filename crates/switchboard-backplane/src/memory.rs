@@ -5,11 +5,12 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+use crate::departures::Departures;
 use crate::envelope::now_ms;
 use crate::history::new_epoch;
 use crate::{
-    BackplaneError, Envelope, HistoryPage, HistoryPolicy, Inbox, NodeInfo, Position,
-    PresenceMember, Since, StatsSource,
+    BackplaneError, Departure, Envelope, HistoryPage, HistoryPolicy, Inbox, Joined, Left, NodeInfo,
+    Position, PresenceMember, Since, StatsSource,
 };
 
 /// Publishes between sweeps of expired histories.
@@ -24,7 +25,43 @@ pub struct MemoryBackplane {
     /// Held across the delivery into the inbox, so that offset order is
     /// delivery order (the same guarantee the Redis script gives).
     histories: tokio::sync::Mutex<Histories>,
-    presence: Mutex<HashMap<String, HashMap<String, PresenceMember>>>,
+    presence: Mutex<HashMap<String, ChannelPresence>>,
+    /// Never sent to (nothing expires in one process); its receiver never yields.
+    departures: Departures,
+}
+
+/// One channel's members, and how many connections each user has among them.
+#[derive(Default)]
+struct ChannelPresence {
+    members: HashMap<String, PresenceMember>,
+    /// user -> connections (anonymous members are not counted).
+    users: HashMap<String, usize>,
+}
+
+impl ChannelPresence {
+    fn insert(&mut self, member: &PresenceMember) {
+        if let Some(old) = self.members.insert(member.conn.clone(), member.clone()) {
+            self.forget_user(&old.user);
+        }
+        if !member.user.is_empty() {
+            *self.users.entry(member.user.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, conn: &str) -> Option<PresenceMember> {
+        let member = self.members.remove(conn)?;
+        self.forget_user(&member.user);
+        Some(member)
+    }
+
+    fn forget_user(&mut self, user: &str) {
+        if let Some(n) = self.users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -77,6 +114,7 @@ impl MemoryBackplane {
             stats,
             histories: tokio::sync::Mutex::new(Histories::default()),
             presence: Mutex::new(HashMap::new()),
+            departures: Departures::new(1),
         }
     }
 
@@ -149,30 +187,66 @@ impl MemoryBackplane {
         }
     }
 
-    pub(crate) fn presence_add(&self, channel: &str, member: &PresenceMember) {
-        crate::lock(&self.presence)
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(member.conn.clone(), member.clone());
+    pub(crate) fn presence_join(&self, channel: &str, member: &PresenceMember) -> Joined {
+        let mut presence = crate::lock(&self.presence);
+        let members = presence.entry(channel.to_owned()).or_default();
+        let joined = Joined {
+            channel_was_empty: members.members.is_empty(),
+            user_was_absent: !member.user.is_empty() && !members.users.contains_key(&member.user),
+        };
+        members.insert(member);
+        joined
     }
 
-    pub(crate) fn presence_remove(&self, channel: &str, conn: &str) {
+    pub(crate) fn presence_leave(&self, channel: &str, conn: &str) -> Option<Left> {
         let mut presence = crate::lock(&self.presence);
-        if let Some(members) = presence.get_mut(channel) {
-            members.remove(conn);
-            if members.is_empty() {
-                presence.remove(channel);
-            }
+        let members = presence.get_mut(channel)?;
+        let member = members.remove(conn)?;
+        let left = Left {
+            channel_now_empty: members.members.is_empty(),
+            user_now_absent: !member.user.is_empty() && !members.users.contains_key(&member.user),
+            user: member.user,
+        };
+        if left.channel_now_empty {
+            presence.remove(channel);
         }
+        Some(left)
     }
 
     pub(crate) fn presence(&self, channel: &str) -> Vec<PresenceMember> {
         let mut members: Vec<PresenceMember> = crate::lock(&self.presence)
             .get(channel)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.members.values().cloned().collect())
             .unwrap_or_default();
         members.sort_by(|a, b| a.conn.cmp(&b.conn));
         members
+    }
+
+    pub(crate) fn presence_counts(&self, channel: &str) -> (u64, u64) {
+        crate::lock(&self.presence)
+            .get(channel)
+            .map(|m| (m.members.len() as u64, m.users.len() as u64))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn presence_channels(&self, prefix: &str) -> Vec<(String, u64, u64)> {
+        let mut channels: Vec<(String, u64, u64)> = crate::lock(&self.presence)
+            .iter()
+            .filter(|(channel, m)| channel.starts_with(prefix) && !m.members.is_empty())
+            .map(|(channel, m)| {
+                (
+                    channel.clone(),
+                    m.members.len() as u64,
+                    m.users.len() as u64,
+                )
+            })
+            .collect();
+        channels.sort();
+        channels
+    }
+
+    pub(crate) fn take_departures(&self) -> Option<tokio::sync::mpsc::Receiver<Departure>> {
+        self.departures.take()
     }
 
     pub(crate) fn node_info(&self) -> NodeInfo {
@@ -240,20 +314,103 @@ mod tests {
         assert_eq!(page.messages.len(), 1, "a page holds at most its limit");
     }
 
+    fn member(conn: &str, user: &str) -> PresenceMember {
+        PresenceMember {
+            conn: conn.into(),
+            user: user.into(),
+            node: "n".into(),
+            info: String::new(),
+        }
+    }
+
     #[tokio::test]
     async fn presence_lists_members_until_they_leave() {
         let (b, _lanes) = backplane();
-        let member = |conn: &str| PresenceMember {
-            conn: conn.into(),
-            user: "u".into(),
-            node: "n".into(),
-            info: String::new(),
-        };
-        b.presence_add("c", &member("c_2"));
-        b.presence_add("c", &member("c_1"));
-        assert_eq!(b.presence("c"), [member("c_1"), member("c_2")]);
-        b.presence_remove("c", "c_1");
-        b.presence_remove("c", "c_2");
+        b.presence_join("c", &member("c_2", "u"));
+        b.presence_join("c", &member("c_1", "u"));
+        assert_eq!(b.presence("c"), [member("c_1", "u"), member("c_2", "u")]);
+        b.presence_leave("c", "c_1");
+        b.presence_leave("c", "c_2");
         assert!(b.presence("c").is_empty());
+    }
+
+    #[tokio::test]
+    async fn joins_and_leaves_say_what_they_changed() {
+        let (b, _lanes) = backplane();
+        let joined = |channel_was_empty, user_was_absent| Joined {
+            channel_was_empty,
+            user_was_absent,
+        };
+        let left = |user: &str, channel_now_empty, user_now_absent| {
+            Some(Left {
+                user: user.into(),
+                channel_now_empty,
+                user_now_absent,
+            })
+        };
+        assert_eq!(
+            b.presence_join("c", &member("c_1", "u")),
+            joined(true, true)
+        );
+        assert_eq!(
+            b.presence_join("c", &member("c_2", "u")),
+            joined(false, false)
+        );
+        assert_eq!(
+            b.presence_join("c", &member("c_3", "v")),
+            joined(false, true)
+        );
+        assert_eq!(
+            b.presence_join("c", &member("c_4", "")),
+            joined(false, false)
+        );
+        assert_eq!(
+            b.presence_join("c", &member("c_2", "u")),
+            joined(false, false),
+            "again"
+        );
+        assert_eq!(
+            b.presence_counts("c"),
+            (4, 2),
+            "anonymous: a connection, no user"
+        );
+
+        assert_eq!(b.presence_leave("c", "c_1"), left("u", false, false));
+        assert_eq!(b.presence_leave("c", "c_1"), None, "not a member any more");
+        assert_eq!(b.presence_leave("c", "c_2"), left("u", false, true));
+        assert_eq!(b.presence_leave("c", "c_4"), left("", false, false));
+        assert_eq!(b.presence_leave("c", "c_3"), left("v", true, true));
+        assert_eq!(b.presence_counts("c"), (0, 0));
+        assert_eq!(b.presence_leave("nowhere", "c_1"), None);
+    }
+
+    #[tokio::test]
+    async fn channels_are_listed_by_prefix_with_their_counts() {
+        let (b, _lanes) = backplane();
+        b.presence_join("app:presence-a", &member("c_1", "u"));
+        b.presence_join("app:presence-a", &member("c_2", "u"));
+        b.presence_join("app:b", &member("c_3", ""));
+        b.presence_join("other:c", &member("c_4", "w"));
+        b.presence_join("app:gone", &member("c_5", "w"));
+        b.presence_leave("app:gone", "c_5");
+        assert_eq!(
+            b.presence_channels("app:"),
+            [
+                ("app:b".to_owned(), 1, 0),
+                ("app:presence-a".to_owned(), 2, 1)
+            ]
+        );
+        assert_eq!(b.presence_channels("").len(), 3);
+        assert!(b.presence_channels("none").is_empty());
+    }
+
+    #[tokio::test]
+    async fn nothing_departs_in_one_process() {
+        let (b, _lanes) = backplane();
+        let mut departures = b.take_departures().expect("taken once");
+        assert!(b.take_departures().is_none());
+        b.presence_join("c", &member("c_1", "u"));
+        b.presence_leave("c", "c_1");
+        assert!(departures.try_recv().is_err(), "open, and empty");
     }
 }

@@ -65,6 +65,8 @@ pub(crate) struct NodeInner {
     draining: AtomicBool,
     started: Instant,
     connections: Arc<AtomicU64>,
+    /// Open connections by protocol (`Protocol::slot`).
+    by_protocol: [AtomicU64; crate::protocol::Protocol::COUNT],
     next_session: AtomicU64,
     /// Every open session by connection id (for disconnects by the server API).
     pub(crate) conns: Mutex<HashMap<Arc<str>, Arc<SessionHandle>>>,
@@ -157,6 +159,7 @@ impl Node {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             connections,
+            by_protocol: Default::default(),
             next_session: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
             authenticator,
@@ -225,6 +228,17 @@ impl Node {
                         _ = stop.cancelled() => return,
                         _ = tick.tick() => handle.run_upkeep(),
                     }
+                }
+            });
+        }
+        // Members of dead nodes that this node's purges found: their
+        // presence channels are told (the native protocol reports none).
+        if let Some(departures) = inner.backplane.take_departures() {
+            let (node, stop) = (inner.clone(), stop_listening.clone());
+            background.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = crate::ops::pusher::departures(&node, departures) => {}
                 }
             });
         }
@@ -321,15 +335,21 @@ impl NodeInner {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn session_opened(&self) {
+    pub(crate) fn session_opened(&self, protocol: crate::protocol::Protocol) {
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("switchboard_connections").set(n as f64);
         metrics::counter!("switchboard_connections_accepted_total").increment(1);
+        let p = self.by_protocol[protocol.slot()].fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("switchboard_connections_by_protocol", "protocol" => protocol.label())
+            .set(p as f64);
     }
 
-    pub(crate) fn session_closed(&self, end: &End) {
+    pub(crate) fn session_closed(&self, protocol: crate::protocol::Protocol, end: &End) {
         let n = self.connections.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!("switchboard_connections").set(n as f64);
         metrics::counter!("switchboard_disconnects_total", "reason" => end.label()).increment(1);
+        let p = self.by_protocol[protocol.slot()].fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("switchboard_connections_by_protocol", "protocol" => protocol.label())
+            .set(p as f64);
     }
 }

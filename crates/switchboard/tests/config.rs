@@ -342,6 +342,61 @@ async fn api_key_from_environment() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// One Pusher app from the environment: the three variables start the node,
+/// beside the file's apps too; some of them only, or an id a file's app has
+/// too, is a configuration error that names what is wrong and never a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pusher_app_from_the_environment() {
+    let env = [
+        ("SWITCHBOARD_PUSHER_APP_ID", "env-app"),
+        ("SWITCHBOARD_PUSHER_KEY", "env-key"),
+        ("SWITCHBOARD_PUSHER_SECRET", "env-secret-5f2c"),
+    ];
+    let mut node = Node::builder("pusher-env").config_toml(
+        "[[pusher.apps]]\nid = \"file-app\"\nkey = \"file-key\"\nsecret = \"file-secret-77d1\"\n",
+    );
+    for (key, value) in env {
+        node = node.env(key, value);
+    }
+    let node = node.start().await;
+    let r = node.internal_raw("GET", "/readyz", &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(node);
+
+    let base = [
+        "--listen",
+        "127.0.0.1:0",
+        "--internal-listen",
+        "127.0.0.1:0",
+    ];
+    let out = run_switchboard(&base, &env[..2]).await;
+    assert_config_error(
+        &out,
+        &[&["--pusher-secret"]],
+        "app id and key without a secret",
+    );
+    let out = run_switchboard(&base, &env[2..]).await;
+    assert_config_error(
+        &out,
+        &[&["--pusher-app-id"], &["--pusher-key"]],
+        "a secret without an app id and key",
+    );
+    assert!(!out.stderr.contains("env-secret-5f2c"), "{}", out.stderr);
+
+    let (_dir, path) = toml_file(
+        "pusher.toml",
+        "[[pusher.apps]]\nid = \"env-app\"\nkey = \"other-key\"\nsecret = \"file-secret-77d1\"\n",
+    );
+    let path_text = path.to_string_lossy().into_owned();
+    let mut args = base.to_vec();
+    args.extend(["--config", &path_text]);
+    let out = run_switchboard(&args, &env).await;
+    assert_config_error(&out, &[&["pusher.apps[1].id"]], "an id used twice");
+    for secret in ["env-secret-5f2c", "file-secret-77d1"] {
+        assert!(!out.stderr.contains(secret), "{}", out.stderr);
+    }
+}
+
 /// The flag and variable of each row of the settings table in
 /// `docs/CONFIGURATION.md` (the binary's unit tests check that table against
 /// the one the binary is built from).
@@ -371,7 +426,7 @@ async fn help_lists_every_setting_and_no_other() {
     // Help lines wrap at the terminal's width; words do not.
     let help = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
     let documented = documented_settings();
-    assert_eq!(documented.len(), 28, "the settings table has 28 rows");
+    assert_eq!(documented.len(), 31, "the settings table has 31 rows");
     for (flag, env) in &documented {
         assert!(
             help.contains(&format!("{flag} <")),

@@ -370,7 +370,7 @@ async fn cache_channels_replay_the_last_event_or_say_cache_miss() {
 async fn a_draining_node_sends_its_pusher_clients_back_at_once() {
     let node = Node::builder("pusher-drain")
         .args(APP)
-        .args(["--drain-timeout", "2s"])
+        .args(["--drain-timeout", "2"])
         .start()
         .await;
     let mut client = Client::connect(&node).await;

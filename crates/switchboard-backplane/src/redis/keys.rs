@@ -51,6 +51,17 @@ impl Keys {
         format!("{}:members:{{{channel}}}", self.prefix)
     }
 
+    /// The index of channels with presence: a sorted set of channel names
+    /// (not keys), each scored by the latest expiry written to its presence
+    /// set, in milliseconds of the Redis clock. A hint, not a truth: a channel
+    /// is listed while some node may hold members of it, and a channel whose
+    /// score has passed is one whose members no node refreshes any more.
+    ///
+    /// Its own key (no hash tag): the one name not tied to a channel's slot.
+    pub fn presence_index(&self) -> String {
+        format!("{}:presence-index", self.prefix)
+    }
+
     /// The pub/sub channel that reaches one node.
     pub fn node(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
@@ -87,5 +98,6 @@ mod tests {
         assert_eq!(k.meta("c"), "sb:meta:{c}");
         assert_eq!(k.user("u"), "sb:user:{u}");
         assert_eq!(k.presence("c"), "sb:members:{c}");
+        assert_eq!(k.presence_index(), "sb:presence-index");
     }
 }

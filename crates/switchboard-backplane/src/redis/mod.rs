@@ -20,6 +20,7 @@
 
 mod keys;
 mod presence;
+mod presence_scripts;
 mod registry;
 mod resp;
 mod scripts;
@@ -36,8 +37,8 @@ use tokio_util::task::TaskTracker;
 use crate::envelope::{Kind, now_ms};
 use crate::history::new_epoch;
 use crate::{
-    BackplaneError, Envelope, HistoryPage, HistoryPolicy, Inbox, NodeInfo, Position,
-    PresenceMember, Since, StatsSource, Topic,
+    BackplaneError, Departure, Envelope, HistoryPage, HistoryPolicy, Inbox, Joined, Left, NodeInfo,
+    Position, PresenceMember, Since, StatsSource, Topic,
 };
 pub use keys::Keys;
 use subscriber::Subscriber;
@@ -253,22 +254,30 @@ impl RedisBackplane {
         self.timed("history", read).await
     }
 
-    pub(crate) async fn presence_add(
+    /// Joins; `decide_user`: whether to find out if the user was absent
+    /// (a pass over the channel's members in Redis).
+    pub(crate) async fn presence_join(
         &self,
         channel: &str,
         member: &PresenceMember,
-    ) -> Result<(), BackplaneError> {
-        self.timed("presence", self.presence.add(channel, member))
+        decide_user: bool,
+    ) -> Result<Joined, BackplaneError> {
+        self.timed("presence", self.presence.join(channel, member, decide_user))
             .await
     }
 
-    pub(crate) async fn presence_remove(
+    /// Leaves; `decide_user` as for [`RedisBackplane::presence_join`].
+    pub(crate) async fn presence_leave(
         &self,
         channel: &str,
         conn_id: &str,
-    ) -> Result<(), BackplaneError> {
-        self.timed("presence", self.presence.remove(channel, conn_id))
-            .await
+        decide_user: bool,
+    ) -> Result<Option<Left>, BackplaneError> {
+        self.timed(
+            "presence",
+            self.presence.leave(channel, conn_id, decide_user),
+        )
+        .await
     }
 
     /// Every live member (see `presence.rs` for what "live" means).
@@ -280,6 +289,30 @@ impl RedisBackplane {
             .presence
             .members(channel, |ids| self.registry.incarnations(ids));
         self.timed("presence", read).await
+    }
+
+    pub(crate) async fn presence_counts(
+        &self,
+        channel: &str,
+    ) -> Result<(u64, u64), BackplaneError> {
+        let read = self
+            .presence
+            .counts(channel, |ids| self.registry.incarnations(ids));
+        self.timed("presence", read).await
+    }
+
+    pub(crate) async fn presence_channels(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64, u64)>, BackplaneError> {
+        let read = self
+            .presence
+            .channels(prefix, |ids| self.registry.incarnations(ids));
+        self.timed("presence", read).await
+    }
+
+    pub(crate) fn take_departures(&self) -> Option<tokio::sync::mpsc::Receiver<Departure>> {
+        self.presence.take_departures()
     }
 
     /// Waits for the outcome of this node's first claim of its id (see

@@ -1,14 +1,16 @@
 //! Presence in Redis: who is subscribed to a channel, on every node, kept true
-//! under faults.
+//! under faults, and what each change means (a channel's first and last
+//! member, a user's first and last connection), decided atomically.
 //!
 //! A channel's members are a sorted set (`PREFIX:members:{C}`, see
-//! [`Keys::presence`]). Each entry is the member's JSON with the owning node's
-//! id and *incarnation* (a fresh id per process), scored by the moment it
-//! expires, in milliseconds of the Redis clock (`TIME`, so the clocks of the
-//! nodes never matter). The owning node keeps its own map of
-//! the members it added and re-adds all of them on every registry heartbeat
-//! (one pipelined round trip for the whole node, one `ZADD` per channel and
-//! chunk, the expiry computed from one `TIME` per refresh), so:
+//! [`Keys::presence`]). Each entry is the member's JSON (connection, user,
+//! node, the user info when there is one) with the owning node's *incarnation*
+//! (a fresh id per process), scored by the moment it expires, in milliseconds
+//! of the Redis clock (`TIME`, so the clocks of the nodes never matter). The
+//! owning node keeps its own map of the members it added and re-adds all of
+//! them on every registry heartbeat (one pipelined round trip for the whole
+//! node, one `ZADD` per channel and chunk, the expiry computed from one `TIME`
+//! per refresh), so:
 //!
 //! - a member of a node that died (SIGKILL, partition) expires `ttl` (three
 //!   registry intervals) after its node's last heartbeat;
@@ -19,60 +21,57 @@
 //! - members lost in Redis (`FLUSHALL`, a restart without data) are back
 //!   within one registry interval.
 //!
-//! Reads drop expired entries and entries of superseded incarnations, and
-//! remove them from Redis. Every command and script touches one key, the
-//! channel's set, so a channel's presence stays on its channel's Redis
-//! Cluster slot (a refresh pipeline spans channels, never a command).
+//! Joins and leaves are Lua scripts (`presence_scripts.rs`) that drop the
+//! expired entries, then decide from what is left whether the channel was
+//! empty or is now, and whether the user had or still has another entry, in
+//! the same atomic step as the write: of two nodes racing, exactly one sees
+//! each transition.
+//!
+//! Members that go without a leave are *departures*. Every script that removes
+//! entries (a join, a leave, a read, the purge a refresh runs on a channel
+//! found holding expired entries, the sweep) reports each one, with the same
+//! two flags, and this node queues them for the gateway
+//! ([`crate::Backplane::take_departures`]). Reads also drop the entries of
+//! superseded incarnations (judged by the registry), in a script that reports
+//! them the same way.
+//!
+//! Channels with presence are listed in an index (`PREFIX:presence-index`, see
+//! [`Keys::presence_index`]) scored by the latest expiry a node wrote to the
+//! channel. A channel whose score has passed is one no node refreshes any
+//! more: every node *sweeps* those on its heartbeat, purging (and reporting)
+//! their expired members and taking the channels left empty out of the index.
+//! A channel's key outlives its entries by another `ttl`, so the sweep finds
+//! them before Redis drops the key. The index is a hint that is rewritten on
+//! every refresh: an entry lost to a race is back within one interval.
+//!
+//! Every command and script touches one key, the channel's set or the index,
+//! so a channel's presence stays on its channel's Redis Cluster slot (a
+//! pipeline spans channels, never a command).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::Script;
 use serde::{Deserialize, Serialize};
 
+use super::presence_scripts::{DROP, DUE, JOIN, LEAVE, PURGE, READ, UNINDEX};
 use super::{COMMAND_TIMEOUT, Keys};
-use crate::{BackplaneError, PresenceMember};
+use crate::departures::Departures;
+use crate::{BackplaneError, Departure, Joined, Left, PresenceMember};
 
 /// Members per `ZADD` of a refresh: bounds the time one command holds Redis.
 const REFRESH_CHUNK: usize = 256;
 /// `ZADD`s per pipeline of a refresh: bounds one round trip's size.
 const REFRESH_PIPELINE: usize = 512;
-
-/// Adds (or refreshes) entries and drops the expired ones.
-///
-/// KEYS: the channel's set. ARGV: time to live in ms, then the entries.
-/// Returns the number of expired entries removed.
-static ADD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
-local expires = now + tonumber(ARGV[1])
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], expires, ARGV[i])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return expired
-"#,
-    )
-});
-
-/// Drops the expired entries and returns `{expired, {entry...}}`.
-///
-/// KEYS: the channel's set.
-static READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
-return {expired, redis.call('ZRANGE', KEYS[1], 0, -1)}
-"#,
-    )
-});
+/// Channel reads per pipeline of a channel list: bounds one round trip's size.
+const LIST_PIPELINE: usize = 256;
+/// Channels a sweep purges at most (the rest wait for the next heartbeat).
+const SWEEP_LIMIT: usize = 256;
+/// How much longer than an entry a channel's key lives: the sweeps of the
+/// live nodes then find expired entries before Redis drops the key (and
+/// with it the departures nobody reported yet).
+const KEY_TTL_FACTOR: u32 = 2;
 
 /// One entry as stored: the member and the incarnation of its node.
 #[derive(Serialize)]
@@ -80,16 +79,48 @@ struct StoredRef<'a> {
     conn: &'a str,
     user: &'a str,
     node: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    info: &'a str,
     inc: &'a str,
 }
 
+/// An entry as read, from this version or an older one.
 #[derive(Deserialize)]
 struct Stored {
     conn: String,
     user: String,
     node: String,
     #[serde(default)]
+    info: String,
+    #[serde(default)]
     inc: String,
+}
+
+/// A removed entry as a script reports it: user, user now absent, channel now empty.
+type Removed = (String, u8, u8);
+
+/// A read of a channel as the script returns it: now (ms, Redis clock), what
+/// it removed, the entries left.
+type Read = (u64, Vec<Removed>, Vec<String>);
+
+/// The live entries of a channel, judged.
+struct Live {
+    /// When Redis read them (ms, Redis clock).
+    now: u64,
+    members: Vec<Stored>,
+}
+
+impl Live {
+    /// Connections and distinct users (anonymous members are no user).
+    fn counts(&self) -> (u64, u64) {
+        let users: HashSet<&str> = self
+            .members
+            .iter()
+            .map(|m| m.user.as_str())
+            .filter(|u| !u.is_empty())
+            .collect();
+        (self.members.len() as u64, users.len() as u64)
+    }
 }
 
 /// One channel's members on this node: conn -> stored entry (shared, so a
@@ -101,6 +132,10 @@ type Pair = (Arc<str>, Arc<str>);
 
 /// A refresh's view of this node's members: each channel with its pairs.
 type Snapshot = Vec<(String, Vec<Pair>)>;
+
+/// The ZADDs of one channel chunk in a refresh: the channel, its key, the
+/// chunk's pairs, and whether it is the channel's first chunk.
+type RefreshCall<'a> = (&'a str, String, &'a [Pair], bool);
 
 /// This node's side of presence in Redis (see the module docs).
 pub(super) struct Presence {
@@ -115,6 +150,8 @@ pub(super) struct Presence {
     /// Another process holds this node id: this one no longer vouches for
     /// entries under the id, not even its own.
     superseded: AtomicBool,
+    /// What this node's purges removed, for the gateway.
+    departures: Departures,
 }
 
 impl Presence {
@@ -133,6 +170,7 @@ impl Presence {
             ttl,
             local: Mutex::new(HashMap::new()),
             superseded: AtomicBool::new(false),
+            departures: Departures::new(crate::departures::CAPACITY),
         }
     }
 
@@ -142,46 +180,89 @@ impl Presence {
         self.superseded.store(true, Ordering::Release);
     }
 
+    /// The receiving end of the departures, once.
+    pub(super) fn take_departures(&self) -> Option<tokio::sync::mpsc::Receiver<Departure>> {
+        self.departures.take()
+    }
+
     fn ttl_ms(&self) -> u64 {
         (self.ttl.as_millis() as u64).max(1)
     }
 
-    /// Records a member. It is kept in this node's map even when Redis fails,
-    /// so the next heartbeat writes it.
-    pub(super) async fn add(
+    fn key_ttl_ms(&self) -> u64 {
+        self.ttl_ms() * u64::from(KEY_TTL_FACTOR)
+    }
+
+    /// Records a member and says what that changed. It is kept in this
+    /// node's map even when Redis fails, so the next heartbeat writes it.
+    ///
+    /// Without `decide_user` the user is not looked for (a pass over the
+    /// set) and `user_was_absent` is false.
+    pub(super) async fn join(
         &self,
         channel: &str,
         member: &PresenceMember,
-    ) -> Result<(), BackplaneError> {
+        decide_user: bool,
+    ) -> Result<Joined, BackplaneError> {
         let entry = serde_json::to_string(&StoredRef {
             conn: &member.conn,
             user: &member.user,
             node: &member.node,
+            info: &member.info,
             inc: &self.incarnation,
         })
         .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
-        crate::lock(&self.local)
+        let replaced = crate::lock(&self.local)
             .entry(channel.to_owned())
             .or_default()
             .insert(Arc::from(member.conn.as_str()), Arc::from(entry.as_str()));
+        let key = self.keys.presence(channel);
         let mut conn = self.connection().await?;
-        let expired: u64 = ADD
-            .key(self.keys.presence(channel))
+        let (was_empty, absent, expires, departed): (u8, u8, u64, Vec<Removed>) = JOIN
+            .key(&key)
             .arg(self.ttl_ms())
-            .arg(entry)
+            .arg(self.key_ttl_ms())
+            .arg(&entry)
+            .arg(if decide_user {
+                member.user.as_str()
+            } else {
+                ""
+            })
+            .arg(replaced.as_deref().unwrap_or(""))
             .invoke_async(&mut *conn)
             .await?;
-        count_removed("expired", expired);
-        Ok(())
+        self.report(channel, "expired", departed);
+        if was_empty == 1 {
+            // Listed from now on (and by every refresh after): see `Keys::presence_index`.
+            let _: i64 = redis::cmd("ZADD")
+                .arg(self.keys.presence_index())
+                .arg("GT")
+                .arg(expires)
+                .arg(channel)
+                .query_async(&mut *conn)
+                .await?;
+        }
+        Ok(Joined {
+            channel_was_empty: was_empty == 1,
+            user_was_absent: absent == 1,
+        })
     }
 
-    /// Removes a member. Taken out of this node's map first: should the Redis
-    /// command fail, the entry is no longer refreshed and expires.
-    pub(super) async fn remove(&self, channel: &str, conn_id: &str) -> Result<(), BackplaneError> {
+    /// Removes a member this node added and says what that changed. Taken
+    /// out of this node's map first: should the Redis call fail, the entry is
+    /// no longer refreshed and expires (and a purge reports it).
+    ///
+    /// Without `decide_user`, `user_now_absent` is false (as for [`Presence::join`]).
+    pub(super) async fn leave(
+        &self,
+        channel: &str,
+        conn_id: &str,
+        decide_user: bool,
+    ) -> Result<Option<Left>, BackplaneError> {
         let entry = {
             let mut local = crate::lock(&self.local);
             let Some(members) = local.get_mut(channel) else {
-                return Ok(());
+                return Ok(None);
             };
             let entry = members.remove(conn_id);
             if members.is_empty() {
@@ -190,19 +271,29 @@ impl Presence {
             entry
         };
         let Some(entry) = entry else {
-            return Ok(());
+            return Ok(None);
         };
+        let user = serde_json::from_str::<Stored>(&entry)
+            .map(|s| s.user)
+            .unwrap_or_default();
         let mut conn = self.connection().await?;
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.presence(channel))
+        let (removed, absent, empty, departed): (u8, u8, u8, Vec<Removed>) = LEAVE
+            .key(self.keys.presence(channel))
             .arg(&*entry)
-            .query_async(&mut *conn)
+            .arg(if decide_user { user.as_str() } else { "" })
+            .invoke_async(&mut *conn)
             .await?;
-        Ok(())
+        self.report(channel, "expired", departed);
+        Ok((removed == 1).then_some(Left {
+            user,
+            channel_now_empty: empty == 1,
+            user_now_absent: absent == 1,
+        }))
     }
 
     /// Every live member of a channel. Expired entries and entries of a
-    /// superseded incarnation of their node are left out and removed.
+    /// superseded incarnation of their node are left out, removed and
+    /// reported as departures.
     ///
     /// `incarnations` gives the incarnation currently holding each node id
     /// asked about (ids without a registry entry are left out of the answer).
@@ -215,67 +306,203 @@ impl Presence {
         F: FnOnce(Vec<String>) -> Fut,
         Fut: Future<Output = Result<HashMap<String, String>, BackplaneError>>,
     {
-        let key = self.keys.presence(channel);
-        let mut conn = self.connection().await?;
-        let (expired, raw): (u64, Vec<String>) = READ.key(&key).invoke_async(&mut *conn).await?;
-        drop(conn);
-        count_removed("expired", expired);
+        let live = self.read(channel, incarnations).await?;
+        let mut members: Vec<PresenceMember> = live
+            .members
+            .into_iter()
+            .map(|s| PresenceMember {
+                conn: s.conn,
+                user: s.user,
+                node: s.node,
+                info: s.info,
+            })
+            .collect();
+        members.sort_by(|a, b| a.conn.cmp(&b.conn));
+        Ok(members)
+    }
 
-        let mut entries = Vec::with_capacity(raw.len());
-        let mut stale = Vec::new();
-        for entry in raw {
-            match serde_json::from_str::<Stored>(&entry) {
-                Ok(stored) => entries.push((entry, stored)),
-                Err(_) => stale.push(entry),
+    /// A channel's live connections and distinct users (judged as
+    /// [`Presence::members`] judges them).
+    pub(super) async fn counts<F, Fut>(
+        &self,
+        channel: &str,
+        incarnations: F,
+    ) -> Result<(u64, u64), BackplaneError>
+    where
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, String>, BackplaneError>>,
+    {
+        Ok(self.read(channel, incarnations).await?.counts())
+    }
+
+    /// Every indexed channel starting with `prefix` that has a live member,
+    /// with its counts. Index entries of channels found empty whose hint has
+    /// passed are dropped.
+    pub(super) async fn channels<F, Fut>(
+        &self,
+        prefix: &str,
+        incarnations: F,
+    ) -> Result<Vec<(String, u64, u64)>, BackplaneError>
+    where
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, String>, BackplaneError>>,
+    {
+        let index = self.keys.presence_index();
+        let mut conn = self.connection().await?;
+        let names: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *conn)
+            .await?;
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut reads: Vec<Read> = Vec::with_capacity(names.len());
+        for chunk in names.chunks(LIST_PIPELINE) {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&READ).ignore();
+            for name in chunk {
+                pipe.invoke_script(&READ.key(self.keys.presence(name)));
+            }
+            let more: Vec<Read> = pipe.query_async(&mut *conn).await?;
+            reads.extend(more);
+        }
+        drop(conn);
+        let lives = self.judge(&names, reads, incarnations).await?;
+
+        let now = lives.iter().map(|l| l.now).min().unwrap_or(0);
+        let mut empty = Vec::new();
+        let mut channels = Vec::new();
+        for (name, live) in names.into_iter().zip(lives) {
+            match live.counts() {
+                (0, _) => empty.push(name),
+                (conns, users) => channels.push((name, conns, users)),
             }
         }
+        if !empty.is_empty() {
+            let mut conn = self.connection().await?;
+            let _: i64 = UNINDEX
+                .key(&index)
+                .arg(now)
+                .arg(&empty)
+                .invoke_async(&mut *conn)
+                .await?;
+        }
+        channels.sort();
+        Ok(channels)
+    }
+
+    /// Reads a channel: drops (and reports) expired entries, then those of
+    /// superseded incarnations and unreadable ones.
+    async fn read<F, Fut>(&self, channel: &str, incarnations: F) -> Result<Live, BackplaneError>
+    where
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, String>, BackplaneError>>,
+    {
+        let mut conn = self.connection().await?;
+        let read: Read = READ
+            .key(self.keys.presence(channel))
+            .invoke_async(&mut *conn)
+            .await?;
+        drop(conn);
+        let names = [channel.to_owned()];
+        let mut lives = self.judge(&names, vec![read], incarnations).await?;
+        Ok(lives.pop().unwrap_or(Live {
+            now: 0,
+            members: Vec::new(),
+        }))
+    }
+
+    /// Judges what the reads of these channels found: reports what they
+    /// removed; keeps the entries that are readable and whose incarnation
+    /// still holds its node id (this node's own earlier incarnations and
+    /// those another process replaced are stale; a node id without a
+    /// registry entry, yet or any more, is no judgement: the entries' own
+    /// expiry decides); removes the rest in one script per channel, which
+    /// reports them.
+    async fn judge<F, Fut>(
+        &self,
+        names: &[String],
+        reads: Vec<Read>,
+        incarnations: F,
+    ) -> Result<Vec<Live>, BackplaneError>
+    where
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, String>, BackplaneError>>,
+    {
         let superseded = self.superseded.load(Ordering::Acquire);
-        let others: HashSet<&str> = entries
+        let mine = |node: &str| !superseded && node == self.node_id;
+        let mut parsed = Vec::with_capacity(reads.len());
+        for (name, (now, departed, entries)) in names.iter().zip(reads) {
+            self.report(name, "expired", departed);
+            let entries: Vec<(String, Option<Stored>)> = entries
+                .into_iter()
+                .map(|e| {
+                    let stored = serde_json::from_str::<Stored>(&e).ok();
+                    (e, stored)
+                })
+                .collect();
+            parsed.push((now, entries));
+        }
+        let others: HashSet<&str> = parsed
             .iter()
-            .map(|(_, s)| s.node.as_str())
-            .filter(|n| superseded || *n != self.node_id)
+            .flat_map(|(_, entries)| entries.iter())
+            .filter_map(|(_, s)| s.as_ref().map(|s| s.node.as_str()))
+            .filter(|node| !mine(node))
             .collect();
         let holders = if others.is_empty() {
             HashMap::new()
         } else {
             incarnations(others.into_iter().map(str::to_owned).collect()).await?
         };
-        let mut members = Vec::with_capacity(entries.len());
-        for (entry, stored) in entries {
-            let live = if stored.node == self.node_id && !superseded {
-                stored.inc == self.incarnation
+        let live = |s: &Stored| {
+            if mine(&s.node) {
+                s.inc == self.incarnation
             } else {
-                // No registry entry (yet, or any more): the entry's own expiry decides.
-                holders
-                    .get(&stored.node)
-                    .is_none_or(|inc| *inc == stored.inc)
-            };
-            if live {
-                members.push(PresenceMember {
-                    conn: stored.conn,
-                    user: stored.user,
-                    node: stored.node,
-                    info: String::new(),
-                });
-            } else {
-                stale.push(entry);
+                holders.get(&s.node).is_none_or(|h| *h == s.inc)
             }
+        };
+
+        let mut lives = Vec::with_capacity(parsed.len());
+        let mut stale: Vec<(usize, Vec<String>)> = Vec::new();
+        for (i, (now, entries)) in parsed.into_iter().enumerate() {
+            let mut members = Vec::with_capacity(entries.len());
+            let mut gone = Vec::new();
+            for (entry, stored) in entries {
+                match stored {
+                    Some(s) if live(&s) => members.push(s),
+                    _ => gone.push(entry),
+                }
+            }
+            if !gone.is_empty() {
+                stale.push((i, gone));
+            }
+            lives.push(Live { now, members });
         }
         if !stale.is_empty() {
-            count_removed("replaced", stale.len() as u64);
+            let mut pipe = redis::pipe();
+            pipe.load_script(&DROP).ignore();
+            for (i, entries) in &stale {
+                pipe.invoke_script(DROP.key(self.keys.presence(&names[*i])).arg(entries));
+            }
             let mut conn = self.connection().await?;
-            let _: i64 = redis::cmd("ZREM")
-                .arg(&key)
-                .arg(&stale)
-                .query_async(&mut *conn)
-                .await?;
+            let dropped: Vec<Vec<Removed>> = pipe.query_async(&mut *conn).await?;
+            for ((i, _), departed) in stale.iter().zip(dropped) {
+                self.report(&names[*i], "replaced", departed);
+            }
         }
-        members.sort_by(|a, b| a.conn.cmp(&b.conn));
-        Ok(members)
+        Ok(lives)
     }
 
     /// Re-adds every member of this node (called on each registry heartbeat):
-    /// their expiry moves on, and whatever Redis lost comes back.
+    /// their expiry moves on, whatever Redis lost comes back, and the
+    /// channels are indexed again. Channels found holding expired entries
+    /// (of other nodes) are purged after, their departures reported.
     pub(super) async fn refresh(&self) -> Result<(), BackplaneError> {
         if self.superseded.load(Ordering::Acquire) {
             return Ok(());
@@ -295,26 +522,64 @@ impl Presence {
         if snapshot.is_empty() {
             return Ok(());
         }
-        let ttl = self.ttl_ms();
-        let calls: Vec<(String, &[Pair])> = snapshot
+        let calls: Vec<RefreshCall<'_>> = snapshot
             .iter()
             .flat_map(|(channel, entries)| {
                 let key = self.keys.presence(channel);
                 entries
                     .chunks(REFRESH_CHUNK)
-                    .map(move |chunk| (key.clone(), chunk))
+                    .enumerate()
+                    .map(move |(i, chunk)| (channel.as_str(), key.clone(), chunk, i == 0))
             })
             .collect();
         let mut conn = self.connection().await?;
         // Plain commands rather than a script per channel (a script call costs
         // Redis about 20 us of setup; a member in a ZADD under 1 us). The
-        // expiry is still on the Redis clock, read once per refresh.
+        // expiry is still on the Redis clock, read once per refresh; only the
+        // channels holding expired entries get a script, the purge.
         let (secs, micros): (u64, u64) =
             bounded(redis::cmd("TIME").query_async(&mut *conn)).await?;
         let now = secs * 1000 + micros / 1000;
+        let mut expired = Vec::new();
+        let mut written_back = 0;
         for batch in calls.chunks(REFRESH_PIPELINE) {
-            let expired = run_refresh(&mut conn, batch, now, ttl).await?;
-            count_removed("expired", expired.iter().sum());
+            let counts = run_refresh(
+                &mut conn,
+                &self.keys.presence_index(),
+                batch,
+                now,
+                self.ttl_ms(),
+                self.key_ttl_ms(),
+            )
+            .await?;
+            for (call, (expired_here, missing)) in batch.iter().zip(counts) {
+                if expired_here.is_some_and(|n| n > 0) {
+                    expired.push(call.0);
+                }
+                written_back += missing;
+            }
+        }
+        if written_back > 0 {
+            // Lost by Redis, or removed by a purge elsewhere while this node
+            // did not refresh (a departure was reported then): back without a
+            // join. (Also a member left while this refresh was on its way:
+            // removed again below.)
+            metrics::counter!("switchboard_presence_rewritten_total").increment(written_back);
+            tracing::debug!(
+                members = written_back,
+                "presence entries were missing in Redis and are written back"
+            );
+        }
+        if !expired.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&PURGE).ignore();
+            for channel in &expired {
+                pipe.invoke_script(&PURGE.key(self.keys.presence(channel)));
+            }
+            let purged: Vec<(Vec<Removed>, u64)> = bounded(pipe.query_async(&mut *conn)).await?;
+            for (channel, (departed, _)) in expired.iter().zip(purged) {
+                self.report(channel, "expired", departed);
+            }
         }
         drop(conn);
 
@@ -350,6 +615,65 @@ impl Presence {
         Ok(())
     }
 
+    /// Purges the indexed channels whose members no node refreshes any more
+    /// (their hint has passed; see `Keys::presence_index`) and reports what
+    /// expired. Channels left empty leave the index; the others get their
+    /// hint moved to their latest entry. Called on each registry heartbeat
+    /// by every node, so a channel whose every member was on nodes that died
+    /// still has its departures reported, by one node.
+    pub(super) async fn sweep(&self) -> Result<(), BackplaneError> {
+        let index = self.keys.presence_index();
+        let mut conn = self.connection().await?;
+        let (now, due): (u64, Vec<String>) =
+            bounded(DUE.key(&index).arg(SWEEP_LIMIT).invoke_async(&mut *conn)).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&PURGE).ignore();
+        for channel in &due {
+            pipe.invoke_script(&PURGE.key(self.keys.presence(channel)));
+        }
+        let purged: Vec<(Vec<Removed>, u64)> = bounded(pipe.query_async(&mut *conn)).await?;
+        let mut empty = Vec::new();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&UNINDEX).ignore();
+        for (channel, (departed, latest)) in due.into_iter().zip(purged) {
+            self.report(&channel, "expired", departed);
+            if latest == 0 {
+                empty.push(channel);
+            } else {
+                pipe.cmd("ZADD")
+                    .arg(&index)
+                    .arg("GT")
+                    .arg(latest)
+                    .arg(channel)
+                    .ignore();
+            }
+        }
+        if !empty.is_empty() {
+            pipe.invoke_script(UNINDEX.key(&index).arg(now).arg(&empty))
+                .ignore();
+        }
+        let () = bounded(pipe.query_async(&mut *conn)).await?;
+        Ok(())
+    }
+
+    /// Counts removed entries and hands them to the gateway as departures.
+    fn report(&self, channel: &str, reason: &'static str, removed: Vec<Removed>) {
+        if removed.is_empty() {
+            return;
+        }
+        count_removed(reason, removed.len() as u64);
+        self.departures
+            .send(removed.into_iter().map(|(user, absent, empty)| Departure {
+                channel: channel.to_owned(),
+                user,
+                channel_now_empty: empty == 1,
+                user_now_absent: absent == 1,
+            }));
+    }
+
     async fn connection(&self) -> Result<deadpool_redis::Connection, BackplaneError> {
         self.pool
             .get()
@@ -358,41 +682,59 @@ impl Presence {
     }
 }
 
-/// One pipeline of a refresh: per channel (chunk), drop the expired entries,
-/// rewrite this node's with a new expiry, extend the key's TTL. Returns the
-/// expired counts.
+/// One pipeline of a refresh: per channel, count its expired entries (first
+/// chunk only), rewrite this node's entries with a new expiry, extend the
+/// key's TTL; then index the channels with the new expiry. Returns, per call,
+/// its channel's expired count (first chunks only) and how many of its
+/// entries were missing (written back).
 async fn run_refresh(
     conn: &mut deadpool_redis::Connection,
-    calls: &[(String, &[Pair])],
+    index: &str,
+    calls: &[RefreshCall<'_>],
     now_ms: u64,
     ttl_ms: u64,
-) -> Result<Vec<u64>, redis::RedisError> {
+    key_ttl_ms: u64,
+) -> Result<Vec<(Option<u64>, u64)>, redis::RedisError> {
     let mut pipe = redis::pipe();
     let expires = now_ms + ttl_ms;
     let before = format!("({now_ms}");
-    for (key, pairs) in calls {
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(key)
-            .arg("-inf")
-            .arg(&before);
+    for (_, key, pairs, first) in calls {
+        if *first {
+            pipe.cmd("ZCOUNT").arg(key).arg("-inf").arg(&before);
+        }
         let zadd = pipe.cmd("ZADD").arg(key);
         for (_, entry) in *pairs {
             zadd.arg(expires).arg(&**entry);
         }
-        zadd.ignore();
-        pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
+        pipe.cmd("PEXPIRE").arg(key).arg(key_ttl_ms).ignore();
     }
-    tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(conn))
+    let firsts: Vec<&str> = calls.iter().filter(|c| c.3).map(|c| c.0).collect();
+    if !firsts.is_empty() {
+        let zadd = pipe.cmd("ZADD").arg(index).arg("GT");
+        for channel in firsts {
+            zadd.arg(expires).arg(channel);
+        }
+        zadd.ignore();
+    }
+    let replies: Vec<u64> = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(conn))
         .await
         .map_err(|_| {
             redis::RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "presence refresh timed out",
             ))
-        })?
+        })??;
+    let mut replies = replies.into_iter();
+    Ok(calls
+        .iter()
+        .map(|call| {
+            let expired = if call.3 { replies.next() } else { None };
+            (expired, replies.next().unwrap_or(0))
+        })
+        .collect())
 }
 
-/// A Redis call of a refresh, with the command timeout.
+/// A Redis call of a refresh or sweep, with the command timeout.
 async fn bounded<T>(
     call: impl Future<Output = Result<T, redis::RedisError>>,
 ) -> Result<T, BackplaneError> {
@@ -418,6 +760,7 @@ mod tests {
             conn: "c_1",
             user: "u",
             node: "n",
+            info: r#"{"name":"U"}"#,
             inc: "i1",
         })
         .unwrap();
@@ -426,5 +769,21 @@ mod tests {
             (stored.conn, stored.user, stored.node, stored.inc),
             ("c_1".into(), "u".into(), "n".into(), "i1".into())
         );
+        assert_eq!(stored.info, r#"{"name":"U"}"#);
+    }
+
+    #[test]
+    fn an_entry_without_info_is_written_as_before_and_older_entries_read() {
+        let json = serde_json::to_string(&StoredRef {
+            conn: "c_1",
+            user: "u",
+            node: "n",
+            info: "",
+            inc: "i1",
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"conn":"c_1","user":"u","node":"n","inc":"i1"}"#);
+        let old: Stored = serde_json::from_str(r#"{"conn":"c","user":"u","node":"n"}"#).unwrap();
+        assert_eq!((old.info.as_str(), old.inc.as_str()), ("", ""));
     }
 }

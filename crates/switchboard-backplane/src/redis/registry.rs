@@ -259,6 +259,11 @@ impl Registry {
                             .increment(1);
                         tracing::warn!(error = %e, "presence refresh failed; retried on the next heartbeat");
                     }
+                    if let Err(e) = inner.presence.sweep().await {
+                        metrics::counter!("switchboard_backplane_errors_total", "op" => "presence_sweep")
+                            .increment(1);
+                        tracing::warn!(error = %e, "presence sweep failed; retried on the next heartbeat");
+                    }
                 }
                 Ok(Some(holder)) => return self.conflict(holder),
                 Err(e) => {

@@ -48,13 +48,25 @@ impl Subscription {
     /// deliveries, the floor is set (everything up to it was given to the
     /// session from history) and the buffered messages above it are queued.
     pub(crate) fn go_live(&self, epoch: &str, floor: u64) -> bool {
+        self.go_live_keeping(epoch, floor, |_| true)
+    }
+
+    /// As [`Subscription::go_live`], dropping the buffered items `keep`
+    /// refuses (a presence member event that the subscription's own member
+    /// list, read while buffering, already accounts for).
+    pub(crate) fn go_live_keeping(
+        &self,
+        epoch: &str,
+        floor: u64,
+        keep: impl Fn(&Outbound) -> bool,
+    ) -> bool {
         let mut state = crate::lock(&self.state);
         if std::mem::take(&mut state.lagging) {
             return false;
         }
         state.floor = Some((epoch.into(), floor));
         for (item, item_epoch) in state.buffer.take().unwrap_or_default() {
-            if Self::passes(&mut state.floor, &item, &item_epoch) {
+            if Self::passes(&mut state.floor, &item, &item_epoch) && keep(&item) {
                 self.session.push(item);
             }
         }

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use switchboard_backplane::envelope::{self, PayloadEncoding};
-use switchboard_backplane::{BackplaneError, PresenceMember};
+use switchboard_backplane::{BackplaneError, Joined, Left, PresenceMember};
 
 use crate::config::PusherApp;
 use crate::node::NodeInner;
@@ -67,66 +67,33 @@ pub(crate) async fn client_event(
     node.backplane.publish(&e, history).await.map(drop)
 }
 
-/// What joining a channel's membership changed, cluster-wide.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Joined {
-    /// The channel had no member before.
-    pub(crate) channel_was_empty: bool,
-    /// The user had no connection in the channel before.
-    pub(crate) user_was_absent: bool,
-}
-
-/// What leaving a channel's membership changed, cluster-wide.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Left {
-    /// The user whose connection left.
-    pub(crate) user: String,
-    /// The channel has no member now.
-    pub(crate) channel_now_empty: bool,
-    /// The user has no connection in the channel now.
-    pub(crate) user_now_absent: bool,
-}
-
 /// Records a Pusher connection as a member of a channel (every Pusher
-/// subscription is one: presence lists, counts and occupancy read them).
+/// subscription is one: presence lists, counts and occupancy read them). On
+/// channels other than presence channels the member is anonymous, which
+/// keeps the join cheap however many subscribers the channel has.
 pub(crate) async fn join(
     node: &NodeInner,
     channel: &str,
     conn: &str,
     member: Option<&Member>,
 ) -> Result<Joined, BackplaneError> {
-    let before = node.backplane.presence(channel).await?;
-    let user = member.map_or("", |m| m.user.as_str());
     let entry = PresenceMember {
         conn: conn.to_owned(),
-        user: user.to_owned(),
+        user: member.map_or(String::new(), |m| m.user.clone()),
         node: node.config.node_id.clone(),
         info: member.map_or(String::new(), |m| m.info.clone()),
     };
-    node.backplane.presence_add(channel, &entry).await?;
-    Ok(Joined {
-        channel_was_empty: before.is_empty(),
-        user_was_absent: !before.iter().any(|m| m.user == user && m.conn != conn),
-    })
+    node.backplane.presence_join(channel, &entry).await
 }
 
 /// Removes a Pusher connection from a channel's members; `None` when it was
-/// not one.
+/// not one (or its entry expired already, and was reported as a departure).
 pub(crate) async fn leave(
     node: &NodeInner,
     channel: &str,
     conn: &str,
 ) -> Result<Option<Left>, BackplaneError> {
-    let before = node.backplane.presence(channel).await?;
-    let Some(me) = before.iter().find(|m| m.conn == conn) else {
-        return Ok(None);
-    };
-    node.backplane.presence_remove(channel, conn).await?;
-    Ok(Some(Left {
-        user: me.user.clone(),
-        channel_now_empty: before.iter().all(|m| m.conn == conn),
-        user_now_absent: !before.iter().any(|m| m.user == me.user && m.conn != conn),
-    }))
+    node.backplane.presence_leave(channel, conn).await
 }
 
 /// Tells a presence channel's members that a user arrived (its first
@@ -152,33 +119,52 @@ pub(crate) async fn member_event(
 
 /// A channel's members, cluster-wide: connections and distinct users.
 pub(crate) async fn counts(node: &NodeInner, channel: &str) -> Result<(u64, u64), BackplaneError> {
-    let members = node.backplane.presence(channel).await?;
-    let mut users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
-    users.sort_unstable();
-    users.dedup();
-    Ok((members.len() as u64, users.len() as u64))
+    node.backplane.presence_counts(channel).await
 }
 
 /// An app's occupied channels whose Pusher name starts with `prefix`, with
-/// their connection and user counts.
+/// their connection and user counts, cluster-wide (users' own channels, which
+/// hold no members, are never listed).
 pub(crate) async fn channels(
     node: &NodeInner,
     app: &PusherApp,
     prefix: &str,
 ) -> Result<Vec<(String, u64, u64)>, BackplaneError> {
-    let mut out = Vec::new();
-    for key in node.hub.keys() {
-        let Some(name) = key.strip_prefix(&format!("{}:", app.id)) else {
+    let namespace = format!("{}:", app.id);
+    let listed = node
+        .backplane
+        .presence_channels(&format!("{namespace}{prefix}"))
+        .await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|(key, conns, users)| {
+            let name = key.strip_prefix(&namespace)?;
+            (conns > 0).then(|| (name.to_owned(), conns, users))
+        })
+        .collect())
+}
+
+/// Acts on the members this node's purges found gone (their node died, or
+/// was replaced): a user whose last connection in a Pusher presence channel
+/// was among them is reported to the channel's members, once in the cluster.
+/// Runs until the backplane stops reporting.
+pub(crate) async fn departures(
+    node: &NodeInner,
+    mut departures: tokio::sync::mpsc::Receiver<switchboard_backplane::Departure>,
+) {
+    while let Some(d) = departures.recv().await {
+        let Some((_, name)) = d.channel.split_once(':') else {
             continue;
         };
-        if !name.starts_with(prefix) || name.starts_with(crate::policy::pusher::USER_CHANNEL_PREFIX)
-        {
+        if crate::policy::pusher::app_of(node, &d.channel).is_none() {
             continue;
         }
-        let (conns, users) = counts(node, &key).await?;
-        if conns > 0 {
-            out.push((name.to_owned(), conns, users));
+        if d.user_now_absent
+            && !d.user.is_empty()
+            && crate::policy::pusher::ChannelKind::of(name)
+                == crate::policy::pusher::ChannelKind::Presence
+        {
+            member_event(node, &d.channel, "", &d.user, "", false).await;
         }
     }
-    Ok(out)
 }

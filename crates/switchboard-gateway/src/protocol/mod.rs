@@ -46,6 +46,15 @@ impl Protocol {
     /// How many encodings a push can have: one per protocol.
     pub(crate) const COUNT: usize = 3;
 
+    /// The `protocol` label of the metrics that count by protocol.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Json => "json",
+            Protocol::Proto => "proto",
+            Protocol::Pusher => "pusher",
+        }
+    }
+
     /// This protocol's place among the [`Protocol::COUNT`] encodings of a push.
     pub(crate) fn slot(self) -> usize {
         match self {

@@ -299,6 +299,26 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+/// The user of a `pusher_internal:member_added` frame; `None` for any other frame.
+pub(crate) fn member_added_user(frame: &[u8]) -> Option<String> {
+    const EVENT: &[u8] = b"{\"event\":\"pusher_internal:member_added\"";
+    if !frame.starts_with(EVENT) {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Frame {
+        data: String,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        user_id: String,
+    }
+    let frame: Frame = serde_json::from_slice(frame).ok()?;
+    serde_json::from_str::<Data>(&frame.data)
+        .ok()
+        .map(|d| d.user_id)
+}
+
 /// `pusher:connection_established`, the first frame of every connection.
 pub fn connection_established(socket_id: &str, activity_timeout: u32) -> Bytes {
     let mut out = BytesMut::with_capacity(128);
@@ -604,6 +624,20 @@ mod tests {
             join: true,
         };
         assert!(encode_push(&public).is_none());
+    }
+
+    #[test]
+    fn member_added_frames_name_their_user() {
+        let join = Push::Join {
+            channel: "app1:presence-room",
+            conn: "1.2",
+            user: "u\"1",
+            info: "",
+            join: true,
+        };
+        let frame = encode_push(&join).unwrap();
+        assert_eq!(member_added_user(&frame).as_deref(), Some("u\"1"));
+        assert_eq!(member_added_user(&pong()), None);
     }
 
     #[test]

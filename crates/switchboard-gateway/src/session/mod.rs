@@ -301,7 +301,7 @@ pub(crate) async fn run(
         )),
         pusher,
     });
-    node.session_opened();
+    node.session_opened(protocol);
     node.register(&session);
     let welcome = || {
         session.reply(
@@ -350,6 +350,6 @@ pub(crate) async fn run(
     if end == End::Closed(CloseReason::TooLarge) {
         node.gate.rejections.message_size.increment(1);
     }
-    node.session_closed(&end);
+    node.session_closed(protocol, &end);
     tracing::debug!(conn = %session.conn, reason = end.label(), "session ended");
 }

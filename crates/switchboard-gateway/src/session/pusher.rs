@@ -3,7 +3,7 @@
 //! answer in Pusher's frames. The connection itself (its task, outbox,
 //! heartbeats, drain) is the same as any other session's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -164,6 +164,11 @@ async fn subscribe(
             codec::error(None, &format!("already subscribed to {name}")),
         );
     }
+    if let Some(member) = &member
+        && ops::history::policy(node, &key).is_none()
+    {
+        return subscribe_presence(node, session, state, name, key, member.clone()).await;
+    }
     let joined = match ops::pusher::join(node, &key, &session.conn, member.as_ref()).await {
         Ok(j) => j,
         Err(e) => return refuse("Unavailable", 503, &format!("could not subscribe: {e}")),
@@ -247,6 +252,95 @@ async fn subscribe(
         }
         crate::lock(&state.members).insert(key.clone(), m);
     }
+}
+
+/// Subscribes to a presence channel (without history): the subscription
+/// starts buffering before the member list is read, so a member who joins
+/// meanwhile is either in the list or announced after it, never neither; a
+/// buffered `member_added` of a user the list has already is dropped, so
+/// none is announced twice.
+async fn subscribe_presence(
+    node: &NodeInner,
+    session: &Arc<SessionHandle>,
+    state: &PusherConn,
+    name: &str,
+    key: Arc<str>,
+    member: Member,
+) {
+    let refuse = |kind: &str, status: u16, message: &str| {
+        send(
+            session,
+            codec::subscription_error(name, kind, message, status),
+        );
+    };
+    if !crate::lock(&session.channels).insert(key.clone()) {
+        return send(
+            session,
+            codec::error(None, &format!("already subscribed to {name}")),
+        );
+    }
+    let subscription = match node.hub.subscribe(&key, session, true, || {}).await {
+        Ok(s) => s,
+        Err(e) => {
+            crate::lock(&session.channels).remove(&key);
+            return refuse("Unavailable", 503, &format!("could not subscribe: {e}"));
+        }
+    };
+    let undo = |joined: bool| {
+        let key = key.clone();
+        async move {
+            if joined {
+                undo_join(node, &key, &session.conn).await;
+            }
+            node.hub.unsubscribe(&key, session.id).await;
+            crate::lock(&session.channels).remove(&key);
+        }
+    };
+    let joined = match ops::pusher::join(node, &key, &session.conn, Some(&member)).await {
+        Ok(j) => j,
+        Err(e) => {
+            undo(false).await;
+            return refuse("Unavailable", 503, &format!("could not subscribe: {e}"));
+        }
+    };
+    let members = match ops::presence::members(node, &key).await {
+        Ok(m) => m,
+        Err(e) => {
+            undo(true).await;
+            return refuse(
+                "Unavailable",
+                503,
+                &format!("could not read the members: {e}"),
+            );
+        }
+    };
+    let listed: HashSet<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    if listed.len() > rules::MAX_PRESENCE_MEMBERS && joined.user_was_absent {
+        undo(true).await;
+        return refuse(
+            "LimitReached",
+            403,
+            &format!(
+                "presence channel {name} has its {} members",
+                rules::MAX_PRESENCE_MEMBERS
+            ),
+        );
+    }
+    send(
+        session,
+        codec::subscription_succeeded(name, Some(codec::Members(&members))),
+    );
+    subscription.go_live_keeping("", 0, |item| match item {
+        Outbound::Message { frame, .. } => {
+            codec::member_added_user(frame).is_none_or(|user| !listed.contains(user.as_str()))
+        }
+        _ => true,
+    });
+    if joined.user_was_absent {
+        ops::pusher::member_event(node, &key, &session.conn, &member.user, &member.info, true)
+            .await;
+    }
+    crate::lock(&state.members).insert(key.clone(), member);
 }
 
 async fn undo_join(node: &NodeInner, key: &str, conn: &str) {

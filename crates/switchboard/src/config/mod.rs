@@ -9,6 +9,7 @@
 
 mod namespaces;
 mod parse;
+mod pusher;
 mod source;
 mod table;
 #[cfg(test)]
@@ -32,8 +33,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The whole, validated configuration.
-#[derive(Debug)]
+/// The whole, validated configuration. Its `Debug` shows every secret as
+/// `<redacted>`.
 pub struct Config {
     /// What the node runs with.
     pub node: NodeConfig,
@@ -41,6 +42,41 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter directives.
     pub log_level: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node", &redacted(&self.node))
+            .field("log_format", &self.log_format)
+            .field("log_level", &self.log_level)
+            .finish()
+    }
+}
+
+/// A copy of `node` without its secrets: the API key, the JWT secret, the
+/// Redis URL (which may hold a password) and the Pusher apps' secrets.
+fn redacted(node: &NodeConfig) -> NodeConfig {
+    const REDACTED: &str = "<redacted>";
+    let mut node = node.clone();
+    let secrets = node
+        .pusher
+        .iter_mut()
+        .flat_map(|app| std::iter::once(&mut app.secret).chain(app.webhook_url.as_mut()));
+    let redis_url = match &mut node.backplane {
+        BackplaneConfig::Redis { url, .. } => Some(url),
+        BackplaneConfig::Memory => None,
+    };
+    for secret in node
+        .api_key
+        .iter_mut()
+        .chain(node.auth.jwt_secret.as_mut())
+        .chain(redis_url)
+        .chain(secrets)
+    {
+        *secret = REDACTED.to_owned();
+    }
+    node
 }
 
 /// One bad setting: which, from where, and what is wrong.
@@ -76,8 +112,8 @@ pub fn resolve(matches: &ArgMatches) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// Reads every row (each bad value is recorded as it is read), then the
-/// namespace tables and the file's unknown keys, and builds the config if
-/// every value was good.
+/// namespace tables, the Pusher apps and the file's unknown keys, and builds
+/// the config if every value was good.
 fn read(r: &mut Reader) -> Result<Config, Reported> {
     let listen = r.value(&LISTEN);
     let internal_listen = r.value(&INTERNAL_LISTEN);
@@ -106,7 +142,13 @@ fn read(r: &mut Reader) -> Result<Config, Reported> {
     let listen_backlog = r.value(&LISTEN_BACKLOG);
     let demo = r.value(&DEMO);
     let fanout_lane_capacity = r.value(&FANOUT_LANE_CAPACITY);
+    let pusher_app = pusher::FlagApp {
+        id: r.optional(&PUSHER_APP_ID),
+        key: r.optional(&PUSHER_KEY),
+        secret: r.optional(&PUSHER_SECRET),
+    };
     let namespaces = namespaces::read(&r.file, matches!(demo, Ok(true)), &mut r.errors);
+    let pusher = pusher::read(r, pusher_app);
     r.check_known_keys();
 
     // The two defaults the table derives rather than gives.
@@ -152,7 +194,7 @@ fn read(r: &mut Reader) -> Result<Config, Reported> {
             },
             demo: demo?,
             fanout_lane_capacity: fanout_lane_capacity?,
-            pusher: Vec::new(),
+            pusher,
         },
         log_format: log_format?,
         log_level: log_level?,

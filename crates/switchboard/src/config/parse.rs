@@ -104,6 +104,46 @@ pub fn prefix(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// A Pusher app id: 1 to 64 characters of `A-Z a-z 0-9 - _ .`. The id is
+/// the namespace of the app's channels, so it has no `:`.
+pub fn pusher_app_id(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{s:?}: use 1 to 64 characters of A-Z a-z 0-9 - _ . (the id names the app's channel namespace)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A Pusher app key: not empty, and nothing that would end or split the URL
+/// path `/app/{key}` clients connect to (`/`, `?`, `#`, spaces, control characters).
+pub fn pusher_key(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.chars()
+        .any(|c| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{s:?}: a key has no / ? # spaces or control characters (it is part of the URL path /app/KEY)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A secret: any text but the empty one. The message never repeats the value.
+pub fn secret(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_owned())
+}
+
 /// A comma-separated list of origins; `*` only as a suffix.
 pub fn origins(s: &str) -> Result<Vec<String>, String> {
     let list: Vec<String> = s
@@ -188,6 +228,22 @@ mod tests {
         assert!(prefix("a{b}").is_err());
         assert!(redis_url("redis://127.0.0.1:6379/0").is_ok());
         assert!(redis_url("http://127.0.0.1:6379").is_err());
+    }
+
+    #[test]
+    fn pusher_ids_and_keys_are_checked() {
+        assert!(pusher_app_id("app-1_b.c").is_ok());
+        assert!(pusher_app_id(&"a".repeat(64)).is_ok());
+        for bad in ["", "a:b", "a b", "a/b", "é", &"a".repeat(65)] {
+            assert!(pusher_app_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(pusher_key("278d425bdf160c739803").is_ok());
+        assert!(pusher_key("k,e;y=@").is_ok());
+        for bad in ["", "a/b", "a?b", "a#b", "a b", "a\tb"] {
+            assert!(pusher_key(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(secret("s"), Ok("s".to_owned()));
+        assert_eq!(secret(""), Err("must not be empty".to_owned()));
     }
 
     #[test]

@@ -122,8 +122,9 @@ impl<'a> Reader<'a> {
         Ok(Some((text, "config file".to_owned())))
     }
 
-    /// Records every key of the file that no row (and no namespace table) reads:
-    /// unknown keys of a table such as `[auth]` first, then unknown top-level keys.
+    /// Records every key of the file that no row reads (`[namespaces.*]` and
+    /// `[pusher]` have readers of their own): unknown keys of a table such as
+    /// `[auth]` first, then unknown top-level keys.
     pub fn check_known_keys(&mut self) {
         let known = known_keys();
         for (table, keys) in known.iter().filter(|(table, _)| !table.is_empty()) {
@@ -146,7 +147,8 @@ impl<'a> Reader<'a> {
             let is_top_level = known
                 .iter()
                 .any(|(table, keys)| table.is_empty() && keys.contains(&key));
-            if !(is_table || is_top_level || key == super::namespaces::TABLE) {
+            let has_reader = key == super::namespaces::TABLE || key == super::pusher::TABLE;
+            if !(is_table || is_top_level || has_reader) {
                 self.errors.push(file_error(key.to_owned(), "unknown key"));
             }
         }

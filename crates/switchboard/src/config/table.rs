@@ -139,6 +139,9 @@ pub const ALL: &[&Row] = &[
     &LISTEN_BACKLOG.row,
     &MAX_CHANNEL_LENGTH.row,
     &DEMO.row,
+    &PUSHER_APP_ID.row,
+    &PUSHER_KEY.row,
+    &PUSHER_SECRET.row,
 ];
 
 pub const CONFIG: Setting<String> = Setting {
@@ -503,4 +506,47 @@ pub const DEMO: Setting<bool> = Setting {
         help: "Serve the demo page at / (with its /status); /client.js is served either way.",
     },
     parse: parse::boolean,
+};
+
+// One Pusher app by flags or environment. The file holds its apps as
+// `[[pusher.apps]]` tables instead (config/pusher.rs), which add to this one
+// rather than stand behind it, so these rows have no TOML key.
+
+pub const PUSHER_APP_ID: Setting<String> = Setting {
+    row: Row {
+        flag: "--pusher-app-id",
+        env: "SWITCHBOARD_PUSHER_APP_ID",
+        toml: None,
+        value_name: "ID",
+        default: Fallback::Unset("none: endpoint off"),
+        kind: Kind::Plain,
+        help: "Id of a Pusher app served at /app/KEY and /apps/ID/...; needs --pusher-key and --pusher-secret (more apps: [[pusher.apps]] in the file).",
+    },
+    parse: parse::pusher_app_id,
+};
+
+pub const PUSHER_KEY: Setting<String> = Setting {
+    row: Row {
+        flag: "--pusher-key",
+        env: "SWITCHBOARD_PUSHER_KEY",
+        toml: None,
+        value_name: "KEY",
+        default: Fallback::Unset("none"),
+        kind: Kind::Plain,
+        help: "Public key of the Pusher app of --pusher-app-id.",
+    },
+    parse: parse::pusher_key,
+};
+
+pub const PUSHER_SECRET: Setting<String> = Setting {
+    row: Row {
+        flag: "--pusher-secret",
+        env: "SWITCHBOARD_PUSHER_SECRET",
+        toml: None,
+        value_name: "SECRET",
+        default: Fallback::Unset("none"),
+        kind: Kind::Secret,
+        help: "Secret of the Pusher app of --pusher-app-id.",
+    },
+    parse: parse::secret,
 };

@@ -91,7 +91,25 @@ fn the_file_knows_the_keys_of_the_rows_and_no_other() {
     let auth: &Vec<&str> = &known.iter().find(|(t, _)| *t == "auth").unwrap().1;
     assert_eq!(auth, &["jwt_secret", "jwt_public_key", "allow_anonymous"]);
     let count: usize = known.iter().map(|(_, keys)| keys.len()).sum();
-    assert_eq!(count, ALL.len() - 1, "every row but --config");
+    assert_eq!(
+        count,
+        ALL.len() - 4,
+        "every row but --config and the Pusher app's three (its file form is [[pusher.apps]])"
+    );
+    let no_key: Vec<&str> = ALL
+        .iter()
+        .filter(|r| r.toml.is_none())
+        .map(|r| r.flag)
+        .collect();
+    assert_eq!(
+        no_key,
+        [
+            "--config",
+            "--pusher-app-id",
+            "--pusher-key",
+            "--pusher-secret"
+        ]
+    );
 }
 
 /// The first four cells (flag, environment, TOML key, default) of each row

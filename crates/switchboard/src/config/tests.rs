@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use switchboard_gateway::BackplaneConfig;
+use switchboard_gateway::{BackplaneConfig, PusherApp};
 
 use super::source::Reader;
 use super::*;
@@ -267,4 +267,326 @@ fn a_missing_or_broken_file_is_an_error() {
         errors[0].message.starts_with("not valid TOML: "),
         "{errors:?}"
     );
+}
+
+/// The three flags of the Pusher app, the secret last.
+const PUSHER_FLAGS: [&str; 6] = [
+    "--pusher-app-id",
+    "app1",
+    "--pusher-key",
+    "app1-key",
+    "--pusher-secret",
+    "flag-secret-1e4b",
+];
+
+/// The errors' lines, sorted.
+fn error_lines(errors: &[ConfigError]) -> Vec<String> {
+    let mut lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.sort_unstable();
+    lines
+}
+
+#[test]
+fn no_pusher_app_leaves_the_endpoint_off() {
+    assert!(resolve_args(&[]).unwrap().node.pusher.is_empty());
+}
+
+#[test]
+fn one_pusher_app_from_flags() {
+    let c = resolve_args(&PUSHER_FLAGS).unwrap();
+    assert_eq!(
+        c.node.pusher,
+        [PusherApp {
+            id: "app1".into(),
+            key: "app1-key".into(),
+            secret: "flag-secret-1e4b".into(),
+            client_events: true,
+            webhook_url: None,
+            webhook_events: Vec::new(),
+        }]
+    );
+}
+
+#[test]
+fn a_partial_pusher_app_names_what_is_missing() {
+    let errors = resolve_args(&PUSHER_FLAGS[..2]).unwrap_err();
+    let needed = "one Pusher app by flags or environment takes --pusher-app-id, --pusher-key and --pusher-secret together (or none of them)";
+    assert_eq!(
+        error_lines(&errors),
+        [
+            format!("--pusher-key (not set): needed because --pusher-app-id is set: {needed}"),
+            format!("--pusher-secret (not set): needed because --pusher-app-id is set: {needed}"),
+        ]
+    );
+    let errors = resolve_args(&PUSHER_FLAGS[2..]).unwrap_err();
+    assert_eq!(
+        error_lines(&errors),
+        [format!(
+            "--pusher-app-id (not set): needed because --pusher-key and --pusher-secret are set: {needed}"
+        )]
+    );
+    // A bad value counts as given: the error is about the value, not a missing one.
+    let mut args = PUSHER_FLAGS.to_vec();
+    args[1] = "a:b";
+    let errors = resolve_args(&args).unwrap_err();
+    assert_eq!(
+        error_lines(&errors),
+        [
+            "--pusher-app-id (command line): \"a:b\": use 1 to 64 characters of A-Z a-z 0-9 - _ . (the id names the app's channel namespace)"
+        ]
+    );
+    args[1] = "app1";
+    args[3] = "a/b";
+    let errors = resolve_args(&args).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].setting, "--pusher-key");
+}
+
+#[test]
+fn pusher_apps_from_the_file() {
+    let file = TempToml::new(
+        r#"
+[[pusher.apps]]
+id = "a"
+key = "a-key"
+secret = "a-secret"
+
+[[pusher.apps]]
+id = "b"
+key = "b-key"
+secret = "b-secret"
+client_events = false
+webhook_url = "http://hooks.internal:8000/pusher"
+
+[[pusher.apps]]
+id = "c"
+key = "c-key"
+secret = "c-secret"
+webhook_url = "http://hooks.internal/c"
+webhook_events = ["member_added", "cache_miss"]
+"#,
+    );
+    let c = resolve_args(&["--config", file.path()]).unwrap();
+    let apps = &c.node.pusher;
+    let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"], "in file order");
+    assert_eq!(
+        (apps[0].key.as_str(), apps[0].secret.as_str()),
+        ("a-key", "a-secret")
+    );
+    assert!(apps[0].client_events, "client events are on by default");
+    assert!(apps[0].webhook_url.is_none() && apps[0].webhook_events.is_empty());
+    assert!(!apps[1].client_events);
+    assert_eq!(
+        apps[1].webhook_url.as_deref(),
+        Some("http://hooks.internal:8000/pusher")
+    );
+    assert_eq!(
+        apps[1].webhook_events,
+        pusher::WEBHOOK_EVENTS,
+        "a webhook URL without a list gets every event"
+    );
+    assert_eq!(apps[2].webhook_events, ["member_added", "cache_miss"]);
+}
+
+#[test]
+fn the_flags_app_and_the_files_apps_combine() {
+    let file = TempToml::new("[[pusher.apps]]\nid = \"b\"\nkey = \"b-key\"\nsecret = \"b\"\n");
+    let mut args = vec!["--config", file.path()];
+    args.extend(PUSHER_FLAGS);
+    let c = resolve_args(&args).unwrap();
+    let ids: Vec<&str> = c.node.pusher.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["app1", "b"], "the flags' app first");
+}
+
+#[test]
+fn pusher_ids_and_keys_are_unique() {
+    let file = TempToml::new(
+        r#"
+[[pusher.apps]]
+id = "app1"
+key = "other-key"
+secret = "s1"
+
+[[pusher.apps]]
+id = "b"
+key = "app1-key"
+secret = "s2"
+
+[[pusher.apps]]
+id = "b"
+key = "b2-key"
+secret = "s3"
+"#,
+    );
+    let mut args = vec!["--config", file.path()];
+    args.extend(PUSHER_FLAGS);
+    let errors = resolve_args(&args).unwrap_err();
+    assert_eq!(
+        error_lines(&errors),
+        [
+            "pusher.apps.b.key (config file): key \"app1-key\" is also the key of the app of --pusher-app-id; keys must be unique",
+            "pusher.apps[1].id (config file): id \"app1\" is also the id of the app of --pusher-app-id; ids must be unique",
+            "pusher.apps[3].id (config file): id \"b\" is also the id of pusher.apps[2]; ids must be unique",
+        ]
+    );
+}
+
+#[test]
+fn bad_pusher_apps_are_each_named() {
+    let file = TempToml::new(
+        r#"
+[[pusher.apps]]
+id = "a:b"
+key = "k/1"
+secret = ""
+client_events = "yes"
+
+[[pusher.apps]]
+id = "two"
+key = "k2"
+secret = "never-shown-83c1"
+webhook_url = "https://user:never-shown-83c1@hooks.example"
+webhook_events = ["channel_occupied", "member_joined"]
+colour = "blue"
+
+[[pusher.apps]]
+key = "k3"
+webhook_events = ["client_event"]
+
+[[pusher.apps]]
+id = "four"
+key = "k4"
+secret = "s"
+webhook_url = "http://hooks"
+webhook_events = ["cache_miss", "cache_miss"]
+"#,
+    );
+    let errors = resolve_args(&["--config", file.path()]).unwrap_err();
+    let known_keys = "id, key, secret, client_events, webhook_url, webhook_events";
+    let known_events =
+        "channel_occupied, channel_vacated, member_added, member_removed, client_event, cache_miss";
+    assert_eq!(
+        error_lines(&errors),
+        [
+            "pusher.apps.four.webhook_events (config file): \"cache_miss\" is listed twice".to_owned(),
+            format!("pusher.apps.two.colour (config file): unknown key; known: {known_keys}"),
+            "pusher.apps.two.webhook_events (config file): \"member_joined\" is no webhook event; known: ".to_owned() + known_events,
+            "pusher.apps.two.webhook_url (config file): must start with http://: the node is built without a TLS stack, so it cannot post webhooks over https://".to_owned(),
+            "pusher.apps[1].client_events (config file): must be true or false".to_owned(),
+            "pusher.apps[1].id (config file): \"a:b\": use 1 to 64 characters of A-Z a-z 0-9 - _ . (the id names the app's channel namespace)".to_owned(),
+            "pusher.apps[1].key (config file): \"k/1\": a key has no / ? # spaces or control characters (it is part of the URL path /app/KEY)".to_owned(),
+            "pusher.apps[1].secret (config file): must not be empty".to_owned(),
+            "pusher.apps[3].id (config file): missing: every app needs id, key and secret".to_owned(),
+            "pusher.apps[3].secret (config file): missing: every app needs id, key and secret".to_owned(),
+            "pusher.apps[3].webhook_events (config file): given without a webhook_url: the app sends no webhooks".to_owned(),
+        ]
+    );
+    let all = format!("{errors:?}");
+    assert!(!all.contains("never-shown"), "{all}");
+}
+
+#[test]
+fn the_pusher_table_has_only_apps() {
+    let file = TempToml::new("[pusher]\napp = 1\n");
+    let errors = resolve_args(&["--config", file.path()]).unwrap_err();
+    assert_eq!(
+        error_lines(&errors),
+        ["pusher.app (config file): unknown key; known: apps"]
+    );
+    let file = TempToml::new("pusher = 1\n");
+    let errors = resolve_args(&["--config", file.path()]).unwrap_err();
+    assert_eq!(
+        error_lines(&errors),
+        ["pusher (config file): must be a table: give apps as [[pusher.apps]] tables"]
+    );
+    let file = TempToml::new("[pusher]\napps = 1\n");
+    let errors = resolve_args(&["--config", file.path()]).unwrap_err();
+    assert_eq!(
+        error_lines(&errors),
+        ["pusher.apps (config file): must be [[pusher.apps]] tables"]
+    );
+    let file = TempToml::new("[pusher]\napps = [1]\n");
+    let errors = resolve_args(&["--config", file.path()]).unwrap_err();
+    assert_eq!(
+        error_lines(&errors),
+        ["pusher.apps[1] (config file): must be a table"]
+    );
+}
+
+#[test]
+fn the_config_shows_no_secret() {
+    let file = TempToml::new(
+        "api_key = \"api-secret-1\"\nredis_url = \"redis://:redis-secret-2@127.0.0.1:6399\"\n[auth]\njwt_secret = \"jwt-secret-3\"\n[[pusher.apps]]\nid = \"b\"\nkey = \"b-key\"\nsecret = \"pusher-secret-4\"\nwebhook_url = \"http://user:hook-secret-5@hooks\"\n",
+    );
+    let mut args = vec!["--config", file.path()];
+    args.extend(PUSHER_FLAGS);
+    let c = resolve_args(&args).unwrap();
+    let shown = format!("{c:?} {c:#?}");
+    for secret in [
+        "api-secret-1",
+        "redis-secret-2",
+        "jwt-secret-3",
+        "pusher-secret-4",
+        "hook-secret-5",
+        "flag-secret-1e4b",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(
+        shown.contains("b-key") && shown.contains("<redacted>"),
+        "{shown}"
+    );
+    assert_eq!(
+        c.node.pusher[1].secret, "pusher-secret-4",
+        "the value itself is whole"
+    );
+}
+
+/// The docs' example of `[[pusher.apps]]` is a good configuration.
+#[test]
+fn the_docs_pusher_example_is_read() {
+    let docs = include_str!("../../../../docs/CONFIGURATION.md");
+    let section = docs
+        .split("\n### Pusher apps\n")
+        .nth(1)
+        .expect("docs/CONFIGURATION.md has a `### Pusher apps` section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a TOML example in the Pusher apps section");
+    let file = TempToml::new(example);
+    let c = resolve_args(&["--config", file.path()]).unwrap();
+    let ids: Vec<&str> = c.node.pusher.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["app1", "app2"]);
+    assert_eq!(c.node.pusher[0].webhook_events.len(), 5);
+}
+
+/// The compose cluster's file resolves, and so does the Pusher app it keeps
+/// commented out, once uncommented.
+#[test]
+fn the_deploy_files_pusher_example_is_read() {
+    let text = include_str!("../../../../deploy/switchboard.toml");
+    let file = TempToml::new(text);
+    assert!(
+        resolve_args(&["--config", file.path()])
+            .unwrap()
+            .node
+            .pusher
+            .is_empty()
+    );
+    let uncommented: String = text
+        .lines()
+        .skip_while(|l| *l != "# [[pusher.apps]]")
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    assert!(
+        !uncommented.is_empty(),
+        "deploy/switchboard.toml has the example"
+    );
+    let file = TempToml::new(&format!("{text}\n{uncommented}"));
+    let c = resolve_args(&["--config", file.path()]).unwrap();
+    let ids: Vec<&str> = c.node.pusher.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["app1"]);
 }
