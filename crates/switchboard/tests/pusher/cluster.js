@@ -145,10 +145,11 @@ export async function startCluster({ flagsApp = APP1, toml = '', args = [] } = {
 }
 
 /**
- * A TCP forwarder: each accepted connection is piped to the first target of the list that
- * accepts a TCP connection (targets have a `public` "host:port"). A client pointed at it
- * reconnects to the surviving node when its node dies. `current` is the target of the last
- * connection.
+ * A TCP forwarder, as a load balancer in front of the nodes: each accepted connection is piped
+ * to the first target of the list that is ready (its internal listener's `/readyz` answers 200,
+ * as a health check would ask; a draining or dead node is skipped) and accepts a TCP connection.
+ * Targets have a `public` and an `internal` "host:port". A client pointed at it reconnects to the
+ * surviving node when its node dies or drains. `current` is the target of the last connection.
  */
 export async function startForwarder(targets) {
   const sockets = new Set();
@@ -158,8 +159,9 @@ export async function startForwarder(targets) {
     client.on('close', () => sockets.delete(client));
     client.on('error', () => client.destroy());
     client.pause();
-    const tryTarget = (i) => {
+    const tryTarget = async (i) => {
       if (i >= targets.length) return client.destroy();
+      if (!(await isReady(targets[i]))) return tryTarget(i + 1);
       const [host, port] = targets[i].public.split(':');
       const upstream = net.connect(Number(port), host);
       upstream.once('error', () => {
@@ -192,6 +194,17 @@ export async function startForwarder(targets) {
       server.close(() => resolve());
     });
   return fwd;
+}
+
+/** Whether `node`'s `/readyz` answers 200 within a second. */
+async function isReady(node) {
+  if (!node.internal) return true;
+  try {
+    const response = await fetch(`http://${node.internal}/readyz`, { signal: AbortSignal.timeout(1000) });
+    return response.status === 200;
+  } catch {
+    return false;
+  }
 }
 
 /**
