@@ -13,6 +13,11 @@
 //! `queue_full`, `failed`, `rejected` or `shutdown`; delivered events in
 //! `switchboard_pusher_webhooks_sent_total{app}`.
 //!
+//! `time_ms` is when the batch was built, and a batch is retried with that
+//! same body: the default retries end well within 5 minutes of it, since
+//! receivers using Pusher's Python SDK refuse a `time_ms` more than 300 s
+//! away from their clock.
+//!
 //! Only `http://` URLs: the build has no TLS stack, so an `https://` URL is a
 //! configuration error (terminate TLS in a local proxy instead).
 
@@ -1180,6 +1185,21 @@ mod tests {
             (t.host.as_str(), t.port, t.authority.as_str()),
             ("::1", 9000, "[::1]:9000")
         );
+    }
+
+    #[test]
+    fn default_retries_end_within_five_minutes() {
+        // Worst case: every attempt times out and every wait is in full.
+        let t = WebhookTuning::default();
+        let waits: Duration = (1..t.max_attempts)
+            .map(|n| {
+                t.backoff_base
+                    .saturating_mul(1 << (n - 1))
+                    .min(t.backoff_max)
+            })
+            .sum();
+        let worst = t.request_timeout * t.max_attempts + waits + t.batch_window;
+        assert!(worst < Duration::from_secs(300), "{worst:?}");
     }
 
     #[test]

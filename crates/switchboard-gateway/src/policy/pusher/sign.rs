@@ -120,7 +120,8 @@ pub fn signatures_equal(expected: &str, given: &str) -> bool {
 
 /// Checks a channel authorization: `auth` must be `"<key>:<signature>"` for
 /// `socket_id:channel`, or `socket_id:channel:channel_data` when
-/// `channel_data` is given (presence channels).
+/// `channel_data` is given (presence channels). `socket_id` is the
+/// connection's own id, as the node gave it, never one the client names.
 pub fn verify_channel_auth(
     key: &str,
     secret: &str,
