@@ -553,7 +553,23 @@ mod tests {
         body: "",
     };
 
-    const ALL_SENT: [&Sent; 14] = [
+    /// PyPI `pusher` 3.3.4: `terminate_user_connections("u-7")`. This SDK
+    /// leaves `/apps/<id>` out of the path (and signs the path it sends).
+    const PY_TERMINATE: Sent = Sent {
+        method: "POST",
+        target: "/users/u-7/terminate_connections?auth_key=sb-key-1&auth_signature=442e72f3248162fccd445cd67cb24c9ea8ea7c24901d8c8f2892f2abb595a4e6&auth_timestamp=1764790000&auth_version=1.0&body_md5=99914b932bd37a50b983c5e7c90ae93b",
+        body: "{}",
+    };
+    /// PyPI `pusher` 3.3.4: `send_to_user("u-7", "ev", {"a": 1})`, a trigger
+    /// on the channel `#server-to-user-u-7` (the npm SDK's `sendToUser` does
+    /// the same).
+    const PY_SEND_TO_USER: Sent = Sent {
+        method: "POST",
+        target: "/apps/123/events?auth_key=sb-key-1&auth_signature=d63a1e88986d0c7fb8ecdc50e5cb8fcb91797c44d95910aab494d41cce15b58b&auth_timestamp=1764790000&auth_version=1.0&body_md5=85b0b0d50eb867b10a29f9c51d9a0629",
+        body: r##"{"name": "ev", "channels": ["#server-to-user-u-7"], "data": "{\"a\": 1}"}"##,
+    };
+
+    const ALL_SENT: [&Sent; 16] = [
         &NODE_TRIGGER,
         &NODE_TRIGGER_MANY,
         &NODE_CHANNELS,
@@ -568,6 +584,8 @@ mod tests {
         &PY_USERS,
         &PY_BATCH,
         &PY_ESCAPED,
+        &PY_TERMINATE,
+        &PY_SEND_TO_USER,
     ];
 
     #[test]
