@@ -49,6 +49,11 @@ fn register_at_zero() {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    crate::ops::webhooks::describe_metrics();
+    describe_gauge!(
+        "switchboard_connections_by_protocol",
+        "Open client WebSocket connections, by protocol (json, proto, pusher)."
+    );
     describe_gauge!(
         "switchboard_connections",
         "Open client WebSocket connections."

@@ -52,6 +52,8 @@ pub struct Node {
     public: TcpListener,
     internal: TcpListener,
     lanes: Vec<InboxLane>,
+    /// The delivery tasks of the Pusher apps' webhooks, started by `run`.
+    webhook_tasks: Vec<crate::ops::webhooks::WebhookTask>,
 }
 
 /// State shared by every task of a node.
@@ -80,6 +82,8 @@ pub(crate) struct NodeInner {
     pub(crate) status: tokio::sync::Mutex<Option<StatusSample>>,
     /// Which fan-out lane each topic's envelopes take (for repairs).
     pub(crate) inbox: Inbox,
+    /// Each Pusher app's webhooks (by the app's index), when it has a URL.
+    pub(crate) webhooks: Vec<Option<crate::ops::webhooks::Webhooks>>,
 }
 
 /// One answer of the demo's `/status` route, with what its message rate was computed from.
@@ -109,6 +113,7 @@ impl Node {
                     message: e.to_string(),
                 }
             })?;
+        let (webhooks, webhook_tasks) = start_webhooks(&config)?;
         let public = bind(config.listen).await?;
         let internal = bind(config.internal_listen).await?;
 
@@ -167,6 +172,7 @@ impl Node {
             envelopes_in: AtomicU64::new(0),
             status: tokio::sync::Mutex::new(None),
             inbox: lane_map,
+            webhooks,
             config,
         });
         Ok(Node {
@@ -174,6 +180,7 @@ impl Node {
             public,
             internal,
             lanes,
+            webhook_tasks,
         })
     }
 
@@ -201,9 +208,15 @@ impl Node {
             public,
             internal,
             lanes,
+            webhook_tasks,
         } = self;
         let stop_listening = CancellationToken::new();
         let background = TaskTracker::new();
+        // Webhooks go on through the drain (the vacated channels of the
+        // closing connections are reported) and stop with the listeners.
+        for task in webhook_tasks {
+            background.spawn(task.run(stop_listening.clone()));
+        }
         for (index, lane) in lanes.into_iter().enumerate() {
             background.spawn(crate::fanout::run(inner.clone(), index, lane));
         }
@@ -281,6 +294,52 @@ impl Node {
         tracing::info!(took = ?started.elapsed(), "drained");
         lost.map_or(Ok(()), |e| Err(e.into()))
     }
+}
+
+/// The webhooks of every Pusher app that has a URL (by the app's index), and
+/// their delivery tasks; a URL or event name that cannot work stops the node.
+#[allow(clippy::type_complexity)]
+fn start_webhooks(
+    config: &NodeConfig,
+) -> Result<
+    (
+        Vec<Option<crate::ops::webhooks::Webhooks>>,
+        Vec<crate::ops::webhooks::WebhookTask>,
+    ),
+    NodeError,
+> {
+    use crate::ops::webhooks::{WebhookEvent, WebhookTuning, Webhooks};
+    let (mut hooks, mut tasks) = (Vec::new(), Vec::new());
+    for app in &config.pusher {
+        let Some(url) = &app.webhook_url else {
+            hooks.push(None);
+            continue;
+        };
+        let events = app
+            .webhook_events
+            .iter()
+            .map(|e| e.parse::<WebhookEvent>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| NodeError::Config {
+                setting: "pusher.apps.webhook_events",
+                message: format!("app {}: {message}", app.id),
+            })?;
+        let (hook, task) = Webhooks::start(
+            &app.id,
+            url,
+            &app.key,
+            &app.secret,
+            &events,
+            WebhookTuning::default(),
+        )
+        .map_err(|e| NodeError::Config {
+            setting: "pusher.apps.webhook_url",
+            message: format!("app {}: {e}", app.id),
+        })?;
+        hooks.push(Some(hook));
+        tasks.push(task);
+    }
+    Ok((hooks, tasks))
 }
 
 /// Binds a listener with an explicit backlog. A reconnect storm (a node killed,

@@ -13,7 +13,8 @@ pub(super) async fn route(node: Arc<NodeInner>, req: Request<Incoming>) -> Respo
     if path.starts_with("/api/") {
         return api::handle(node, req).await;
     }
-    if path.starts_with("/apps/") && !node.config.pusher.is_empty() {
+    if (path.starts_with("/apps/") || path.starts_with("/users/")) && !node.config.pusher.is_empty()
+    {
         return super::pusher::route(node, req).await;
     }
     match (req.method(), path) {

@@ -34,7 +34,8 @@ pub(super) async fn route(node: Arc<NodeInner>, req: Request<Incoming>) -> Respo
         let key = key.to_owned();
         return upgrade(node, req, Some(key));
     }
-    if path.starts_with("/apps/") && !node.config.pusher.is_empty() {
+    if (path.starts_with("/apps/") || path.starts_with("/users/")) && !node.config.pusher.is_empty()
+    {
         return super::pusher::route(node, req).await;
     }
     match (req.method(), req.uri().path()) {

@@ -90,7 +90,13 @@ async fn serve(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().clone();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // PyPI `pusher` 3.x sends terminate_connections without `/apps/{id}`:
+    // its app is the one whose key signed it.
+    let app_from_key = parts.first() == Some(&"users");
+    if app_from_key {
+        parts.splice(0..0, ["apps", ""]);
+    }
     let route = match (parts.as_slice(), &method) {
         (["apps", _, "events"], &Method::POST) => Route::Events,
         (["apps", _, "batch_events"], &Method::POST) => Route::Batch,
@@ -107,11 +113,18 @@ async fn serve(
             format!("no such route: {method} {path}"),
         )));
     }
+    let auth_key = params(&query).remove("auth_key").unwrap_or_default();
     let app = node
         .config
         .pusher
         .iter()
-        .find(|a| a.id == parts[1])
+        .find(|a| {
+            if app_from_key {
+                a.key == auth_key
+            } else {
+                a.id == parts[1]
+            }
+        })
         .ok_or_else(|| {
             fail(Refused(
                 StatusCode::NOT_FOUND,
@@ -230,7 +243,12 @@ fn check_event(event: &Event) -> Result<(Vec<String>, String), Refused> {
         )));
     }
     for name in &channels {
-        rules::validate_name(name).map_err(|why| Refused::bad(format!("{name:?}: {why}")))?;
+        // `#server-to-user-<id>`: the server libraries' sendToUser.
+        let checked = match name.strip_prefix(rules::USER_CHANNEL_PREFIX) {
+            Some(user) => check_user_id(user),
+            None => rules::validate_name(name),
+        };
+        checked.map_err(|why| Refused::bad(format!("{name:?}: {why}")))?;
     }
     let data = match &event.data {
         Value::String(s) => s.clone(),
@@ -248,6 +266,20 @@ fn check_event(event: &Event) -> Result<(Vec<String>, String), Refused> {
         ));
     }
     Ok((channels, data))
+}
+
+/// A user id in a path or a user's channel: 1 to 128 bytes, no control characters.
+fn check_user_id(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > rules::MAX_USER_ID_LEN {
+        return Err(format!(
+            "a user id is 1 to {} bytes",
+            rules::MAX_USER_ID_LEN
+        ));
+    }
+    if user.chars().any(char::is_control) {
+        return Err("a user id has no control characters".into());
+    }
+    Ok(())
 }
 
 fn check_socket_id(socket_id: &str) -> Result<(), Refused> {
@@ -458,9 +490,7 @@ const TERMINATED: Disconnect = Disconnect::fixed(
 
 /// `POST /apps/{id}/users/{user}/terminate_connections`.
 async fn terminate(node: &NodeInner, app: &PusherApp, user: &str) -> Result<Value, Refused> {
-    if user.is_empty() || user.len() > rules::MAX_USER_ID_LEN {
-        return Err(Refused::bad("user id must be 1 to 128 bytes"));
-    }
+    check_user_id(user).map_err(Refused::bad)?;
     let key = channel_key(app, &format!("{}{user}", rules::USER_CHANNEL_PREFIX));
     ops::publish::disconnect(
         node,

@@ -9,7 +9,78 @@ use switchboard_backplane::{BackplaneError, Joined, Left, PresenceMember};
 
 use crate::config::PusherApp;
 use crate::node::NodeInner;
-use crate::policy::pusher::{Member, channel_key};
+use crate::ops::webhooks::{WebhookEvent, WebhookPayload};
+use crate::policy::pusher::{ChannelKind, Member, channel_key};
+
+/// Queues a webhook event of the app whose channel `channel` is, if the app
+/// sends that kind; `make` builds it from the channel's Pusher name.
+pub(crate) fn webhook(
+    node: &NodeInner,
+    channel: &str,
+    kind: WebhookEvent,
+    make: impl FnOnce(String) -> WebhookPayload,
+) {
+    let Some((app_id, name)) = channel.split_once(':') else {
+        return;
+    };
+    let Some(index) = node.config.pusher.iter().position(|a| a.id == app_id) else {
+        return;
+    };
+    if let Some(Some(hooks)) = node.webhooks.get(index)
+        && hooks.wants(kind)
+    {
+        hooks.send(make(name.to_owned()));
+    }
+}
+
+/// The webhooks of a membership that began: the channel occupied, a user
+/// added to a presence channel.
+pub(crate) fn joined_webhooks(node: &NodeInner, channel: &str, joined: &Joined, user: &str) {
+    if joined.channel_was_empty {
+        webhook(node, channel, WebhookEvent::ChannelOccupied, |channel| {
+            WebhookPayload::ChannelOccupied { channel }
+        });
+    }
+    if joined.user_was_absent && is_presence(channel) {
+        webhook(node, channel, WebhookEvent::MemberAdded, |channel| {
+            WebhookPayload::MemberAdded {
+                channel,
+                user_id: user.to_owned(),
+            }
+        });
+    }
+}
+
+/// The webhooks of a membership that ended (left, or departed with its
+/// node): a user removed from a presence channel, the channel vacated.
+pub(crate) fn left_webhooks(
+    node: &NodeInner,
+    channel: &str,
+    user: &str,
+    user_now_absent: bool,
+    channel_now_empty: bool,
+) {
+    if user_now_absent && !user.is_empty() && is_presence(channel) {
+        webhook(node, channel, WebhookEvent::MemberRemoved, |channel| {
+            WebhookPayload::MemberRemoved {
+                channel,
+                user_id: user.to_owned(),
+            }
+        });
+    }
+    if channel_now_empty {
+        webhook(node, channel, WebhookEvent::ChannelVacated, |channel| {
+            WebhookPayload::ChannelVacated { channel }
+        });
+    }
+}
+
+/// Whether a Switchboard channel is a Pusher presence channel (by its name).
+fn is_presence(channel: &str) -> bool {
+    channel
+        .split_once(':')
+        .is_some_and(|(_, name)| ChannelKind::of(name) == ChannelKind::Presence)
+}
 
 /// A Pusher `data` string as the payload of an envelope: a JSON string
 /// literal, which native JSON clients read as a string and the Pusher codec
@@ -153,18 +224,18 @@ pub(crate) async fn departures(
     mut departures: tokio::sync::mpsc::Receiver<switchboard_backplane::Departure>,
 ) {
     while let Some(d) = departures.recv().await {
-        let Some((_, name)) = d.channel.split_once(':') else {
-            continue;
-        };
         if crate::policy::pusher::app_of(node, &d.channel).is_none() {
             continue;
         }
-        if d.user_now_absent
-            && !d.user.is_empty()
-            && crate::policy::pusher::ChannelKind::of(name)
-                == crate::policy::pusher::ChannelKind::Presence
-        {
+        if d.user_now_absent && !d.user.is_empty() && is_presence(&d.channel) {
             member_event(node, &d.channel, "", &d.user, "", false).await;
         }
+        left_webhooks(
+            node,
+            &d.channel,
+            &d.user,
+            d.user_now_absent,
+            d.channel_now_empty,
+        );
     }
 }

@@ -14,6 +14,7 @@ use super::commands::{self, SubscribeError};
 use super::{Outbound, SessionHandle};
 use crate::node::NodeInner;
 use crate::ops;
+use crate::ops::webhooks::{WebhookEvent, WebhookPayload};
 use crate::policy::limits::TokenBucket;
 use crate::policy::pusher::{self as rules, ChannelKind, Member};
 use crate::protocol::StreamPosition;
@@ -117,6 +118,8 @@ pub(super) async fn handle(
             )
             .await
         }
+        // The user's own channel lasts as long as the sign-in.
+        Command::Unsubscribe { channel } if channel.starts_with(rules::USER_CHANNEL_PREFIX) => {}
         Command::Unsubscribe { channel } => {
             let key = rules::channel_key(app, &channel);
             let was = crate::lock(&session.channels).remove(&key);
@@ -150,6 +153,20 @@ async fn subscribe(
             codec::subscription_error(name, kind, message, status),
         );
     };
+    // The libraries subscribe a signed-in connection to its user's channel,
+    // which the sign-in joined already; nobody else may.
+    if let Some(user) = name.strip_prefix(rules::USER_CHANNEL_PREFIX) {
+        let signed_in = crate::lock(&state.user).as_deref() == Some(user);
+        return if signed_in {
+            send(session, codec::subscription_succeeded(name, None))
+        } else {
+            refuse(
+                "AuthError",
+                403,
+                "a user's channel is for the connections signed in as that user",
+            )
+        };
+    }
     let member = match rules::may_subscribe(app, &session.conn, name, auth, channel_data) {
         Ok(member) => member,
         Err(r) => return refuse(r.kind, r.status, &r.message),
@@ -231,6 +248,9 @@ async fn subscribe(
         send(session, succeeded.clone());
         if cache && !history.is_some_and(|h| h.2) {
             send(session, codec::cache_miss(name));
+            ops::pusher::webhook(node, &key, WebhookEvent::CacheMiss, |channel| {
+                WebhookPayload::CacheMiss { channel }
+            });
         }
     };
     match commands::subscribe(node, session, &key, recover, &announce).await {
@@ -246,6 +266,8 @@ async fn subscribe(
             return refuse("Unavailable", 503, &format!("could not subscribe: {e}"));
         }
     }
+    let user = member.as_ref().map_or("", |m| m.user.as_str());
+    ops::pusher::joined_webhooks(node, &key, &joined, user);
     if let Some(m) = member {
         if joined.user_was_absent {
             ops::pusher::member_event(node, &key, &session.conn, &m.user, &m.info, true).await;
@@ -340,6 +362,7 @@ async fn subscribe_presence(
         ops::pusher::member_event(node, &key, &session.conn, &member.user, &member.info, true)
             .await;
     }
+    ops::pusher::joined_webhooks(node, &key, &joined, &member.user);
     crate::lock(&state.members).insert(key.clone(), member);
 }
 
@@ -368,6 +391,13 @@ pub(super) async fn leave(node: &NodeInner, session: &SessionHandle, key: &str) 
             if member.is_some() && left.user_now_absent {
                 ops::pusher::member_event(node, key, &session.conn, &left.user, "", false).await;
             }
+            ops::pusher::left_webhooks(
+                node,
+                key,
+                &left.user,
+                left.user_now_absent,
+                left.channel_now_empty,
+            );
         }
         Ok(None) => {}
         Err(e) => {
@@ -470,6 +500,15 @@ async fn client_event(
     } else {
         String::new()
     };
+    ops::pusher::webhook(node, &key, WebhookEvent::ClientEvent, |channel| {
+        WebhookPayload::ClientEvent {
+            channel,
+            event: event.to_owned(),
+            data: String::from_utf8_lossy(&data).into_owned(),
+            socket_id: session.conn.to_string(),
+            user_id: (!user.is_empty()).then(|| user.clone()),
+        }
+    });
     if let Err(e) = ops::pusher::client_event(node, &key, event, data, &session.conn, &user).await {
         send(
             session,
