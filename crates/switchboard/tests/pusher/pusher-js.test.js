@@ -295,7 +295,7 @@ test('user sign-in: pusher.signin() with authenticateUser', async () => {
   cluster.disconnect(client);
 });
 
-test('sendToUser reaches a signed-in pusher-js user on #server-to-user-<id>', { todo: 'docs/PUSHER.md: sendToUser is not supported yet' }, async () => {
+test('sendToUser reaches a signed-in pusher-js user on #server-to-user-<id>', async () => {
   const client = cluster.client(cluster.a, { signinUser: { id: 'signed-2' } });
   await connected(client);
   // After signin_success pusher-js subscribes to `#server-to-user-<id>` (auth "").

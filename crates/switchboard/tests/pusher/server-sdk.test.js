@@ -239,7 +239,7 @@ test('terminateUserConnections closes the signed-in user\'s connection', async (
   cluster.disconnect(client);
 });
 
-test('sendToUser reaches the signed-in user', { todo: 'docs/PUSHER.md: sendToUser is not supported yet' }, async () => {
+test('sendToUser reaches the signed-in user', async () => {
   const client = cluster.client(cluster.a, { signinUser: { id: 'sdk-user-2' } });
   await connected(client);
   const userChannel = waitEvent(client.connection, 'message', {
