@@ -85,6 +85,7 @@ pub fn encode_reply(id: Option<u64>, reply: &Reply<'_>) -> Bytes {
                     offset: Some(m.offset),
                     epoch: Some(m.epoch.clone()),
                     user: String::new(),
+                    event: String::new(),
                 })
                 .collect(),
         }),
@@ -127,6 +128,7 @@ pub(crate) fn encode_push(push: &Push<'_>) -> Bytes {
             offset: position.map(|p| p.0),
             epoch: position.map(|p| p.1.to_owned()),
             user: String::new(),
+            event: String::new(),
         }),
         Push::UserMessage { user, payload, .. } => Frame::Message(pb::Message {
             user: user.into(),
