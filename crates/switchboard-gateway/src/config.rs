@@ -48,7 +48,7 @@ pub struct NodeConfig {
 }
 
 /// One app of the Pusher-compatible endpoint (docs/PUSHER.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PusherApp {
     /// App id: the `/apps/{id}` of the HTTP API, and the namespace of the
     /// app's channels (Pusher channel `X` is the Switchboard channel `id:X`).
@@ -63,6 +63,24 @@ pub struct PusherApp {
     pub webhook_url: Option<String>,
     /// Which webhook events are sent (`channel_occupied`, `member_added`, ...).
     pub webhook_events: Vec<String>,
+}
+
+/// Shows everything but the secret (and the webhook URL, which may carry
+/// credentials), so a logged configuration leaks neither.
+impl std::fmt::Debug for PusherApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PusherApp")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("client_events", &self.client_events)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("webhook_events", &self.webhook_events)
+            .finish()
+    }
 }
 
 /// JWT authentication settings.

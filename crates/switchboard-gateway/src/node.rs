@@ -296,18 +296,15 @@ impl Node {
     }
 }
 
+/// Each Pusher app's webhooks (by the app's index), and their delivery tasks.
+type AppWebhooks = (
+    Vec<Option<crate::ops::webhooks::Webhooks>>,
+    Vec<crate::ops::webhooks::WebhookTask>,
+);
+
 /// The webhooks of every Pusher app that has a URL (by the app's index), and
 /// their delivery tasks; a URL or event name that cannot work stops the node.
-#[allow(clippy::type_complexity)]
-fn start_webhooks(
-    config: &NodeConfig,
-) -> Result<
-    (
-        Vec<Option<crate::ops::webhooks::Webhooks>>,
-        Vec<crate::ops::webhooks::WebhookTask>,
-    ),
-    NodeError,
-> {
+fn start_webhooks(config: &NodeConfig) -> Result<AppWebhooks, NodeError> {
     use crate::ops::webhooks::{WebhookEvent, WebhookTuning, Webhooks};
     let (mut hooks, mut tasks) = (Vec::new(), Vec::new());
     for app in &config.pusher {

@@ -178,6 +178,10 @@ pub(super) async fn handle(
     }
 }
 
+/// Queues a protocol's success reply to a subscribe, given the history
+/// position (epoch, newest offset, recovered) on channels with history.
+pub(super) type Announce<'a> = dyn Fn(Option<(&str, u64, bool)>) + Sync + 'a;
+
 /// Why a subscription was not made.
 pub(super) enum SubscribeError {
     /// The session is subscribed to the channel already.
@@ -198,7 +202,7 @@ pub(super) async fn subscribe(
     session: &Arc<SessionHandle>,
     channel: &Arc<str>,
     recover: Option<StreamPosition>,
-    announce: &(dyn Fn(Option<(&str, u64, bool)>) + Sync),
+    announce: &Announce<'_>,
 ) -> Result<(), SubscribeError> {
     let channel = channel.clone();
     if !crate::lock(&session.channels).insert(channel.clone()) {
@@ -260,7 +264,7 @@ pub(super) async fn subscribe(
 async fn catch_up(
     node: &NodeInner,
     session: &Arc<SessionHandle>,
-    announce: &(dyn Fn(Option<(&str, u64, bool)>) + Sync),
+    announce: &Announce<'_>,
     channel: &str,
     subscription: &crate::hub::Subscription,
     recover: Option<StreamPosition>,

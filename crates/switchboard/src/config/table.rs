@@ -520,7 +520,7 @@ pub const PUSHER_APP_ID: Setting<String> = Setting {
         value_name: "ID",
         default: Fallback::Unset("none: endpoint off"),
         kind: Kind::Plain,
-        help: "Id of a Pusher app served at /app/KEY and /apps/ID/...; needs --pusher-key and --pusher-secret (more apps: [[pusher.apps]] in the file).",
+        help: "Id of a Pusher app (HTTP API at /apps/ID/...); its key and secret must be set too, or none of the three. More apps: [[pusher.apps]] in the file.",
     },
     parse: parse::pusher_app_id,
 };
@@ -533,7 +533,7 @@ pub const PUSHER_KEY: Setting<String> = Setting {
         value_name: "KEY",
         default: Fallback::Unset("none"),
         kind: Kind::Plain,
-        help: "Public key of the Pusher app of --pusher-app-id.",
+        help: "Public key of that Pusher app: clients connect to /app/KEY.",
     },
     parse: parse::pusher_key,
 };
@@ -546,7 +546,7 @@ pub const PUSHER_SECRET: Setting<String> = Setting {
         value_name: "SECRET",
         default: Fallback::Unset("none"),
         kind: Kind::Secret,
-        help: "Secret of the Pusher app of --pusher-app-id.",
+        help: "Secret of that Pusher app.",
     },
     parse: parse::secret,
 };
