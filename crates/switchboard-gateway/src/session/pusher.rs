@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rand::Rng;
-use switchboard_backplane::Since;
+use switchboard_backplane::{PresenceMember, Since};
 
 use super::commands::{self, SubscribeError};
 use super::{Outbound, SessionHandle};
@@ -193,31 +193,11 @@ async fn subscribe(
     // The succeeded frame: on presence channels with the members.
     let succeeded = match &member {
         None => codec::subscription_succeeded(name, None),
-        Some(_) => match ops::presence::members(node, &key).await {
-            Ok(members) => {
-                let mut users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
-                users.sort_unstable();
-                users.dedup();
-                if users.len() > rules::MAX_PRESENCE_MEMBERS && joined.user_was_absent {
-                    undo_join(node, &key, &session.conn).await;
-                    return refuse(
-                        "LimitReached",
-                        403,
-                        &format!(
-                            "presence channel {name} has its {} members",
-                            rules::MAX_PRESENCE_MEMBERS
-                        ),
-                    );
-                }
-                codec::subscription_succeeded(name, Some(codec::Members(&members)))
-            }
-            Err(e) => {
+        Some(_) => match members(node, &key, name, joined.user_was_absent).await {
+            Ok(members) => codec::subscription_succeeded(name, Some(codec::Members(&members))),
+            Err((kind, status, message)) => {
                 undo_join(node, &key, &session.conn).await;
-                return refuse(
-                    "Unavailable",
-                    503,
-                    &format!("could not read the members: {e}"),
-                );
+                return refuse(kind, status, &message);
             }
         },
     };
@@ -325,29 +305,14 @@ async fn subscribe_presence(
             return refuse("Unavailable", 503, &format!("could not subscribe: {e}"));
         }
     };
-    let members = match ops::presence::members(node, &key).await {
+    let members = match members(node, &key, name, joined.user_was_absent).await {
         Ok(m) => m,
-        Err(e) => {
+        Err((kind, status, message)) => {
             undo(true).await;
-            return refuse(
-                "Unavailable",
-                503,
-                &format!("could not read the members: {e}"),
-            );
+            return refuse(kind, status, &message);
         }
     };
     let listed: HashSet<&str> = members.iter().map(|m| m.user.as_str()).collect();
-    if listed.len() > rules::MAX_PRESENCE_MEMBERS && joined.user_was_absent {
-        undo(true).await;
-        return refuse(
-            "LimitReached",
-            403,
-            &format!(
-                "presence channel {name} has its {} members",
-                rules::MAX_PRESENCE_MEMBERS
-            ),
-        );
-    }
     send(
         session,
         codec::subscription_succeeded(name, Some(codec::Members(&members))),
@@ -364,6 +329,36 @@ async fn subscribe_presence(
     }
     ops::pusher::joined_webhooks(node, &key, &joined, &member.user);
     crate::lock(&state.members).insert(key.clone(), member);
+}
+
+/// A presence channel's members for a joining connection, refused (with the
+/// subscription error's type, status and message) when the channel has its
+/// most users and the joining user is a new one.
+async fn members(
+    node: &NodeInner,
+    key: &str,
+    name: &str,
+    new_user: bool,
+) -> Result<Vec<PresenceMember>, (&'static str, u16, String)> {
+    let members = ops::presence::members(node, key).await.map_err(|e| {
+        (
+            "Unavailable",
+            503,
+            format!("could not read the members: {e}"),
+        )
+    })?;
+    let users: HashSet<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    if new_user && users.len() > rules::MAX_PRESENCE_MEMBERS {
+        return Err((
+            "LimitReached",
+            403,
+            format!(
+                "presence channel {name} has its {} members",
+                rules::MAX_PRESENCE_MEMBERS
+            ),
+        ));
+    }
+    Ok(members)
 }
 
 async fn undo_join(node: &NodeInner, key: &str, conn: &str) {
