@@ -48,7 +48,7 @@ pub struct NodeConfig {
 }
 
 /// One app of the Pusher-compatible endpoint (docs/PUSHER.md).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct PusherApp {
     /// App id: the `/apps/{id}` of the HTTP API, and the namespace of the
     /// app's channels (Pusher channel `X` is the Switchboard channel `id:X`).
@@ -63,6 +63,32 @@ pub struct PusherApp {
     pub webhook_url: Option<String>,
     /// Which webhook events are sent (`channel_occupied`, `member_added`, ...).
     pub webhook_events: Vec<String>,
+    /// This app's own limits, apart from every other app's.
+    pub limits: PusherLimits,
+}
+
+/// One Pusher app's limits: what its clients may use, counted apart from
+/// every other app's (the node's own limits apply on top).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PusherLimits {
+    /// Open connections of the app per node; beyond, new ones are closed
+    /// with 4004 (none: only the node's `--max-connections`).
+    pub max_connections: Option<usize>,
+    /// Client events per second per connection (beyond: `pusher:error` 4301).
+    pub client_event_rate: f64,
+    /// Users in one presence channel (beyond: the subscription is refused).
+    pub max_presence_members: usize,
+}
+
+impl Default for PusherLimits {
+    /// Pusher's own limits: 10 client events per second, 100 presence members.
+    fn default() -> Self {
+        PusherLimits {
+            max_connections: None,
+            client_event_rate: 10.0,
+            max_presence_members: 100,
+        }
+    }
 }
 
 /// Shows everything but the secret (and the webhook URL, which may carry
@@ -79,6 +105,7 @@ impl std::fmt::Debug for PusherApp {
                 &self.webhook_url.as_ref().map(|_| "<redacted>"),
             )
             .field("webhook_events", &self.webhook_events)
+            .field("limits", &self.limits)
             .finish()
     }
 }

@@ -39,7 +39,7 @@ pub mod protocol;
 mod session;
 pub mod ws;
 
-pub use config::{AuthConfig, BackplaneConfig, Limits, NodeConfig, PusherApp};
+pub use config::{AuthConfig, BackplaneConfig, Limits, NodeConfig, PusherApp, PusherLimits};
 pub use namespace::{Namespace, Namespaces};
 pub use node::{Node, NodeError};
 

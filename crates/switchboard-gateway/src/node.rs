@@ -84,6 +84,8 @@ pub(crate) struct NodeInner {
     pub(crate) inbox: Inbox,
     /// Each Pusher app's webhooks (by the app's index), when it has a URL.
     pub(crate) webhooks: Vec<Option<crate::ops::webhooks::Webhooks>>,
+    /// Each Pusher app's open connections on this node (by the app's index).
+    pub(crate) pusher_open: Vec<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// One answer of the demo's `/status` route, with what its message rate was computed from.
@@ -173,6 +175,7 @@ impl Node {
             status: tokio::sync::Mutex::new(None),
             inbox: lane_map,
             webhooks,
+            pusher_open: config.pusher.iter().map(|_| Arc::default()).collect(),
             config,
         });
         Ok(Node {

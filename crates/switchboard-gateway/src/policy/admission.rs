@@ -97,7 +97,25 @@ pub(crate) fn pusher_app(
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("protocol="));
     match version {
-        Some(v) if v == crate::protocol::pusher::VERSION.to_string() => Ok(app),
+        Some(v) if v == crate::protocol::pusher::VERSION.to_string() => {
+            let limit = node.config.pusher[app].limits.max_connections;
+            super::pusher::app_slot(&node.pusher_open[app], limit)
+                .map(|slot| (app, slot))
+                .ok_or_else(|| {
+                    metrics::counter!("switchboard_upgrades_rejected_total", "reason" => "pusher_app_connections")
+                        .increment(1);
+                    Disconnect {
+                        code: 4004,
+                        reason: format!(
+                            "app {} is over its connection quota on this node ({})",
+                            node.config.pusher[app].id,
+                            limit.unwrap_or_default()
+                        )
+                        .into(),
+                        reconnect: false,
+                    }
+                })
+        }
         Some(v) => {
             metrics::counter!("switchboard_upgrades_rejected_total", "reason" => "pusher_version")
                 .increment(1);

@@ -256,7 +256,8 @@ impl SessionHandle {
 /// the node's apps), or the refusal it is closed with at once (an unknown key
 /// or protocol version: the Pusher libraries read close codes, not HTTP
 /// statuses).
-pub(crate) type PusherStart = Result<usize, crate::protocol::Disconnect>;
+pub(crate) type PusherStart =
+    Result<(usize, crate::policy::pusher::AppSlot), crate::protocol::Disconnect>;
 
 /// Runs a connection from the end of the handshake until it closes, then
 /// removes it from every channel.
@@ -274,7 +275,14 @@ pub(crate) async fn run(
     };
     let (pusher, refused) = match pusher {
         None => (None, None),
-        Some(Ok(app)) => (Some(Box::new(PusherConn::new(app))), None),
+        Some(Ok((app, slot))) => (
+            Some(Box::new(PusherConn::new(
+                app,
+                &node.config.pusher[app].limits,
+                slot,
+            ))),
+            None,
+        ),
         Some(Err(refusal)) => (None, Some(refusal)),
     };
     let conn: Arc<str> = if protocol == Protocol::Pusher {

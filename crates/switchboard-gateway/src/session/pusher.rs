@@ -30,19 +30,26 @@ pub(crate) struct PusherConn {
     client_events: Mutex<TokenBucket>,
     /// The presence channels it is a member of, with the member it is.
     members: Mutex<HashMap<Arc<str>, Member>>,
+    /// Its place under its app's connection limit.
+    _slot: rules::AppSlot,
 }
 
 impl PusherConn {
-    pub(super) fn new(app: usize) -> Self {
+    pub(super) fn new(
+        app: usize,
+        limits: &crate::config::PusherLimits,
+        slot: rules::AppSlot,
+    ) -> Self {
         PusherConn {
             app,
             user: Mutex::new(None),
             client_events: Mutex::new(TokenBucket::new(
-                rules::CLIENT_EVENT_RATE,
-                rules::CLIENT_EVENT_RATE,
+                limits.client_event_rate,
+                limits.client_event_rate,
                 tokio::time::Instant::now(),
             )),
             members: Mutex::new(HashMap::new()),
+            _slot: slot,
         }
     }
 }
@@ -340,6 +347,7 @@ async fn members(
     name: &str,
     new_user: bool,
 ) -> Result<Vec<PresenceMember>, (&'static str, u16, String)> {
+    let max = rules::app_of(node, key).map_or(100, |a| a.limits.max_presence_members);
     let members = ops::presence::members(node, key).await.map_err(|e| {
         (
             "Unavailable",
@@ -348,14 +356,11 @@ async fn members(
         )
     })?;
     let users: HashSet<&str> = members.iter().map(|m| m.user.as_str()).collect();
-    if new_user && users.len() > rules::MAX_PRESENCE_MEMBERS {
+    if new_user && users.len() > max {
         return Err((
             "LimitReached",
             403,
-            format!(
-                "presence channel {name} has its {} members",
-                rules::MAX_PRESENCE_MEMBERS
-            ),
+            format!("presence channel {name} has its {max} members"),
         ));
     }
     Ok(members)
@@ -468,7 +473,7 @@ async fn client_event(
                 Some(rules::CLIENT_EVENT_RATE_CODE),
                 &format!(
                     "client event rejected: the limit is {} per second per connection",
-                    rules::CLIENT_EVENT_RATE
+                    app.limits.client_event_rate
                 ),
             ),
         );

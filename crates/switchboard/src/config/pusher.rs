@@ -38,6 +38,9 @@ const KEYS: &[&str] = &[
     "client_events",
     "webhook_url",
     "webhook_events",
+    "max_connections",
+    "client_event_rate",
+    "max_presence_members",
 ];
 
 /// The three rows of the app given by flags or environment, as read.
@@ -109,6 +112,7 @@ fn from_flags(r: &mut Reader, flags: FlagApp) -> Option<PusherApp> {
         client_events: true,
         webhook_url: None,
         webhook_events: Vec::new(),
+        limits: Default::default(),
     })
 }
 
@@ -166,6 +170,7 @@ fn app(name: &str, table: &toml::Table, fail: &mut impl FnMut(String, &str)) -> 
     let mut client_events = true;
     let mut webhook_url = None;
     let mut webhook_events = None;
+    let mut limits = switchboard_gateway::PusherLimits::default();
     for (k, value) in table {
         let text = || {
             value
@@ -186,6 +191,21 @@ fn app(name: &str, table: &toml::Table, fail: &mut impl FnMut(String, &str)) -> 
             },
             "webhook_url" => text().and_then(url).map(|v| webhook_url = Some(v)),
             "webhook_events" => events(value).map(|v| webhook_events = Some(v)),
+            "max_connections" => {
+                count(value, 1, u32::MAX as i64).map(|v| limits.max_connections = Some(v))
+            }
+            "client_event_rate" => {
+                match value.as_float().or(value.as_integer().map(|i| i as f64)) {
+                    Some(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => {
+                        limits.client_event_rate = r;
+                        Ok(())
+                    }
+                    _ => Err("must be a number of events per second above 0".to_owned()),
+                }
+            }
+            "max_presence_members" => {
+                count(value, 1, 100_000).map(|v| limits.max_presence_members = v)
+            }
             _ => Err(format!("unknown key; known: {}", KEYS.join(", "))),
         };
         if let Err(message) = done {
@@ -222,7 +242,16 @@ fn app(name: &str, table: &toml::Table, fail: &mut impl FnMut(String, &str)) -> 
         client_events,
         webhook_url,
         webhook_events,
+        limits,
     })
+}
+
+/// A whole number from `min` to `max`.
+fn count(value: &toml::Value, min: i64, max: i64) -> Result<usize, String> {
+    match value.as_integer() {
+        Some(n) if (min..=max).contains(&n) => Ok(n as usize),
+        _ => Err(format!("must be a whole number from {min} to {max}")),
+    }
 }
 
 /// A webhook URL: `http://` and a host. The message does not repeat the URL,

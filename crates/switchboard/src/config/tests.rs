@@ -303,6 +303,7 @@ fn one_pusher_app_from_flags() {
             client_events: true,
             webhook_url: None,
             webhook_events: Vec::new(),
+            limits: Default::default(),
         }]
     );
 }

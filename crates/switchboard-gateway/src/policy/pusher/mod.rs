@@ -6,6 +6,7 @@
 pub(crate) mod sign;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::PusherApp;
 use crate::node::NodeInner;
@@ -13,14 +14,8 @@ use crate::node::NodeInner;
 /// The longest Pusher channel name, in bytes.
 pub(crate) const MAX_CHANNEL_NAME_LEN: usize = 164;
 
-/// Client events a connection may send per second (Pusher's own limit).
-pub(crate) const CLIENT_EVENT_RATE: f64 = 10.0;
-
 /// The Pusher error code of a client event refused for its rate.
 pub(crate) const CLIENT_EVENT_RATE_CODE: u16 = 4301;
-
-/// Users listed in a presence channel at most (Pusher's own limit).
-pub(crate) const MAX_PRESENCE_MEMBERS: usize = 100;
 
 /// The longest `user_id` of a presence member, in bytes (Pusher's own limit).
 pub(crate) const MAX_USER_ID_LEN: usize = 128;
@@ -31,6 +26,31 @@ pub(crate) const MAX_USER_INFO_LEN: usize = 1024;
 /// The prefix of the channel a signed-in user's connections are on
 /// (`#server-to-user-<id>`, where `terminate_connections` reaches them).
 pub(crate) const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// A Pusher connection's place under its app's connection limit on this
+/// node; given back when dropped (when the connection ends).
+pub(crate) struct AppSlot(Arc<AtomicUsize>);
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a place under an app's `max_connections` (`open` counts the app's
+/// connections on this node); `None` when the app has all it may.
+pub(crate) fn app_slot(open: &Arc<AtomicUsize>, max: Option<usize>) -> Option<AppSlot> {
+    let mut n = open.load(Ordering::Relaxed);
+    loop {
+        if max.is_some_and(|max| n >= max) {
+            return None;
+        }
+        match open.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(AppSlot(open.clone())),
+            Err(now) => n = now,
+        }
+    }
+}
 
 /// What a channel's name makes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,6 +332,7 @@ mod tests {
             client_events: true,
             webhook_url: None,
             webhook_events: Vec::new(),
+            limits: Default::default(),
         }
     }
 
