@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fan-out benchmark on this machine: a private redis-server and two release nodes
 # on free ports, then `switchboard-bench fanout` against both. Everything started
-# here is stopped on exit.
+# here is stopped on exit. PROTOCOLS="json pusher" runs the scenario once per protocol on the
+# same nodes (scripts/bench-lib.sh).
 #
 #   scripts/bench-fanout.sh [switchboard-bench fanout options...]
 #   e.g. scripts/bench-fanout.sh --subscribers 1000 --rate 100 --duration 20 --warmup 3
@@ -14,4 +15,4 @@ start_redis
 start_nodes a b
 
 machine_line
-"$BENCH_BIN" fanout "${WS_ARGS[@]}" "${API_ARGS[@]}" "${PID_ARGS[@]}" "$@"
+run_protocols fanout "${WS_ARGS[@]}" "${API_ARGS[@]}" "${PID_ARGS[@]}" "$@"

@@ -20,6 +20,13 @@
 # The soft limit on open files is raised to the hard limit (the idle scenario holds 10,000
 # connections; this machine allows about 20,000 per process); nodes inherit it.
 #
+# PROTOCOLS (default "json"): the subscribers' wire protocols of the fanout, rooms and idle
+# scripts, run in turn against the same nodes, one generator run each (see run_protocols);
+# e.g. "json pusher", or "json pusher json pusher" to alternate. When it names `pusher`, the
+# nodes get one Pusher app: --pusher-app-id $PUSHER_APP_ID (bench), --pusher-key $PUSHER_KEY
+# (bench-key), --pusher-secret $PUSHER_SECRET (bench-secret), and the generator the same id and
+# key.
+#
 # Nodes get --ip-connect-rate 100000 (IP_CONNECT_RATE overrides it): every benchmark client
 # connects from 127.0.0.1, and the default of 50 new connections per second per IP
 # (docs/CONFIGURATION.md, `--max-pending-per-ip`) would refuse most of a 1,000-client setup (HTTP 429).
@@ -35,6 +42,15 @@ bench_cleanup() {
   for pid in "${BENCH_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   [[ -n $BENCH_WORK ]] && rm -rf "$BENCH_WORK"
 }
+
+PROTOCOLS=${PROTOCOLS:-json}
+PUSHER_APP_ID=${PUSHER_APP_ID:-bench}
+PUSHER_KEY=${PUSHER_KEY:-bench-key}
+PUSHER_SECRET=${PUSHER_SECRET:-bench-secret}
+PUSHER_FLAGS=()
+if [[ " $PROTOCOLS " == *" pusher "* ]]; then
+  PUSHER_FLAGS=(--pusher-app-id "$PUSHER_APP_ID" --pusher-key "$PUSHER_KEY" --pusher-secret "$PUSHER_SECRET")
+fi
 
 SWITCHBOARD_BIN=${SWITCHBOARD_BIN:-}
 BENCH_BIN=${BENCH_BIN:-}
@@ -74,7 +90,7 @@ start_node() {
   # shellcheck disable=SC2086 # NODE_PREFIX is a command prefix: split on purpose
   ${NODE_PREFIX:-} "$SWITCHBOARD_BIN" --redis-url "redis://127.0.0.1:$REDIS_PORT" --node-id "bench-$name" \
     --listen 127.0.0.1:0 --internal-listen 127.0.0.1:0 --log-level warn \
-    --ip-connect-rate "${IP_CONNECT_RATE:-100000}" "$@" \
+    --ip-connect-rate "${IP_CONNECT_RATE:-100000}" "${PUSHER_FLAGS[@]}" "$@" \
     >"$BENCH_WORK/$name.out" 2>"$BENCH_WORK/$name.err" &
   NODE_PID=$!
   BENCH_PIDS+=("$NODE_PID")
@@ -101,6 +117,33 @@ start_nodes() {
     start_node "$name" "$@"
     WS_ARGS+=(--ws "$NODE_WS"); API_ARGS+=(--api "$NODE_API"); PID_ARGS+=(--node-pid "$NODE_PID")
   done
+}
+
+# stop_node PID: stops a node started here (SIGTERM, then waits for it).
+stop_node() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# run_protocols SCENARIO [generator options...]: runs `$BENCH_BIN SCENARIO` once per protocol of
+# PROTOCOLS, in order, each run preceded by a `# protocol: P` line; a pusher run gets
+# `--protocol pusher --pusher-app $PUSHER_APP_ID --pusher-key $PUSHER_KEY` before the options
+# (the generator derives the endpoint URL from --ws). Returns the worst exit status.
+run_protocols() {
+  local scenario=$1 p rc status=0 flags
+  shift
+  for p in $PROTOCOLS; do
+    case $p in
+      json) flags=() ;;
+      pusher) flags=(--protocol pusher --pusher-app "$PUSHER_APP_ID" --pusher-key "$PUSHER_KEY") ;;
+      *) echo "PROTOCOLS: unknown protocol $p (json, pusher)" >&2; return 2 ;;
+    esac
+    echo "# protocol: $p"
+    rc=0
+    "$BENCH_BIN" "$scenario" "${flags[@]}" "$@" || rc=$?
+    (( rc > status )) && status=$rc
+  done
+  return "$status"
 }
 
 # Which commit the node binary was built from, as far as this script can tell.

@@ -11,7 +11,10 @@
 # The set: fanout at 50 publishes/s to 1,000 subscribers over 2 nodes (50,000 deliveries/s),
 # 64-byte payloads; the ramp of that fanout (×2 per step from 50/s until loss or p99 > 100 ms);
 # rooms, 1,000 channels × 5 subscribers at 2,000 publishes/s; new connections per second on one
-# node; 10,000 idle subscribed connections on one node. Before each scenario it waits (up to
+# node; 10,000 idle subscribed connections on one node. Fanout, rooms and idle run twice: with
+# subscribers on the node's own JSON protocol, then on the Pusher protocol (PROTOCOLS="json
+# pusher", scripts/bench-lib.sh), on the same nodes (idle: a fresh node each, the same Redis),
+# and the table shows both. Before each scenario it waits (up to
 # IDLE_WAIT, 300 s) for the shared machine to be idle. Reports, JSON lines and commands are
 # kept in BENCH_RESULTS (default $CARGO_TARGET_DIR/bench-standard/<time>, target/ by default).
 # SWITCHBOARD_BIN, SWITCHBOARD_COMMIT, BENCH_BIN, NODE_PREFIX and IP_CONNECT_RATE work as in
@@ -69,19 +72,22 @@ PY
 machine_line
 
 status=0
-# run NAME COMMAND...: runs one scenario with --json; keeps its output, JSON line, command and
-# exit status in $results.
+# run NAME PROTOCOLS COMMAND...: runs one scenario with --json, once per protocol of PROTOCOLS
+# (scripts/bench-lib.sh); keeps its output, JSON lines (one per protocol run, each naming its
+# protocol), command and exit status in $results.
 run() {
-  local name=$1 rc=0
-  shift
+  local name=$1 protocols=$2 rc=0 cmd
+  shift 2
+  cmd="$*"
+  [[ $protocols != json ]] && cmd="PROTOCOLS=\"$protocols\" $cmd"
   echo
-  echo "## $name: $*"
+  echo "## $name: $cmd"
   wait_idle
-  "$@" --json 2> >(tee "$results/$name.err" >&2) | tee "$results/$name.out" || rc=$?
-  echo "$*" >"$results/$name.cmd"
+  PROTOCOLS=$protocols "$@" --json 2> >(tee "$results/$name.err" >&2) | tee "$results/$name.out" || rc=$?
+  echo "$cmd" >"$results/$name.cmd"
   echo "$rc" >"$results/$name.rc"
-  if tail -n 1 "$results/$name.out" | grep -q '^{'; then
-    tail -n 1 "$results/$name.out" >"$results/$name.json"
+  if grep -q '^{' "$results/$name.out"; then
+    grep '^{' "$results/$name.out" >"$results/$name.json"
   else
     rm -f "$results/$name.json"
     tail -n 5 "$results/$name.err" >&2
@@ -90,11 +96,11 @@ run() {
   return 0
 }
 
-run fanout "${FANOUT[@]}"
-run ramp "${RAMP[@]}"
-run rooms "${ROOMS[@]}"
-run connect "${CONNECT[@]}"
-run idle "${IDLE[@]}"
+run fanout "json pusher" "${FANOUT[@]}"
+run ramp json "${RAMP[@]}"
+run rooms "json pusher" "${ROOMS[@]}"
+run connect json "${CONNECT[@]}"
+run idle "json pusher" "${IDLE[@]}"
 
 echo
 if (( write )); then

@@ -4,8 +4,10 @@
     scripts/bench_table.py RESULTS_DIR [--write BENCHMARKS.md]
 
 RESULTS_DIR is what scripts/bench.sh leaves: meta.json (date, machine, node commit) and, per
-scenario NAME (fanout, ramp, rooms, connect, idle), NAME.json (the generator's --json line),
-NAME.cmd (the command) and NAME.rc (its exit status). Prints the Markdown section; with
+scenario NAME (fanout, ramp, rooms, connect, idle), NAME.json (the generator's --json lines:
+one per protocol run, each naming its `protocol`, `json` when it names none), NAME.cmd (the
+command) and NAME.rc (its exit status). Fanout, rooms and idle have a row for each protocol, the
+Pusher rows right after the native ones. Prints the Markdown section; with
 --write, puts it between the `<!-- bench:standard:begin -->` and `<!-- bench:standard:end -->`
 markers of the file (creating the section before the first `## ` heading if the markers are
 missing). `python3 scripts/bench_table.py --self-test` checks the formatting rules.
@@ -19,8 +21,8 @@ BEGIN = "<!-- bench:standard:begin -->"
 END = "<!-- bench:standard:end -->"
 
 
-def load(results, name):
-    """(report or None, command, exit status) of one scenario."""
+def load(results, name, protocol="json"):
+    """(report or None, command, exit status) of one scenario's last run on `protocol`."""
     def read(ext):
         try:
             with open(os.path.join(results, f"{name}.{ext}"), encoding="utf-8") as f:
@@ -28,10 +30,14 @@ def load(results, name):
         except FileNotFoundError:
             return None
     text, cmd, rc = read("json"), read("cmd"), read("rc")
-    try:
-        report = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        report = None
+    report = None
+    for line in (text or "").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and r.get("protocol", "json") == protocol:
+            report = r
     return report, cmd or "-", int(rc) if rc not in (None, "") else None
 
 
@@ -53,10 +59,13 @@ def row(measure, target, measured, met, cmd):
     return f"| {measure} | {target} | {measured} | {met} | `{cmd}` |"
 
 
-def fanout_rows(report, cmd, rc):
+PUSHER = " (Pusher protocol)"
+
+
+def fanout_rows(report, cmd, rc, label=""):
     measures = (
-        "node CPU per delivery: fanout, 1,000 subscribers over 2 nodes, 64-byte payloads",
-        "p99 latency, same fanout at 50,000 deliveries/s",
+        "node CPU per delivery: fanout, 1,000 subscribers over 2 nodes, 64-byte payloads" + label,
+        "p99 latency, same fanout at 50,000 deliveries/s" + label,
     )
     targets = ("≤ 2 µs", "≤ 5 ms")
     bad = problem(report, rc)
@@ -122,8 +131,30 @@ def ramp_row(report, cmd, rc):
     return row(measure, target, measured, yes(bound), cmd)
 
 
-def rooms_row(report, cmd, rc):
-    measure = "p99 latency, rooms: 1,000 channels × 5 subscribers, 2,000 publishes/s"
+def pusher_cpu_row(scenario, pusher, native, cmd, rc):
+    """The Pusher run's node CPU per delivery against the native run's of the same nodes."""
+    measure = f"node CPU per delivery, Pusher against native: {scenario}, the same nodes and rate"
+    target = "≤ 1.2 × native"
+    bad = problem(pusher, rc) or (problem(native, rc) and "no clean native run")
+    if bad:
+        return row(measure, target, bad, "no", cmd)
+    p, n = pusher.get("nodes_cpu_us_per_delivery"), native.get("nodes_cpu_us_per_delivery")
+    if p is None or n is None or n <= 0:
+        return row(measure, target, "no --node-pid", "no", cmd)
+    measured = (
+        f"{p / n:.2f} × ({p:.2f} µs{cpu_split(pusher)} against {n:.2f} µs{cpu_split(native)}; "
+        f"user part {ratio(pusher.get('nodes_user_us_per_delivery'), native.get('nodes_user_us_per_delivery'))})"
+    )
+    return row(measure, target, measured, yes(p <= 1.2 * n), cmd)
+
+
+def ratio(a, b):
+    """'1.31 ×', or '-' when either is missing."""
+    return "-" if a is None or not b else f"{a / b:.2f} ×"
+
+
+def rooms_row(report, cmd, rc, label=""):
+    measure = "p99 latency, rooms: 1,000 channels × 5 subscribers, 2,000 publishes/s" + label
     bad = problem(report, rc)
     if bad:
         return row(measure, "≤ 2 ms", bad, "no", cmd)
@@ -137,8 +168,8 @@ def rooms_row(report, cmd, rc):
     return row(measure, "≤ 2 ms", measured, yes(lat["p99"] <= 2.0), cmd)
 
 
-def idle_row(report, cmd, rc):
-    measure = "RSS per idle subscribed connection, 10,000 connections on one node"
+def idle_row(report, cmd, rc, label=""):
+    measure = "RSS per idle subscribed connection, 10,000 connections on one node" + label
     bad = problem(report, rc)
     if bad:
         return row(measure, "≤ 4 KiB", bad, "no", cmd)
@@ -186,6 +217,9 @@ def section(results):
     with open(os.path.join(results, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     fanout = load(results, "fanout")
+    fanout_p = load(results, "fanout", "pusher")
+    rooms = load(results, "rooms")
+    rooms_p = load(results, "rooms", "pusher")
     lines = [
         BEGIN,
         "",
@@ -197,9 +231,14 @@ def section(results):
         "| measure | target | measured | met? | command |",
         "|---|---|---|---|---|",
         *fanout_rows(*fanout),
+        *fanout_rows(*fanout_p, label=PUSHER),
+        pusher_cpu_row("fanout", fanout_p[0], fanout[0], *fanout_p[1:]),
         ramp_row(*load(results, "ramp")),
-        rooms_row(*load(results, "rooms")),
+        rooms_row(*rooms),
+        rooms_row(*rooms_p, label=PUSHER),
+        pusher_cpu_row("rooms", rooms_p[0], rooms[0], *rooms_p[1:]),
         idle_row(*load(results, "idle")),
+        idle_row(*load(results, "idle", "pusher"), label=PUSHER),
         connect_row(*load(results, "connect")),
         "",
         "A figure counts only from a clean run (no loss, duplicate, out-of-order delivery, "
@@ -210,7 +249,10 @@ def section(results):
         "kernel time (on loopback the kernel part includes the clients' side of TCP, which a "
         "real network would put on other hosts). The node-side p99 is the upper bound of the "
         "bucket of the nodes' `switchboard_delivery_latency_seconds` histograms that holds it "
-        "(publish to socket write, without the generator's own queueing).",
+        "(publish to socket write, without the generator's own queueing). The Pusher rows are "
+        "the same scenarios with the subscribers on the Pusher endpoint (`/app/{key}`, "
+        "`pusher:subscribe`), run right after the native ones on the same nodes (idle: on a "
+        "fresh node), the API publishing to the app's channels.",
         "",
         END,
     ]
@@ -273,8 +315,22 @@ def self_test():
     assert "p99 9.00 ms; node-side p99 ≤ 5 ms)" in ramp_row(dict(ramp, highest_clean=best), "c", 0)
     assert "| no |" in ramp_row(dict(ramp, first_unclean=dict(step, generator_cores=0.5)), "c", 0)
     assert "no clean step" in ramp_row(dict(ramp, highest_clean=None), "c", 1)
-    doc = "# B\n\nintro\n\n## Old\n\ntext\n"
+    pusher = dict(split, protocol="pusher", nodes_cpu_us_per_delivery=1.65,
+                  nodes_user_us_per_delivery=0.65)
+    r = pusher_cpu_row("fanout", pusher, split, "c", 0)
+    assert "| 1.10 × (1.65 µs = user 0.65 + kernel 1.00 against 1.50 µs" in r and "user part 1.30 ×" in r, r
+    assert r.endswith("| yes | `c` |"), r
+    r = pusher_cpu_row("fanout", dict(pusher, nodes_cpu_us_per_delivery=1.9), split, "c", 0)
+    assert r.endswith("| no | `c` |"), r
+    assert "could not run" in pusher_cpu_row("rooms", None, split, "c", 2)
+    assert "(Pusher protocol)" in fanout_rows(pusher, "c", 0, label=PUSHER)[0]
     import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "fanout.json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(split) + "\n" + json.dumps(pusher) + "\nnot json\n")
+        assert load(d, "fanout")[0] == split and load(d, "fanout", "pusher")[0] == pusher
+        assert load(d, "idle", "pusher") == (None, "-", None)
+    doc = "# B\n\nintro\n\n## Old\n\ntext\n"
     with tempfile.NamedTemporaryFile("w+", suffix=".md", delete=False) as f:
         f.write(doc)
     write(f.name, f"{BEGIN}\none\n{END}\n")

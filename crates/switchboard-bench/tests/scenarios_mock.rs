@@ -1,6 +1,6 @@
 //! Runs the `rooms`, `ramp`, `idle` and `connect` scenarios against the in-process stand-in
 //! for a node (see `fanout_mock.rs`): a faithful stand-in must give clean reports, and one
-//! that loses messages must be caught.
+//! that loses messages must be caught; the same with the subscribers on the Pusher protocol.
 
 use std::process::Command;
 
@@ -146,4 +146,42 @@ fn connect_counts_connections_and_errors() {
     );
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["errors"], 5, "{r:#}");
+}
+
+#[test]
+fn pusher_subscribers_are_counted_like_native_ones() {
+    let pusher = ["--protocol", "pusher"];
+    let rooms: Vec<&str> = ROOMS.iter().chain(&pusher).copied().collect();
+    let (code, r) = run(&start_mock(Fault::None), &rooms, &["ws", "ws", "api"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["protocol"], "pusher", "{r:#}");
+    assert!(r["deliveries"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r:#}");
+    assert_eq!(r["unexpected_frames"], 0, "{r:#}");
+    // Loss is caught as on the native protocol.
+    let (code, r) = run(&start_mock(Fault::Drop), &rooms, &["ws", "api"]);
+    assert_eq!(code, 1, "{r:#}");
+    assert!(r["lost"].as_u64().unwrap() > 0, "{r:#}");
+    // Idle connections on the Pusher endpoint.
+    let idle = [
+        "idle",
+        "--connections",
+        "50",
+        "--channels",
+        "3",
+        "--hold",
+        "0.2",
+    ];
+    let idle: Vec<&str> = idle.iter().chain(&pusher).copied().collect();
+    let (code, r) = run(&start_mock(Fault::None), &idle, &["ws"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["protocol"], "pusher", "{r:#}");
+    assert_eq!(r["connected"], 50, "{r:#}");
+    assert!(
+        r["ws"]
+            .as_str()
+            .unwrap()
+            .ends_with("/app/bench-key?protocol=7"),
+        "{r:#}"
+    );
 }

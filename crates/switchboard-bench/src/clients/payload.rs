@@ -1,4 +1,5 @@
-//! The publish payload and the subscriber's cheap parser for it.
+//! The publish payload and the subscriber's cheap parsers for it (as the node's own protocol
+//! forwards it, an object; as the Pusher protocol does, a string holding it).
 //!
 //! Every published `data` is `{"seq":N,"p":P,"t":T,"pad":"xx.."}`: `p` names the publisher
 //! task, `seq` is that publisher's own sequence (one sequence per publisher, so each
@@ -41,6 +42,10 @@ pub struct BodyBuilder {
 static SEQ_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
 static P_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"p\":"));
 static T_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"t\":"));
+// The same keys inside a JSON string (Pusher's `data`), their quotes escaped.
+static SEQ_KEY_ESCAPED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"\"seq\":"#));
+static P_KEY_ESCAPED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"\"p\":"#));
+static T_KEY_ESCAPED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"\"t\":"#));
 // `offset` and `epoch` follow `data` in a node's frame: searching from the end finds the
 // frame's own keys even if some other publisher's `data` contained the same words.
 static OFFSET_KEY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"offset\":"));
@@ -79,6 +84,22 @@ pub fn parse_stamp(frame: &[u8]) -> Option<Stamp> {
     let seq = number_after(frame, &SEQ_KEY)?;
     let publisher = u32::try_from(number_after(frame, &P_KEY)?).ok()?;
     let sent_us = number_after(frame, &T_KEY)?;
+    Some(Stamp {
+        publisher,
+        seq,
+        sent_us,
+    })
+}
+
+/// Reads the stamp out of a Pusher frame, whose `data` is a string holding the published
+/// JSON (`"data":"{\"seq\":1,...}"`); `None` if the frame carries none.
+///
+/// The same byte search as [`parse_stamp`], for the escaped keys: no other part of a Pusher
+/// `message` frame (`event`, `channel`) can hold a backslash, so only `data` matches.
+pub fn parse_string_stamp(frame: &[u8]) -> Option<Stamp> {
+    let seq = number_after(frame, &SEQ_KEY_ESCAPED)?;
+    let publisher = u32::try_from(number_after(frame, &P_KEY_ESCAPED)?).ok()?;
+    let sent_us = number_after(frame, &T_KEY_ESCAPED)?;
     Some(Stamp {
         publisher,
         seq,
@@ -187,6 +208,33 @@ mod tests {
         assert_eq!(parse_offset(br#"{"offset":-1}"#), None);
         assert_eq!(parse_epoch(br#"{"epoch":5}"#), None);
         assert_eq!(parse_epoch(br#"{"epoch":"unterminated"#), None);
+    }
+
+    #[test]
+    fn parses_the_stamp_inside_a_pusher_data_string() {
+        // As a node writes a native publish for Pusher subscribers: the data as a string.
+        let body = BodyBuilder::new("bench:c", 100).body(stamp());
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let frame = serde_json::json!({
+            "event": "message",
+            "channel": "c",
+            "data": v["data"].to_string(),
+        })
+        .to_string();
+        assert!(frame.contains(r#"\"seq\":123456"#));
+        assert_eq!(parse_string_stamp(frame.as_bytes()), Some(stamp()));
+        // Key order and spaces do not matter; the unescaped keys are not these.
+        let spaced = br#"{"event":"message","channel":"c","data":"{\"t\": 1700000000123456, \"pad\":\"x\", \"p\": 3, \"seq\": 123456}"}"#;
+        assert_eq!(parse_string_stamp(spaced), Some(stamp()));
+        assert_eq!(parse_string_stamp(br#"{"seq":1,"p":0,"t":5}"#), None);
+        // Frames without a stamp.
+        for frame in [
+            &br#"{"event":"pusher_internal:subscription_succeeded","channel":"c","data":"{}"}"#[..],
+            br#"{"event":"pusher:error","data":{"code":4100,"message":"slow"}}"#,
+            br#"{"event":"message","channel":"c","data":"{\"seq\":1,\"p\":99999999999,\"t\":5}"}"#,
+        ] {
+            assert_eq!(parse_string_stamp(frame), None);
+        }
     }
 
     #[test]

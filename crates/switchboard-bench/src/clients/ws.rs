@@ -83,11 +83,26 @@ pub async fn open(url: &str, ws_config: WebSocketConfig) -> anyhow::Result<Ws> {
 
 /// As [`open`], with the time the TCP connect took.
 pub async fn open_timed(url: &str, ws_config: WebSocketConfig) -> anyhow::Result<(Ws, Duration)> {
+    let (mut ws, connect_time) = upgrade(url, ws_config, Some(JSON_SUBPROTOCOL)).await?;
+    let welcome = next_json(&mut ws).await.context("waiting for welcome")?;
+    if welcome["type"] != "welcome" {
+        bail!("first frame is not a welcome: {welcome}");
+    }
+    Ok((ws, connect_time))
+}
+
+/// Connects to `url` and upgrades, asking for `subprotocol` when given; returns the socket
+/// and the time the TCP connect took. Nothing is read after the upgrade.
+pub async fn upgrade(
+    url: &str,
+    ws_config: WebSocketConfig,
+    subprotocol: Option<&'static str>,
+) -> anyhow::Result<(Ws, Duration)> {
     let mut req = url.into_client_request().context("bad --ws URL")?;
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(JSON_SUBPROTOCOL),
-    );
+    if let Some(p) = subprotocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(p));
+    }
     let uri = req.uri();
     if uri.scheme_str() != Some("ws") {
         bail!("only ws:// URLs are supported");
@@ -100,14 +115,9 @@ pub async fn open_timed(url: &str, ws_config: WebSocketConfig) -> anyhow::Result
         .context("connect")?;
     let connect_time = started.elapsed();
     tcp.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config))
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config))
         .await
         .context("websocket handshake")?;
-
-    let welcome = next_json(&mut ws).await.context("waiting for welcome")?;
-    if welcome["type"] != "welcome" {
-        bail!("first frame is not a welcome: {welcome}");
-    }
     Ok((ws, connect_time))
 }
 
@@ -129,11 +139,11 @@ pub async fn subscribe(mut ws: Ws, cmd: Value) -> anyhow::Result<(Ws, Value)> {
 }
 
 /// The next text frame, parsed; pings and pongs are skipped.
-async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+pub async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
     loop {
         match ws.next().await.context("connection ended")?? {
             Message::Text(t) => return Ok(serde_json::from_str(&t)?),
-            Message::Binary(_) => bail!("binary frame on the JSON subprotocol"),
+            Message::Binary(_) => bail!("binary frame where JSON text was expected"),
             Message::Close(f) => bail!("closed: {f:?}"),
             _ => {}
         }

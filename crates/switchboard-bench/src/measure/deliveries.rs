@@ -15,14 +15,17 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::clients::fleet::Start;
 use crate::clients::payload::{self, Stamp};
+use crate::clients::protocol::Protocol;
+use crate::clients::pusher::{self, Notice};
 use crate::clients::subscriber::{self, Control, Ended, Session};
-use crate::clients::ws;
 use crate::measure::latency::ShardedLatency;
 use crate::measure::offsets::OffsetCheck;
 
 /// What every subscriber task shares with the coordinator.
 pub struct Shared {
-    /// The channels; each subscriber subscribes to one of them.
+    /// The subscribers' wire protocol.
+    pub protocol: Protocol,
+    /// The channels, as subscribers name them; each subscriber subscribes to one of them.
     pub channels: Vec<String>,
     /// Number of publisher tasks (publisher ids are `0..publishers`).
     pub publishers: usize,
@@ -58,7 +61,8 @@ pub struct Outcome {
     pub duplicated: u64,
     /// Messages whose seq was below the last one seen from the same publisher.
     pub out_of_order: u64,
-    /// `error` replies, binary frames, stamps from unknown publishers.
+    /// `error` replies (`pusher:error` is a close), binary frames, stamps from unknown
+    /// publishers.
     pub unexpected: u64,
     /// Why the connection ended before `Stop`, if it did.
     pub ended: Option<String>,
@@ -101,10 +105,13 @@ pub async fn run(
     let mut ws = {
         let _permit = setup.acquire().await;
         let started = std::time::Instant::now();
-        let cmd = ws::subscribe_command(&shared.channels[channel], None);
         let connected = tokio::time::timeout(
             shared.setup_timeout,
-            ws::connect_and_subscribe(&url, shared.ws_config, cmd),
+            shared.protocol.connect_and_subscribe(
+                &url,
+                shared.ws_config,
+                &shared.channels[channel],
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -114,7 +121,7 @@ pub async fn run(
             ))
         });
         match connected {
-            Ok((ws, reply, _)) => {
+            Ok((ws, reply)) => {
                 d.out.setup = started.elapsed();
                 d.out.ready = true;
                 d.out.offsets = reply["offset"].as_u64().map(OffsetCheck::after);
@@ -179,7 +186,7 @@ impl Session for Deliveries<'_> {
     }
 
     fn text(&mut self, frame: &[u8]) {
-        match payload::parse_stamp(frame) {
+        match self.shared.protocol.parse_stamp(frame) {
             Some(stamp) => {
                 check_offset(frame, &mut self.out);
                 record(stamp, self.shared, &mut self.last_seen, &mut self.out);
@@ -236,12 +243,21 @@ fn check_offset(frame: &[u8], out: &mut Outcome) {
     }
 }
 
-/// Handles a frame without a stamp: a `disconnect` notice is remembered, an `error` counted.
+/// Handles a frame without a stamp: a `disconnect` notice (or a Pusher `pusher:error`, which
+/// comes before a close) is remembered, an `error` counted.
 fn control_frame(frame: &[u8], out: &mut Outcome) {
     let Ok(v) = serde_json::from_slice::<Value>(frame) else {
         out.unexpected += 1;
         return;
     };
+    if v.get("event").is_some() {
+        match pusher::notice(&v) {
+            Notice::Closing(reason) => out.ended = Some(reason),
+            Notice::Liveness => {}
+            Notice::Unexpected => out.unexpected += 1,
+        }
+        return;
+    }
     match v["type"].as_str() {
         Some("disconnect") => {
             out.ended = Some(format!("disconnect {} {}", v["code"], v["reason"]));
@@ -265,6 +281,7 @@ mod tests {
 
     fn shared(warmup_end_us: u64) -> Shared {
         Shared {
+            protocol: Protocol::Json,
             channels: vec!["c".into()],
             publishers: 2,
             warmup_end_us: AtomicU64::new(warmup_end_us),
@@ -323,6 +340,30 @@ mod tests {
     }
 
     #[test]
+    fn pusher_deliveries_are_counted() {
+        let mut s = shared(0);
+        s.protocol = Protocol::Pusher;
+        let mut d = Deliveries::new(outcome(), &s);
+        let frame = |seq: u64| {
+            format!(
+                r#"{{"event":"message","channel":"c","data":"{{\"seq\":{seq},\"p\":1,\"t\":{},\"pad\":\"xx\"}}"}}"#,
+                payload::now_us()
+            )
+        };
+        for seq in [1, 2, 2] {
+            d.text(frame(seq).as_bytes());
+        }
+        d.text(br#"{"event":"pusher:ping","data":{}}"#);
+        d.drain(Arc::new(vec![0, 2]));
+        assert!(d.finished);
+        assert_eq!(
+            (d.out.received, d.out.duplicated, d.out.unexpected),
+            (2, 1, 0)
+        );
+        assert_eq!(d.last_seen, [0, 2]);
+    }
+
+    #[test]
     fn offsets_are_checked_only_with_history() {
         let frame = |offset: u64| {
             format!(
@@ -363,5 +404,20 @@ mod tests {
         control_frame(br#"{"type":"error","code":"internal"}"#, &mut out);
         control_frame(b"not json", &mut out);
         assert_eq!(out.unexpected, 2);
+        // The Pusher protocol's: liveness is fine, an error names the close, the rest counts.
+        control_frame(br#"{"event":"pusher:pong","data":{}}"#, &mut out);
+        control_frame(
+            br#"{"event":"switchboard:missed","channel":"c","data":"{\"reason\":\"backplane\"}"}"#,
+            &mut out,
+        );
+        assert_eq!(out.unexpected, 3);
+        control_frame(
+            br#"{"event":"pusher:error","data":{"code":4200,"message":"draining"}}"#,
+            &mut out,
+        );
+        assert_eq!(
+            out.ended.as_deref(),
+            Some(r#"pusher:error 4200 "draining""#)
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::clients::protocol::Protocol;
 use crate::measure::latency::LatencySummary;
 use crate::measure::offsets::OffsetCheck;
 use crate::measure::scrape::{NodeCounters, NodeLatency};
@@ -17,6 +18,8 @@ use crate::report::{offset_failures, offsets_json, per_sec, write_result};
 pub struct Report {
     /// `fanout` or `rooms`.
     pub scenario: &'static str,
+    /// The subscribers' wire protocol.
+    pub protocol: Protocol,
     /// Number of subscribers.
     pub subscribers: usize,
     /// Number of channels (subscribers are spread evenly over them).
@@ -216,6 +219,13 @@ impl Report {
             "{}: {what}, {} publisher(s) over {} API node(s), target {:.1}/s, payload {} B",
             self.scenario, self.publishers, self.api_nodes, self.target_rate, self.payload
         );
+        if self.protocol != Protocol::Json {
+            let _ = writeln!(
+                s,
+                "protocol:    subscribers on the {} protocol",
+                self.protocol.as_str()
+            );
+        }
         let _ = writeln!(
             s,
             "setup:       {} connected and subscribed in {:.2} s ({:.0}/s)",
@@ -425,6 +435,7 @@ impl Report {
         // Added one by one: one `json!` this large exceeds the macro recursion limit.
         for (key, value) in [
             ("scenario", json!(self.scenario)),
+            ("protocol", json!(self.protocol.as_str())),
             ("channels", json!(self.channels)),
             (
                 "nodes_cpu_us_per_delivery",

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::clients::protocol::Protocol;
 use crate::measure::latency::LatencySummary;
 use crate::measure::usage::MachineUsage;
 use crate::report::{per_sec, write_result};
@@ -35,6 +36,8 @@ pub struct NodeFigures {
 pub struct IdleReport {
     /// The node's URL.
     pub ws: String,
+    /// The connections' wire protocol.
+    pub protocol: Protocol,
     /// Connections asked for.
     pub connections: usize,
     /// Channels they subscribed to.
@@ -138,6 +141,13 @@ impl IdleReport {
             "idle: {} connections on {}, subscribed round-robin to {} channel(s), held {:.1} s",
             self.connections, self.ws, self.channels, self.hold_secs
         );
+        if self.protocol != Protocol::Json {
+            let _ = writeln!(
+                s,
+                "protocol:    connections on the {} protocol",
+                self.protocol.as_str()
+            );
+        }
         let _ = writeln!(
             s,
             "connect:     {} subscribed in {:.2} s = {:.0} connections/s; {} failed",
@@ -207,6 +217,7 @@ impl IdleReport {
     pub fn json(&self) -> Value {
         json!({
             "scenario": "idle",
+            "protocol": self.protocol.as_str(),
             "ws": self.ws,
             "connections": self.connections,
             "channels": self.channels,

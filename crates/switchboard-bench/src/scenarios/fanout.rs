@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::clients::fleet::{self, Spawned};
 use crate::clients::payload::{self, BodyBuilder};
+use crate::clients::protocol::ProtocolOpts;
 use crate::clients::publisher::{Pace, Publisher, Until};
 use crate::clients::subscriber::Control;
 use crate::clients::ws::read_buffer_size;
@@ -57,6 +58,8 @@ pub struct Common {
     /// a Lua script there).
     #[arg(long, value_name = "PID")]
     pub redis_pid: Option<u32>,
+    #[command(flatten)]
+    pub protocol: ProtocolOpts,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -173,6 +176,7 @@ pub async fn measure(
     let redis_pid: Vec<u32> = opts.redis_pid.into_iter().collect();
 
     let shared = Arc::new(Shared {
+        protocol: opts.protocol.protocol,
         channels: sc.channels.clone(),
         publishers: sc.publishers as usize,
         warmup_end_us: AtomicU64::new(u64::MAX),
@@ -194,7 +198,7 @@ pub async fn measure(
     let bodies = Arc::new(
         sc.channels
             .iter()
-            .map(|c| BodyBuilder::new(c, opts.payload))
+            .map(|c| BodyBuilder::new(&opts.protocol.publish_channel(c), opts.payload))
             .collect::<Vec<_>>(),
     );
     let publish_timeout = Duration::from_secs_f64(opts.run.publish_timeout);
@@ -209,11 +213,13 @@ pub async fn measure(
     let warmup_end = start + Duration::from_secs_f64(sc.warmup);
     let end = start + Duration::from_secs_f64(sc.duration);
     eprintln!(
-        "publishing {:.1}/s over {} channel(s) for {:.1} s ({:.1} s warm-up)",
+        "publishing {:.1}/s over {} channel(s) for {:.1} s ({:.1} s warm-up), subscribers on \
+         the {} protocol",
         sc.rate,
         sc.channels.len(),
         sc.duration,
-        sc.warmup
+        sc.warmup,
+        opts.protocol.protocol.as_str()
     );
     let publishers: Vec<JoinHandle<Tally>> = client_sets
         .into_iter()
@@ -267,6 +273,7 @@ pub async fn measure(
     let window = Window::between(&before, &after, clk_tck);
     let mut report = Report {
         scenario: sc.name,
+        protocol: opts.protocol.protocol,
         subscribers: sc.subscribers(),
         channels: sc.channels.len(),
         ws_nodes: opts.ws.len(),
@@ -317,7 +324,10 @@ fn validate(opts: &Common, sc: &Scenario) -> anyhow::Result<()> {
         ("--publish-timeout", opts.run.publish_timeout),
     ])?;
     for c in &sc.channels {
-        checks::check_channel("channel", c)?;
+        opts.protocol.check_channel("channel", c)?;
+    }
+    for url in &opts.ws {
+        opts.protocol.ws_url(url)?;
     }
     checks::check_open_files(
         sc.subscribers(),
@@ -333,7 +343,11 @@ async fn spawn_subscribers(
     sc: &Scenario,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Spawned<Control<Arc<Vec<u64>>>, Outcome>> {
-    let urls: Vec<Arc<str>> = opts.ws.iter().map(|u| Arc::from(u.as_str())).collect();
+    let urls = opts
+        .ws
+        .iter()
+        .map(|u| opts.protocol.ws_url(u).map(Arc::<str>::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let per_channel = sc.per_channel.max(1);
     fleet::spawn_all(
         sc.subscribers(),

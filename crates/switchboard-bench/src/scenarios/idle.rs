@@ -6,6 +6,8 @@
 //! `PREFIX-(i mod C)`, C = `--channels` (100 by default: a realistic mix of shared
 //! subscriptions; `--channels` equal to `--connections` gives each connection a channel of its
 //! own, which costs the node one channel entry per connection as well). Nothing is published.
+//! With `--protocol pusher` the connections are Pusher connections (connection established,
+//! `pusher:subscribe`, subscription succeeded), to the same node.
 //! The connections are then held for `--hold` seconds while the generator keeps reading (it
 //! answers the node's heartbeat pings), and every connection that ends meanwhile is counted.
 //!
@@ -22,6 +24,7 @@ use anyhow::ensure;
 use tokio::time::Instant;
 
 use crate::clients::fleet;
+use crate::clients::protocol::ProtocolOpts;
 use crate::clients::subscriber::Control;
 use crate::clients::ws;
 use crate::measure::deliveries::{self, Outcome, Shared};
@@ -59,6 +62,8 @@ pub struct Opts {
     /// Seconds allowed for one connection to connect and subscribe.
     #[arg(long, default_value_t = 10.0)]
     pub setup_timeout: f64,
+    #[command(flatten)]
+    pub protocol: ProtocolOpts,
     /// Print the result as one JSON object too (the last line of stdout).
     #[arg(long)]
     pub json: bool,
@@ -79,14 +84,16 @@ pub async fn run(opts: &Opts) -> anyhow::Result<IdleReport> {
     checks::check_positive(&[("--setup-timeout", opts.setup_timeout)])?;
     let channels = channel_names(&opts.channel_prefix, opts.channels);
     for c in &channels {
-        checks::check_channel("--channel-prefix", c)?;
+        opts.protocol.check_channel("--channel-prefix", c)?;
     }
+    let url: Arc<str> = Arc::from(opts.protocol.ws_url(&opts.ws)?);
     checks::check_open_files(opts.connections, 0, "connections")?;
     checks::check_pids(opts.node_pid)?;
     let (clk_tck, _) = procstat::clock_ticks_per_sec();
     let pids: Vec<u32> = opts.node_pid.into_iter().collect();
 
     let shared = Arc::new(Shared {
+        protocol: opts.protocol.protocol,
         channels,
         publishers: 0,
         warmup_end_us: AtomicU64::new(u64::MAX),
@@ -95,7 +102,6 @@ pub async fn run(opts: &Opts) -> anyhow::Result<IdleReport> {
         ws_config: ws::small_config(),
         latency: ShardedLatency::new(1),
     });
-    let url: Arc<str> = Arc::from(opts.ws.as_str());
     let n_channels = opts.channels;
 
     let before = Snapshot::take(&pids);
@@ -140,7 +146,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<IdleReport> {
     let connect = Window::between(&before, &connected_at, clk_tck);
     let hold = Window::between(&connected_at, &after, clk_tck);
     let mut report = IdleReport {
-        ws: opts.ws.clone(),
+        ws: url.to_string(),
+        protocol: opts.protocol.protocol,
         connections: opts.connections,
         channels: opts.channels,
         failed: spawned.failed,

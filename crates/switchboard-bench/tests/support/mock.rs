@@ -4,6 +4,9 @@
 //! Channels named `hist:...` behave as if their namespace kept history: every publish gets the
 //! next offset (one counter for all of them), messages carry `offset` and `epoch`, and
 //! `subscribed` names the newest offset (no history is kept, so `recover` is not supported).
+//! On `/app/{key}` it speaks the Pusher protocol instead (connection established, a public
+//! `pusher:subscribe` of `NAME`, and the messages published to `bench:NAME` as `message` events
+//! whose `data` is the published JSON as a string), for the generator's `--protocol pusher`.
 //! A faithful stand-in (`Fault::None`) answers `GET /metrics` with a delivery latency histogram
 //! that puts every publish in the 1 ms bucket; the faulty ones have no `/metrics`.
 //! Enough to check the generator's own accounting, and to measure the generator's cost
@@ -92,17 +95,25 @@ async fn serve_ws(
     mut bus: broadcast::Receiver<Arc<str>>,
     count: Arc<AtomicU64>,
 ) {
-    let cb = |_: &WsRequest, mut resp: WsResponse| {
-        resp.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("switchboard.v1.json"),
-        );
+    let mut pusher = false;
+    let cb = |req: &WsRequest, mut resp: WsResponse| {
+        pusher = req.uri().path().starts_with("/app/");
+        if !pusher {
+            resp.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("switchboard.v1.json"),
+            );
+        }
         Ok(resp)
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
         return;
     };
-    let welcome = r#"{"type":"welcome","conn":"c_1","node":"mock","user":"","heartbeat":25}"#;
+    let welcome = if pusher {
+        r#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.1\",\"activity_timeout\":120}"}"#
+    } else {
+        r#"{"type":"welcome","conn":"c_1","node":"mock","user":"","heartbeat":25}"#
+    };
     if ws.send(Message::text(welcome)).await.is_err() {
         return;
     }
@@ -111,6 +122,20 @@ async fn serve_ws(
     loop {
         tokio::select! {
             m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) if pusher => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v["event"], "pusher:subscribe");
+                    let name = v["data"]["channel"].as_str().unwrap();
+                    subscribed = Some(format!(r#""channel":"bench:{name}","#));
+                    let reply = serde_json::json!({
+                        "event": "pusher_internal:subscription_succeeded",
+                        "channel": name,
+                        "data": "{}",
+                    });
+                    if ws.send(Message::text(reply.to_string())).await.is_err() {
+                        return;
+                    }
+                }
                 Some(Ok(Message::Text(t))) => {
                     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                     assert_eq!(v["type"], "subscribe");
@@ -130,7 +155,8 @@ async fn serve_ws(
             },
             m = bus.recv() => match m {
                 Ok(frame) if subscribed.as_ref().is_some_and(|c| frame.contains(c.as_str())) => {
-                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                    let frame = if pusher { pusher_event(&frame) } else { frame.to_string() };
+                    if ws.send(Message::text(frame)).await.is_err() {
                         return;
                     }
                 }
@@ -140,6 +166,18 @@ async fn serve_ws(
             },
         }
     }
+}
+
+/// A native message frame of `bench:NAME` as a Pusher `message` event of `NAME`.
+fn pusher_event(frame: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+    let channel = v["channel"].as_str().unwrap();
+    serde_json::json!({
+        "event": "message",
+        "channel": channel.strip_prefix("bench:").unwrap(),
+        "data": v["data"].to_string(),
+    })
+    .to_string()
 }
 
 async fn publish(
