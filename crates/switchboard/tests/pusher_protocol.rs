@@ -415,3 +415,48 @@ async fn unsigned_or_badly_signed_api_requests_are_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn each_app_has_its_own_limits() {
+    let dir = switchboard_testkit::TempDir::new("pusher-app-limits");
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        "[[pusher.apps]]\nid = \"small\"\nkey = \"small-key\"\nsecret = \"small-secret\"\nmax_connections = 1\nmax_presence_members = 1\n",
+    )
+    .unwrap();
+    let node = Node::builder("pusher-app-limits")
+        .args(APP)
+        .args(["--config", config.to_str().unwrap()])
+        .start()
+        .await;
+    let small = format!("ws://{}/app/small-key?protocol=7", node.public_addr());
+    let mut first = WsClient::connect_plain(&small).await;
+    let established = first.recv_json().await;
+    assert_eq!(established["event"], "pusher:connection_established");
+    // The small app is full; app1 is not affected.
+    let mut second = WsClient::connect_plain(&small).await;
+    let error = second.take_json(|v| v["event"] == "pusher:error").await;
+    assert_eq!(error["data"]["code"], 4004, "{error}");
+    assert_eq!(second.recv_close().await.0, 4004);
+    let _app1 = Client::connect(&node).await;
+    // Its place is given back when its connection ends.
+    drop(first);
+    switchboard_testkit::eventually(
+        "the small app takes a connection again",
+        std::time::Duration::from_secs(5),
+        || {
+            let small = small.clone();
+            async move {
+                let mut ws = WsClient::connect_plain(&small).await;
+                let first = ws.recv_json().await;
+                if first["event"] == "pusher:connection_established" {
+                    Ok(())
+                } else {
+                    Err(format!("still refused: {first}"))
+                }
+            }
+        },
+    )
+    .await;
+}

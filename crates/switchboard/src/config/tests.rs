@@ -365,6 +365,9 @@ key = "c-key"
 secret = "c-secret"
 webhook_url = "http://hooks.internal/c"
 webhook_events = ["member_added", "cache_miss"]
+max_connections = 500
+client_event_rate = 2.5
+max_presence_members = 20
 "#,
     );
     let c = resolve_args(&["--config", file.path()]).unwrap();
@@ -388,6 +391,14 @@ webhook_events = ["member_added", "cache_miss"]
         "a webhook URL without a list gets every event"
     );
     assert_eq!(apps[2].webhook_events, ["member_added", "cache_miss"]);
+    assert_eq!(
+        apps[0].limits,
+        switchboard_gateway::PusherLimits::default(),
+        "Pusher's own limits by default"
+    );
+    assert_eq!(apps[2].limits.max_connections, Some(500));
+    assert_eq!(apps[2].limits.client_event_rate, 2.5);
+    assert_eq!(apps[2].limits.max_presence_members, 20);
 }
 
 #[test]
@@ -461,15 +472,21 @@ key = "k4"
 secret = "s"
 webhook_url = "http://hooks"
 webhook_events = ["cache_miss", "cache_miss"]
+max_connections = 0
+client_event_rate = -1
+max_presence_members = "many"
 "#,
     );
     let errors = resolve_args(&["--config", file.path()]).unwrap_err();
-    let known_keys = "id, key, secret, client_events, webhook_url, webhook_events";
+    let known_keys = "id, key, secret, client_events, webhook_url, webhook_events, max_connections, client_event_rate, max_presence_members";
     let known_events =
         "channel_occupied, channel_vacated, member_added, member_removed, client_event, cache_miss";
     assert_eq!(
         error_lines(&errors),
         [
+            "pusher.apps.four.client_event_rate (config file): must be a number of events per second above 0".to_owned(),
+            "pusher.apps.four.max_connections (config file): must be a whole number from 1 to 4294967295".to_owned(),
+            "pusher.apps.four.max_presence_members (config file): must be a whole number from 1 to 100000".to_owned(),
             "pusher.apps.four.webhook_events (config file): \"cache_miss\" is listed twice".to_owned(),
             format!("pusher.apps.two.colour (config file): unknown key; known: {known_keys}"),
             "pusher.apps.two.webhook_events (config file): \"member_joined\" is no webhook event; known: ".to_owned() + known_events,
