@@ -460,3 +460,18 @@ async fn each_app_has_its_own_limits() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_node_pings_in_pusher_s_own_frames() {
+    let node = Node::builder("pusher-ping")
+        .args(APP)
+        .args(["--heartbeat", "1"])
+        .start()
+        .await;
+    let mut client = Client::connect(&node).await;
+    client.expect("pusher:ping").await;
+    client
+        .send(json!({"event": "pusher:pong", "data": {}}))
+        .await;
+    client.expect("pusher:ping").await;
+}

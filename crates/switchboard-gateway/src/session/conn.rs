@@ -179,6 +179,11 @@ async fn serve<'a>(
                         session.end_with(End::Closed(CloseReason::HeartbeatTimeout));
                     } else {
                         session.push(Outbound::Control(frames::PING));
+                        // Pusher clients answer the protocol's own ping
+                        // (what their libraries count as activity).
+                        if session.protocol == crate::protocol::Protocol::Pusher {
+                            session.push(Outbound::Reply(crate::protocol::pusher::ping()));
+                        }
                     }
                     at.ping = now + heartbeat;
                 }
