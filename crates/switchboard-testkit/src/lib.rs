@@ -17,11 +17,13 @@
 //! polled against a deadline by [`eventually`] where there is nothing to block on.
 
 mod redis;
+mod redis_cluster;
 mod signal;
 mod temp_dir;
 mod wait;
 
 pub use self::redis::RedisServer;
+pub use self::redis_cluster::{ClusterNode, RedisCluster, SLOTS};
 pub use self::temp_dir::TempDir;
 pub use self::wait::eventually;
 

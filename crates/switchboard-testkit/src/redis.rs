@@ -17,6 +17,8 @@ pub struct RedisServer {
     dir: TempDir,
     child: Option<Child>,
     persistent: bool,
+    /// A Redis Cluster node (`--cluster-enabled yes`, its `nodes.conf` in `dir`).
+    cluster: bool,
 }
 
 impl RedisServer {
@@ -34,12 +36,23 @@ impl RedisServer {
         RedisServer::start_with(true).await
     }
 
+    /// Starts a Redis Cluster node (not yet part of a cluster: see
+    /// `RedisCluster`), on a free port.
+    pub(crate) async fn start_cluster_node() -> RedisServer {
+        RedisServer::start_as(false, true).await
+    }
+
     async fn start_with(persistent: bool) -> RedisServer {
+        RedisServer::start_as(persistent, false).await
+    }
+
+    async fn start_as(persistent: bool, cluster: bool) -> RedisServer {
         let mut server = RedisServer {
             port: 0,
             dir: TempDir::new("redis"),
             child: None,
             persistent,
+            cluster,
         };
         // The port is free when picked but may be taken before redis binds it: retry.
         for _ in 0..5 {
@@ -59,6 +72,11 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`, for `--redis-url`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process runs (not killed, or restarted since).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGKILLs the server and reaps it.
@@ -164,6 +182,24 @@ impl RedisServer {
             } else {
                 &["--appendonly", "no"][..]
             })
+            .args(if self.cluster {
+                // A failed master's replica is promoted about a second later.
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica takes over however long ago it last heard
+                    // from its master (a fresh cluster's replica may not
+                    // have synced yet when a test kills the master).
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ][..]
+            } else {
+                &[][..]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -226,7 +262,7 @@ impl Drop for RedisServer {
 /// Faults that leave the process running: frozen (SIGSTOP), or emptied (FLUSHALL).
 impl RedisServer {
     /// The server's process id.
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child
             .as_ref()
             .expect("redis-server is not running")
