@@ -88,7 +88,7 @@ impl RedisCluster {
             if !server.is_running() {
                 continue;
             }
-            let text: String = server.query(&::redis::cmd("CLUSTER").arg("NODES")).await;
+            let text: String = server.query(::redis::cmd("CLUSTER").arg("NODES")).await;
             return parse_nodes(&text);
         }
         panic!("no node of the cluster is running");
@@ -244,7 +244,7 @@ impl RedisCluster {
             Duration::from_secs(30),
             || async {
                 for server in &self.nodes {
-                    let info: String = server.query(&::redis::cmd("CLUSTER").arg("INFO")).await;
+                    let info: String = server.query(::redis::cmd("CLUSTER").arg("INFO")).await;
                     if !info.contains("cluster_state:ok") {
                         return Err(format!("node {}: not ok yet", server.port()));
                     }
