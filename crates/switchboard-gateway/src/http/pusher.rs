@@ -113,14 +113,15 @@ async fn serve(
             format!("no such route: {method} {path}"),
         )));
     }
-    let auth_key = params(&query).remove("auth_key").unwrap_or_default();
+    let params = params(&query);
+    let auth_key = params.get("auth_key").map_or("", String::as_str);
     let app = node
         .config
         .pusher
         .iter()
         .find(|a| {
             if app_from_key {
-                a.key == auth_key
+                a.key == *auth_key
             } else {
                 a.id == parts[1]
             }
@@ -145,7 +146,6 @@ async fn serve(
         now,
     )
     .map_err(|e| fail(Refused(StatusCode::UNAUTHORIZED, e.to_string())))?;
-    let params = params(&query);
     let decoded = |s: &str| -> Result<String, Refused> {
         super::percent_decode(s)
             .map(|c| c.into_owned())
